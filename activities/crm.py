@@ -1,0 +1,124 @@
+"""Steps that read or change the CRM: list membership and data splits.
+
+Each activity is idempotent, so Temporal may retry it freely: adding a member that is already
+there, or removing one that is gone, is a no-op that reports what it found.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from models.criteria import evaluate
+from models.crm import Contact, ProjectMember, Selection, SelectionMember, Project, contact_facts
+from models.database import session
+from models.flow import Split, SplitBasis
+
+
+class ListChange(BaseModel):
+    contact_id: int
+    selection_id: int | None = None
+    project_id: int | None = None
+
+
+class SplitQuestion(BaseModel):
+    contact_id: int
+    split: Split
+
+
+class CrmActivities:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @activity.defn
+    def add_to_list(self, change: ListChange) -> str:
+        with session(self._engine) as db:
+            _require(db, change)
+            outcome: list[str] = []
+            if change.selection_id is not None:
+                member = db.exec(_selection_member(change)).first()
+                if member is None:
+                    db.add(SelectionMember(selection_id=change.selection_id, contact_id=change.contact_id))
+                outcome.append(f"selection {change.selection_id}: {'already member' if member else 'added'}")
+            if change.project_id is not None:
+                member = db.exec(_project_member(change)).first()
+                if member is None:
+                    db.add(ProjectMember(project_id=change.project_id, contact_id=change.contact_id))
+                outcome.append(f"project {change.project_id}: {'already member' if member else 'added'}")
+            return "; ".join(outcome)
+
+    @activity.defn
+    def remove_from_list(self, change: ListChange) -> str:
+        with session(self._engine) as db:
+            _require(db, change)
+            outcome: list[str] = []
+            if change.selection_id is not None:
+                member = db.exec(_selection_member(change)).first()
+                if member is not None:
+                    db.delete(member)
+                outcome.append(f"selection {change.selection_id}: {'removed' if member else 'not a member'}")
+            if change.project_id is not None:
+                project_member = db.exec(_project_member(change)).first()
+                if project_member is not None:
+                    db.delete(project_member)
+                outcome.append(
+                    f"project {change.project_id}: {'removed' if project_member else 'not a member'}"
+                )
+            return "; ".join(outcome)
+
+    @activity.defn
+    def choose_split_branch(self, question: SplitQuestion) -> int | None:
+        """The index of the first branch whose rule holds for the contact, or None (everyone else)."""
+        split = question.split
+        with session(self._engine) as db:
+            facts = contact_facts(db, question.contact_id)
+        if facts is None:
+            raise _missing_contact(question.contact_id)
+        for index, branch in enumerate(split.branches):
+            if split.basis in (SplitBasis.data,) and branch.criteria is not None:
+                if evaluate(branch.criteria, facts):
+                    return index
+            elif split.basis is SplitBasis.project:
+                if branch.project_id in _ids(facts["contact.projects"]):
+                    return index
+            elif split.basis is SplitBasis.selection:
+                if branch.selection_id in _ids(facts["contact.selections"]):
+                    return index
+            else:
+                raise ApplicationError(f"split basis {split.basis} is not supported", non_retryable=True)
+        return None
+
+
+def _ids(value: object) -> list[int]:
+    return [int(v) for v in value] if isinstance(value, list) else []
+
+
+def _selection_member(change: ListChange):  # type: ignore[no-untyped-def]
+    return select(SelectionMember).where(
+        SelectionMember.selection_id == change.selection_id,
+        SelectionMember.contact_id == change.contact_id,
+    )
+
+
+def _project_member(change: ListChange):  # type: ignore[no-untyped-def]
+    return select(ProjectMember).where(
+        ProjectMember.project_id == change.project_id,
+        ProjectMember.contact_id == change.contact_id,
+    )
+
+
+def _missing_contact(contact_id: int) -> ApplicationError:
+    # Non-retryable: retrying cannot make a deleted contact reappear; the participant drops out.
+    return ApplicationError(f"contact {contact_id} does not exist", type="MissingContact", non_retryable=True)
+
+
+def _require(db: Session, change: ListChange) -> None:
+    if db.get(Contact, change.contact_id) is None:
+        raise _missing_contact(change.contact_id)
+    if change.selection_id is not None and db.get(Selection, change.selection_id) is None:
+        raise ApplicationError(f"selection {change.selection_id} does not exist", type="MissingList", non_retryable=True)
+    if change.project_id is not None and db.get(Project, change.project_id) is None:
+        raise ApplicationError(f"project {change.project_id} does not exist", type="MissingList", non_retryable=True)

@@ -1,0 +1,152 @@
+"""Enrolling contacts in a flow: the flow's rules first, then one participant workflow each.
+
+Starting is idempotent: the workflow id is derived from (flow, contact), so a contact that is
+already active in the flow is reported as such instead of being enrolled twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+from sqlmodel import select
+from temporalio.client import Client
+from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from activities.flows import FlowRejected, StoredFlow, load_flow, set_flow_status
+from models import schedule
+from models.criteria import evaluate
+from models.crm import Contact, SelectionMember, contact_facts
+from models.database import session
+from models.engine import FlowStatus, Participant, ParticipantStatus
+from models.participant import Enrollment, participant_workflow_id
+from models.validation import check_flow
+from workflows import search_attributes as sa
+from workflows.participant import ParticipantWorkflow
+
+# Concurrent start requests: enough to keep a dev server busy without queueing thousands of RPCs.
+START_CONCURRENCY = 32
+
+
+@dataclass
+class EnrollmentReport:
+    flow_id: str
+    version: int
+    enrolled: list[int] = field(default_factory=list)
+    refused: dict[int, str] = field(default_factory=dict)  # contact id -> why not
+
+
+def selection_members(engine: Engine, selection_id: int) -> list[int]:
+    with session(engine) as db:
+        rows = db.exec(
+            select(SelectionMember.contact_id).where(SelectionMember.selection_id == selection_id)
+        ).all()
+    return sorted(rows)
+
+
+def _why_not(engine: Engine, stored: StoredFlow, contact_id: int) -> str | None:
+    """The flow's enrollment rules (spec §2) for one candidate; None when it may enter."""
+    flow = stored.flow
+    with session(engine) as db:
+        if db.get(Contact, contact_id) is None:
+            return "no such contact"
+        if flow.exclusion_selections:
+            excluded = db.exec(
+                select(SelectionMember).where(
+                    SelectionMember.contact_id == contact_id,
+                    SelectionMember.selection_id.in_(flow.exclusion_selections),  # type: ignore[attr-defined]
+                )
+            ).first()
+            if excluded is not None:
+                return f"on the exclusion list (selection {excluded.selection_id})"
+        if flow.only_once:
+            earlier = db.exec(
+                select(Participant).where(
+                    Participant.flow_id == flow.id, Participant.contact_id == contact_id
+                )
+            ).first()
+            if earlier is not None:
+                return "already took part, and the flow allows it only once"
+        if flow.filter is not None:
+            facts = contact_facts(db, contact_id) or {}
+            if not evaluate(flow.filter, facts):
+                return "does not match the flow's filter"
+    return None
+
+
+async def enroll(
+    client: Client,
+    engine: Engine,
+    flow_id: str,
+    contact_ids: Iterable[int],
+    *,
+    task_queue: str,
+    progress: Callable[[int], None] | None = None,
+    steps_per_run: int | None = None,
+) -> EnrollmentReport:
+    """Start a participant for every contact that passes the rules; say why for each that does not."""
+    stored = load_flow(engine, flow_id)
+    report = check_flow(stored.flow.model_dump(mode="json", by_alias=True))
+    if not report.can_run:
+        raise FlowRejected(report, f"flow {flow_id!r} is not ready to run")
+    result = EnrollmentReport(flow_id, stored.version)
+    candidates = list(dict.fromkeys(contact_ids))
+    if stored.flow.enrollment_end is not None:
+        end = schedule.local_to_instant(stored.flow.enrollment_end, stored.flow.time_zone)
+        if datetime.now(UTC) >= end:
+            result.refused = {c: "enrollment has ended" for c in candidates}
+            return result
+    if stored.status is not FlowStatus.running:
+        set_flow_status(engine, flow_id, FlowStatus.running)
+
+    gate = asyncio.Semaphore(START_CONCURRENCY)
+
+    async def start_one(contact_id: int) -> None:
+        async with gate:
+            reason = await asyncio.to_thread(_why_not, engine, stored, contact_id)
+            if reason is None:
+                reason = await _start(client, stored, contact_id, task_queue, steps_per_run)
+            if reason is None:
+                result.enrolled.append(contact_id)
+            else:
+                result.refused[contact_id] = reason
+            if progress is not None:
+                progress(1)
+
+    await asyncio.gather(*(start_one(contact_id) for contact_id in candidates))
+    result.enrolled.sort()
+    return result
+
+
+async def _start(
+    client: Client, stored: StoredFlow, contact_id: int, task_queue: str, steps_per_run: int | None
+) -> str | None:
+    flow = stored.flow
+    enrollment = Enrollment(flow=flow, flow_version=stored.version, contact_id=contact_id)
+    if steps_per_run is not None:
+        enrollment.steps_per_run = steps_per_run
+    try:
+        await client.start_workflow(
+            ParticipantWorkflow.run,
+            enrollment,
+            id=participant_workflow_id(flow.id, contact_id),
+            task_queue=task_queue,
+            # Re-entry after leaving is allowed (a closed id may be reused); two at once are not.
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            search_attributes=TypedSearchAttributes(
+                [
+                    sa.FLOW_ID.value_set(flow.id),
+                    sa.FLOW_VERSION.value_set(stored.version),
+                    sa.CONTACT_ID.value_set(contact_id),
+                    sa.PARTICIPANT_STATUS.value_set(ParticipantStatus.active.value),
+                ]
+            ),
+            static_summary=f"Contact {contact_id} in flow {flow.name!r} (v{stored.version})",
+        )
+    except WorkflowAlreadyStartedError:
+        return "already active in this flow"
+    return None

@@ -1,0 +1,119 @@
+"""Deploying flow documents as immutable versions, and loading them back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from models.database import session
+from models.engine import FlowRecord, FlowStatus, FlowVersion
+from models.flow import Flow
+from models.validation import FlowReport, check_flow
+
+
+class FlowRejected(Exception):
+    """A document that is not valid to save (or, when starting, not ready to run)."""
+
+    def __init__(self, report: FlowReport, what: str = "invalid flow") -> None:
+        self.report = report
+        lines = [str(p) for p in report.problems if p.level != "warning"]
+        super().__init__(f"{what}:\n  " + "\n  ".join(lines))
+
+
+class UnknownFlow(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Deployed:
+    flow_id: str
+    version: int
+    created: bool  # False when the same document was already the latest version
+    report: FlowReport
+
+
+@dataclass(frozen=True)
+class StoredFlow:
+    flow: Flow
+    version: int
+    status: FlowStatus
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """A flow file, with ``content_file`` bodies inlined so the stored version is self-contained."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    for step in document.get("steps", []) if isinstance(document, dict) else []:
+        if isinstance(step, dict) and isinstance(step.get("content_file"), str) and "html" not in step:
+            step["html"] = (path.parent / step.pop("content_file")).read_text(encoding="utf-8")
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: a flow document is a JSON object")
+    return document
+
+
+def _checksum(flow: Flow) -> str:
+    canonical = json.dumps(flow.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def deploy_flow(engine: Engine, document: dict[str, Any]) -> Deployed:
+    """Store a new version if the document is valid to save; all or nothing."""
+    report = check_flow(document)
+    if not report.can_save or report.flow is None:
+        raise FlowRejected(report)
+    flow = report.flow
+    checksum = _checksum(flow)
+    with session(engine) as db:
+        record = db.get(FlowRecord, flow.id)
+        if record is None:
+            record = FlowRecord(id=flow.id, name=flow.name)
+        else:
+            latest = db.exec(
+                select(FlowVersion).where(
+                    FlowVersion.flow_id == flow.id, FlowVersion.version == record.latest_version
+                )
+            ).first()
+            if latest is not None and latest.checksum == checksum:
+                return Deployed(flow.id, record.latest_version, False, report)
+        record.latest_version += 1
+        record.name = flow.name
+        db.add(record)
+        db.add(
+            FlowVersion(
+                flow_id=flow.id,
+                version=record.latest_version,
+                definition=flow.model_dump(mode="json", by_alias=True),
+                checksum=checksum,
+            )
+        )
+        return Deployed(flow.id, record.latest_version, True, report)
+
+
+def load_flow(engine: Engine, flow_id: str, version: int | None = None) -> StoredFlow:
+    with session(engine) as db:
+        record = db.get(FlowRecord, flow_id)
+        if record is None:
+            raise UnknownFlow(f"no flow {flow_id!r} is deployed")
+        row = db.exec(
+            select(FlowVersion).where(
+                FlowVersion.flow_id == flow_id,
+                FlowVersion.version == (version or record.latest_version),
+            )
+        ).first()
+        if row is None:
+            raise UnknownFlow(f"flow {flow_id!r} has no version {version}")
+        return StoredFlow(Flow.model_validate(row.definition), row.version, FlowStatus(record.status))
+
+
+def set_flow_status(engine: Engine, flow_id: str, status: FlowStatus) -> None:
+    with session(engine) as db:
+        record = db.get(FlowRecord, flow_id)
+        if record is None:
+            raise UnknownFlow(f"no flow {flow_id!r} is deployed")
+        record.status = status.value
+        db.add(record)

@@ -1,0 +1,328 @@
+"""The CRM that flow steps read and change: contacts, companies, associates and their records."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, UniqueConstraint
+from sqlalchemy.ext.mutable import MutableDict, MutableList
+from sqlmodel import Field, Session, SQLModel, select
+
+from models.database import UTCDateTime, utcnow
+
+# In-place changes (contact.interests.append(...)) are persisted only if the column tracks them.
+# Tracking is shallow: mutate nested values (e.g. one consent dict) by reassigning the list.
+JSON_DICT = MutableDict.as_mutable(JSON)
+JSON_LIST = MutableList.as_mutable(JSON)
+
+
+class Availability(StrEnum):
+    normal = "normal"
+    absent = "absent"
+    busy = "busy"
+
+
+class UserGroup(SQLModel, table=True):
+    __tablename__ = "user_groups"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+
+
+class Associate(SQLModel, table=True):
+    """A CRM user: owner of contacts, follow-ups, sales and requests."""
+
+    __tablename__ = "associates"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    email: str | None = None
+    mobile: str | None = None
+    user_group_id: int | None = Field(default=None, foreign_key="user_groups.id", index=True)
+    availability: str = Field(default=Availability.normal.value)
+
+
+class AssociateGroupMembership(SQLModel, table=True):
+    """Extra user-group memberships beyond the associate's primary group."""
+
+    __tablename__ = "associate_group_memberships"
+    __table_args__ = (UniqueConstraint("associate_id", "user_group_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    associate_id: int = Field(foreign_key="associates.id", index=True)
+    user_group_id: int = Field(foreign_key="user_groups.id", index=True)
+
+
+class Company(SQLModel, table=True):
+    __tablename__ = "companies"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    category: str | None = None
+    business: str | None = None
+    country: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    website: str | None = None
+    our_contact_id: int | None = Field(default=None, foreign_key="associates.id", index=True)
+    user_defined: dict[str, Any] = Field(default_factory=dict, sa_type=JSON_DICT)
+    extra_fields: dict[str, Any] = Field(default_factory=dict, sa_type=JSON_DICT)
+
+
+class Contact(SQLModel, table=True):
+    """A person. `email`/`mobile` are the primary ones; `emails`/`phones` hold the rest."""
+
+    __tablename__ = "contacts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    company_id: int | None = Field(default=None, foreign_key="companies.id", index=True)
+    first_name: str = ""
+    last_name: str = ""
+    title: str | None = None
+    department: str | None = None
+    email: str | None = Field(default=None, index=True)
+    emails: list[str] = Field(default_factory=list, sa_type=JSON_LIST)
+    mobile: str | None = None
+    phones: list[str] = Field(default_factory=list, sa_type=JSON_LIST)
+    position: str | None = None
+    category: str | None = None
+    our_contact_id: int | None = Field(default=None, foreign_key="associates.id", index=True)
+    our_service_contact_id: int | None = Field(
+        default=None, foreign_key="associates.id", index=True
+    )
+    no_mailings: bool = False
+    retired: bool = False  # former employee
+    interests: list[str] = Field(default_factory=list, sa_type=JSON_LIST)
+    subscriptions: list[str] = Field(default_factory=list, sa_type=JSON_LIST)
+    # Each: {"purpose", "legal_basis", "source", "comment"}.
+    consents: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON_LIST)
+    user_defined: dict[str, Any] = Field(default_factory=dict, sa_type=JSON_DICT)
+    extra_fields: dict[str, Any] = Field(default_factory=dict, sa_type=JSON_DICT)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_type=UTCDateTime, sa_column_kwargs={"onupdate": utcnow}
+    )
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.first_name} {self.last_name}".strip()
+
+
+class Selection(SQLModel, table=True):
+    """A static selection (a fixed list of contacts)."""
+
+    __tablename__ = "selections"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+
+
+class SelectionMember(SQLModel, table=True):
+    __tablename__ = "selection_members"
+    __table_args__ = (UniqueConstraint("selection_id", "contact_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    selection_id: int = Field(foreign_key="selections.id", index=True)
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+
+
+class Project(SQLModel, table=True):
+    __tablename__ = "projects"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+
+
+class ProjectMember(SQLModel, table=True):
+    __tablename__ = "project_members"
+    __table_args__ = (UniqueConstraint("project_id", "contact_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(foreign_key="projects.id", index=True)
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+
+
+class FollowUp(SQLModel, table=True):
+    """A to-do or a meeting in an associate's diary."""
+
+    __tablename__ = "follow_ups"
+
+    id: int | None = Field(default=None, primary_key=True)
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    owner_id: int = Field(foreign_key="associates.id", index=True)
+    kind: str = "todo"  # "todo" | "meeting"
+    type: str | None = None
+    title: str = ""
+    agenda: str = ""
+    project_id: int | None = Field(default=None, foreign_key="projects.id", index=True)
+    starts_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    ends_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    completed: bool = False
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Request(SQLModel, table=True):
+    """A support ticket."""
+
+    __tablename__ = "requests"
+
+    id: int | None = Field(default=None, primary_key=True)
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    owner_id: int | None = Field(default=None, foreign_key="associates.id", index=True)
+    title: str = ""
+    type: str | None = None
+    status: str | None = None
+    category: str | None = None
+    priority: str | None = None
+    messages: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON_LIST)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Sale(SQLModel, table=True):
+    __tablename__ = "sales"
+
+    id: int | None = Field(default=None, primary_key=True)
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    company_id: int | None = Field(default=None, foreign_key="companies.id", index=True)
+    owner_id: int | None = Field(default=None, foreign_key="associates.id", index=True)
+    title: str = ""
+    type: str | None = None
+    stage: str | None = None
+    amount: float = 0.0
+    currency: str | None = None
+    description: str = ""
+    project_id: int | None = Field(default=None, foreign_key="projects.id", index=True)
+    estimated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Notification(SQLModel, table=True):
+    """An internal notification to an associate (new owner, new follow-up, ...)."""
+
+    __tablename__ = "notifications"
+
+    id: int | None = Field(default=None, primary_key=True)
+    associate_id: int = Field(foreign_key="associates.id", index=True)
+    subject: str = ""
+    text: str = ""
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    read: bool = False
+
+
+# Field catalogue for criteria, merge tags and update rows: name -> value kind.
+# Kinds: "text", "list" (pick one), "multi" (multi-value), "bool", "date", "number", "tags".
+# Names under OPEN_FIELD_PREFIXES ("user_defined.<name>", "extra.<name>") are open-ended.
+CONTACT_FIELDS: dict[str, str] = {
+    "first_name": "text",
+    "last_name": "text",
+    "title": "text",
+    "department": "text",
+    "email": "text",
+    "emails": "multi",
+    "mobile": "text",
+    "phones": "multi",
+    "position": "list",
+    "category": "list",
+    "company_id": "list",
+    "our_contact_id": "list",
+    "our_service_contact_id": "list",
+    "no_mailings": "bool",
+    "retired": "bool",
+    "interests": "tags",
+    "subscriptions": "tags",
+    "consents": "tags",  # facts expose the consented purposes
+    "created_at": "date",
+    "updated_at": "date",
+}
+
+COMPANY_FIELDS: dict[str, str] = {
+    "name": "text",
+    "category": "list",
+    "business": "list",
+    "country": "list",
+    "phone": "text",
+    "email": "text",
+    "website": "text",
+    "our_contact_id": "list",
+}
+
+OPEN_FIELD_PREFIXES: tuple[str, ...] = ("user_defined.", "extra.")
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _open_facts(
+    prefix: str, user_defined: dict[str, Any], extra: dict[str, Any]
+) -> dict[str, object]:
+    facts: dict[str, object] = {}
+    for key, value in user_defined.items():
+        facts[f"{prefix}.user_defined.{key}"] = _jsonable(value)
+    for key, value in extra.items():
+        facts[f"{prefix}.extra.{key}"] = _jsonable(value)
+    return facts
+
+
+def _associate_facts(prefix: str, associate: Associate | None) -> dict[str, object]:
+    if associate is None:
+        return {}
+    return {
+        f"{prefix}.name": associate.name,
+        f"{prefix}.email": associate.email,
+        f"{prefix}.mobile": associate.mobile,
+    }
+
+
+def contact_facts(session: Session, contact_id: int) -> dict[str, object] | None:
+    """Flat, JSON-serialisable facts about one contact for criteria and merge tags.
+
+    Keys: `contact.<field>` and `company.<field>` for the catalogue fields (company values are
+    None without a company), `contact.id`, `company.id`, `contact.full_name`,
+    `contact.user_defined.<k>`, `contact.extra.<k>` (same for company), `contact.selections`
+    and `contact.projects` (sorted ids), and `contact.our_contact.name|email|mobile` and
+    `contact.our_service_contact.*` when set. `contact.consents` is the list of purposes.
+    """
+    contact = session.get(Contact, contact_id)
+    if contact is None:
+        return None
+
+    facts: dict[str, object] = {"contact.id": contact.id, "contact.full_name": contact.full_name}
+    for name in CONTACT_FIELDS:
+        facts[f"contact.{name}"] = _jsonable(getattr(contact, name))
+    facts["contact.consents"] = sorted(
+        {str(c.get("purpose")) for c in contact.consents if c.get("purpose")}
+    )
+    facts.update(_open_facts("contact", contact.user_defined, contact.extra_fields))
+
+    company = session.get(Company, contact.company_id) if contact.company_id is not None else None
+    facts["company.id"] = company.id if company is not None else None
+    for name in COMPANY_FIELDS:
+        facts[f"company.{name}"] = _jsonable(getattr(company, name)) if company else None
+    if company is not None:
+        facts.update(_open_facts("company", company.user_defined, company.extra_fields))
+
+    facts["contact.selections"] = sorted(
+        session.exec(
+            select(SelectionMember.selection_id).where(SelectionMember.contact_id == contact_id)
+        ).all()
+    )
+    facts["contact.projects"] = sorted(
+        session.exec(
+            select(ProjectMember.project_id).where(ProjectMember.contact_id == contact_id)
+        ).all()
+    )
+
+    for prefix, associate_id in (
+        ("contact.our_contact", contact.our_contact_id),
+        ("contact.our_service_contact", contact.our_service_contact_id),
+    ):
+        if associate_id is not None:
+            facts.update(_associate_facts(prefix, session.get(Associate, associate_id)))
+    return facts

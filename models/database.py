@@ -1,0 +1,116 @@
+"""Engine, sessions and the column types shared by every table module."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import DateTime, event
+from sqlalchemy.engine import Dialect, Engine, make_url
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Session, SQLModel, create_engine
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now in UTC; the default factory for every timestamp column."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores UTC and always returns aware UTC datetimes.
+
+    SQLite keeps no offset and hands back naive values; PostgreSQL returns the session's zone.
+    Naive input is taken to be UTC already.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def __init__(self) -> None:
+        super().__init__(timezone=True)
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def database_url() -> str:
+    """`DATABASE_URL`, or a SQLite file under `<project root>/.data/`."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url
+    data_dir = PROJECT_ROOT / ".data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{data_dir / 'flows.db'}"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL + busy timeout: activities write from a thread pool, so readers must not block writers
+    # and concurrent writers must wait instead of failing with "database is locked".
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """One engine per URL for the whole process (engines own the connection pool)."""
+    resolved = url or database_url()
+    with _engines_lock:
+        engine = _engines.get(resolved)
+        if engine is not None:
+            return engine
+        if make_url(resolved).get_backend_name() == "sqlite":
+            engine = create_engine(
+                resolved, connect_args={"check_same_thread": False, "timeout": 30}
+            )
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(resolved, pool_pre_ping=True)
+        _engines[resolved] = engine
+        return engine
+
+
+def create_tables(engine: Engine) -> None:
+    """Create every table that does not exist yet."""
+    # Importing registers the table classes on SQLModel.metadata.
+    from models import crm  # noqa: F401
+    from models import engine as engine_tables  # noqa: F401
+
+    SQLModel.metadata.create_all(engine)
+
+
+@contextmanager
+def session(engine: Engine | None = None) -> Iterator[Session]:
+    """A unit of work: commit on success, roll back on error."""
+    # expire_on_commit=False: callers read ids and fields after the block has committed.
+    with Session(engine or get_engine(), expire_on_commit=False) as s:
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise

@@ -1,0 +1,557 @@
+"""A flow definition: settings, triggers and a graph of steps, as one JSON document.
+
+Each step kind is one model tagged by ``type``; together they form the ``Step`` discriminated union.
+Every step has an ``id``; a step names its successor in ``next`` (a split names one per branch, and
+``finish`` ends the path). Structural checks that need the whole graph live in ``models.validation``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, time
+from enum import StrEnum
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from models.criteria import Criteria
+from models.schedule import IntervalUnit
+
+StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+FlowId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+
+
+class Definition(BaseModel):
+    """Base of every part of a flow document: unknown keys are mistakes, not extensions."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Interval(Definition):
+    amount: int = Field(ge=1, le=100_000)
+    unit: IntervalUnit
+
+
+class Handoffs(Definition):
+    """What happens to a contact leaving the flow at an exit (spec §7)."""
+
+    suggest_flow: FlowId | None = None
+    add_to_selection: int | None = None
+
+
+# --- Send message ------------------------------------------------------------------------------
+
+
+class StepBase(Definition):
+    id: StepId
+    name: str | None = Field(default=None, max_length=200, description="Shown in status and the UI")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.id
+
+
+class Attachment(Definition):
+    path: str = Field(min_length=1, description="Relative to the flow document's folder")
+    filename: str | None = None
+
+
+class SendEmail(StepBase):
+    type: Literal["send_email"]
+    next: StepId
+    subject: str = Field(min_length=1, max_length=998)
+    html: str | None = None
+    text: str | None = None
+    content_file: str | None = Field(
+        default=None, description="An HTML file next to the flow document, used when html is unset"
+    )
+    attachments: list[Attachment] = []
+    track_opens: bool = True
+
+    @model_validator(mode="after")
+    def _has_body(self) -> SendEmail:
+        if self.html is None and self.text is None and self.content_file is None:
+            raise ValueError("needs a body: html, text or content_file")
+        return self
+
+
+class SendSms(StepBase):
+    type: Literal["send_sms"]
+    next: StepId
+    sender: str | None = Field(default=None, description="Defaults to the flow's SMS sender")
+    text: str = Field(min_length=1, max_length=1600)
+    exit_if_no_mobile: bool = False
+    exit: Handoffs = Handoffs()
+
+
+# --- Flow control ------------------------------------------------------------------------------
+
+
+class WaitTime(StepBase):
+    type: Literal["wait_time"]
+    next: StepId
+    mode: Literal["after", "until"] = "after"
+    amount: int | None = Field(default=None, ge=1, le=100_000)
+    unit: IntervalUnit | None = None
+    until: datetime | None = Field(
+        default=None, description="A local date-time in the flow's time zone, without offset"
+    )
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> WaitTime:
+        if self.mode == "after" and (self.amount is None or self.unit is None):
+            raise ValueError("mode 'after' needs amount and unit")
+        if self.mode == "until":
+            if self.until is None:
+                raise ValueError("mode 'until' needs until")
+            if self.until.tzinfo is not None:
+                raise ValueError("until is a local time in the flow's time zone: drop the offset")
+        return self
+
+
+class AwaitedAction(Definition):
+    kind: Literal["form_submitted", "link_clicked"]
+    form_id: int | None = None
+    email_step: StepId | None = Field(default=None, description="The email whose links count")
+    link: str | None = Field(default=None, description="A specific link; unset means any link")
+
+    @model_validator(mode="after")
+    def _target(self) -> AwaitedAction:
+        if self.kind == "form_submitted" and self.form_id is None:
+            raise ValueError("form_submitted needs form_id")
+        if self.kind == "link_clicked" and self.email_step is None:
+            raise ValueError("link_clicked needs email_step")
+        return self
+
+
+class WaitForAction(StepBase):
+    type: Literal["wait_for_action"]
+    next: StepId
+    actions: list[AwaitedAction] = Field(min_length=1)
+    max_wait: Interval | None = Interval(amount=7, unit="days")
+    exit_on_timeout: bool = False
+    exit: Handoffs = Handoffs()
+
+
+class SplitBasis(StrEnum):
+    data = "data"
+    form_submitted = "form_submitted"
+    form_data = "form_data"
+    link_clicked = "link_clicked"
+    project = "project"
+    selection = "selection"
+
+
+class SplitBranch(Definition):
+    name: str = Field(min_length=1, max_length=100)
+    next: StepId
+    criteria: Criteria | None = None
+    submitted: bool | None = None
+    link: str | None = None
+    project_id: int | None = None
+    selection_id: int | None = None
+
+
+class EveryoneElse(Definition):
+    """The branch that always exists: continue at ``next``, or leave the flow when it is unset."""
+
+    next: StepId | None = None
+    exit: Handoffs = Handoffs()
+
+
+class Split(StepBase):
+    type: Literal["split"]
+    basis: SplitBasis = SplitBasis.data
+    form_id: int | None = None
+    email_step: StepId | None = Field(
+        default=None, description="link_clicked: a specific email step; unset means any email"
+    )
+    branches: list[SplitBranch] = Field(min_length=1, max_length=20)
+    everyone_else: EveryoneElse
+
+    @model_validator(mode="after")
+    def _basis_fields(self) -> Split:
+        needs = {
+            SplitBasis.data: "criteria",
+            SplitBasis.form_data: "criteria",
+            SplitBasis.form_submitted: "submitted",
+            SplitBasis.project: "project_id",
+            SplitBasis.selection: "selection_id",
+        }
+        problems: list[str] = []
+        field = needs.get(self.basis)
+        if field is not None:
+            for index, branch in enumerate(self.branches):
+                if getattr(branch, field) is None:
+                    problems.append(f"branches.{index}.{field} is required for basis {self.basis}")
+        if self.basis in (SplitBasis.form_submitted, SplitBasis.form_data) and self.form_id is None:
+            problems.append(f"form_id is required for basis {self.basis}")
+        if self.basis is SplitBasis.form_submitted and sorted(
+            b.submitted for b in self.branches if b.submitted is not None
+        ) != [False, True]:
+            problems.append("basis form_submitted has exactly two branches: submitted true and false")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+# --- Update participant ------------------------------------------------------------------------
+
+
+class UpdateRow(Definition):
+    target: Literal["contact", "company"] = "contact"
+    field: str = Field(min_length=1)
+    action: str = Field(min_length=1, description="set, clear, replace, regex_replace, add, ...")
+    value: str | int | float | bool | list[str] | dict[str, str] | None = None
+    find: str | None = None
+    match_case: bool = False
+    whole_word: bool = False
+    enabled: bool = True
+
+
+class UpdateContact(StepBase):
+    type: Literal["update_contact"]
+    next: StepId
+    rows: list[UpdateRow] = Field(min_length=1)
+
+
+class ListMembership(StepBase):
+    next: StepId
+    selection_id: int | None = None
+    project_id: int | None = None
+
+    @model_validator(mode="after")
+    def _some_list(self) -> ListMembership:
+        if self.selection_id is None and self.project_id is None:
+            raise ValueError("needs selection_id, project_id or both")
+        return self
+
+
+class AddToList(ListMembership):
+    type: Literal["add_to_list"]
+
+
+class RemoveFromList(ListMembership):
+    type: Literal["remove_from_list"]
+
+
+class DistributeToOwner(StepBase):
+    type: Literal["distribute_to_owner"]
+    next: StepId
+    associate_ids: list[int] = []
+    user_group_id: int | None = None
+    only_if_unassigned: bool = True
+    fallback_associate_id: int | None = None
+
+    @model_validator(mode="after")
+    def _pool(self) -> DistributeToOwner:
+        if bool(self.associate_ids) == (self.user_group_id is not None):
+            raise ValueError("choose either associate_ids or user_group_id")
+        return self
+
+
+# --- Create activity ---------------------------------------------------------------------------
+
+
+class Owner(Definition):
+    kind: Literal["our_contact", "our_service_contact", "associate"] = "our_contact"
+    associate_id: int | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> Owner:
+        if self.kind == "associate" and self.associate_id is None:
+            raise ValueError("owner kind 'associate' needs associate_id")
+        return self
+
+
+class CreateFollowUp(StepBase):
+    type: Literal["create_follow_up"]
+    next: StepId
+    title: str = Field(min_length=1, max_length=200)
+    follow_up_type: str = Field(min_length=1)
+    kind: Literal["todo", "meeting"] = "todo"
+    project_id: int | None = None
+    agenda: str = ""
+    after: Interval | None = Field(
+        default=None, description="todo: due after this (unset: today); meeting: first free after"
+    )
+    duration_minutes: int = Field(default=30, ge=5, le=24 * 60)
+    owner: Owner = Owner()
+
+
+class CreateRequest(StepBase):
+    type: Literal["create_request"]
+    next: StepId
+    title: str = Field(min_length=1, max_length=200)
+    request_type: str = Field(min_length=1)
+    status: str = Field(min_length=1)
+    category: str = Field(min_length=1)
+    priority: str = Field(min_length=1)
+    owner: Literal["associate", "automatic", "unassigned"] = "automatic"
+    associate_id: int | None = None
+    message: str = ""
+
+    @model_validator(mode="after")
+    def _owner(self) -> CreateRequest:
+        if self.owner == "associate" and self.associate_id is None:
+            raise ValueError("owner 'associate' needs associate_id")
+        return self
+
+
+class CreateSale(StepBase):
+    type: Literal["create_sale"]
+    next: StepId
+    title: str = Field(min_length=1, max_length=200)
+    sale_type: str = Field(min_length=1)
+    stage: str | None = Field(default=None, description="Defaults to the sale type's first stage")
+    amount: float = Field(default=0, ge=0)
+    currency: str = Field(default="SEK", pattern=r"^[A-Z]{3}$")
+    description: str = ""
+    project_id: int | None = None
+    after: Interval | None = Field(default=None, description="Unset: estimated by the sale type")
+    owner: Owner = Owner()
+
+
+# --- Internal action ---------------------------------------------------------------------------
+
+
+class RunScript(StepBase):
+    type: Literal["run_script"]
+    next: StepId
+    script: str = Field(min_length=1, max_length=200)
+
+
+class Recipients(Definition):
+    our_contact: bool = False
+    our_service_contact: bool = False
+    addresses: list[str] = Field(default=[], description="E-mail addresses or mobile numbers")
+
+    @model_validator(mode="after")
+    def _someone(self) -> Recipients:
+        if not (self.our_contact or self.our_service_contact or self.addresses):
+            raise ValueError("name at least one recipient")
+        return self
+
+
+class NotifyEmail(StepBase):
+    type: Literal["notify_email"]
+    next: StepId
+    to: Recipients
+    subject: str = Field(min_length=1, max_length=998)
+    text: str = Field(min_length=1)
+
+
+class NotifySms(StepBase):
+    type: Literal["notify_sms"]
+    next: StepId
+    to: Recipients
+    sender: str | None = None
+    text: str = Field(min_length=1, max_length=1600)
+
+
+class Finish(StepBase):
+    type: Literal["finish"]
+    suggest_flow_on_success: FlowId | None = None
+    suggest_flow_otherwise: FlowId | None = None
+    add_to_selection: int | None = None
+
+
+Step = Annotated[
+    SendEmail
+    | SendSms
+    | WaitTime
+    | WaitForAction
+    | Split
+    | UpdateContact
+    | AddToList
+    | RemoveFromList
+    | DistributeToOwner
+    | CreateFollowUp
+    | CreateRequest
+    | CreateSale
+    | RunScript
+    | NotifyEmail
+    | NotifySms
+    | Finish,
+    Field(discriminator="type"),
+]
+
+MESSAGE_STEP_TYPES = frozenset({"send_email", "send_sms"})
+WAIT_STEP_TYPES = frozenset({"wait_time", "wait_for_action"})
+
+
+def successors(step: Step) -> list[StepId]:
+    """The step ids a step can lead to, in branch order."""
+    if isinstance(step, Finish):
+        return []
+    if isinstance(step, Split):
+        targets = [branch.next for branch in step.branches]
+        if step.everyone_else.next is not None:
+            targets.append(step.everyone_else.next)
+        return targets
+    return [step.next]
+
+
+# --- Flow settings -----------------------------------------------------------------------------
+
+
+class Weekday(StrEnum):
+    mon = "mon"
+    tue = "tue"
+    wed = "wed"
+    thu = "thu"
+    fri = "fri"
+    sat = "sat"
+    sun = "sun"
+
+
+WEEKDAY_NUMBERS = {day: number for number, day in enumerate(Weekday)}
+WEEKDAY_PRESETS = {
+    "workdays": [Weekday.mon, Weekday.tue, Weekday.wed, Weekday.thu, Weekday.fri],
+    "all_days": list(Weekday),
+}
+
+
+class SendingWindow(Definition):
+    """Only send email and SMS on these days between start and end, in the flow's time zone."""
+
+    weekdays: list[Weekday] = Field(default=WEEKDAY_PRESETS["workdays"], min_length=1)
+    start: time = time(8, 0)
+    end: time = time(17, 0)
+
+    @field_validator("weekdays", mode="before")
+    @classmethod
+    def _preset(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value not in WEEKDAY_PRESETS:
+                raise ValueError(f"unknown preset {value!r}: use a list of days or workdays/all_days")
+            return WEEKDAY_PRESETS[value]
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> SendingWindow:
+        if self.start >= self.end:
+            raise ValueError("start must be before end")
+        return self
+
+    @property
+    def weekday_numbers(self) -> frozenset[int]:
+        return frozenset(WEEKDAY_NUMBERS[day] for day in self.weekdays)
+
+
+class Sender(Definition):
+    kind: Literal["address", "our_contact", "our_service_contact"] = "address"
+    address: str | None = Field(default=None, description="The address, or the fallback")
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _address(self) -> Sender:
+        if self.address is None:
+            raise ValueError("needs address (the fixed address, or the fallback)")
+        return self
+
+
+class ReplyTo(Definition):
+    kind: Literal["address", "our_contact", "our_service_contact", "same_as_from", "none"] = "none"
+    address: str | None = None
+
+    @model_validator(mode="after")
+    def _address(self) -> ReplyTo:
+        if self.kind in ("address", "our_contact", "our_service_contact") and self.address is None:
+            raise ValueError(f"reply-to kind {self.kind!r} needs address (or its fallback)")
+        return self
+
+
+class EmailSettings(Definition):
+    subscription_type: str | None = None
+    sender: Sender = Field(alias="from")
+    reply_to: ReplyTo = ReplyTo()
+
+
+class TriggerKind(StrEnum):
+    contact_created = "contact_created"
+    contact_updated = "contact_updated"
+    sale_created = "sale_created"
+    sale_sold = "sale_sold"
+    sale_lost = "sale_lost"
+    added_to_project = "added_to_project"
+    added_to_selection = "added_to_selection"
+    request_created = "request_created"
+    form_submitted = "form_submitted"
+    link_clicked = "link_clicked"
+
+
+class Trigger(Definition):
+    kind: TriggerKind
+    form_id: int | None = None
+    link: str | None = None
+    selection_id: int | None = None
+    project_id: int | None = None
+
+
+class SuccessKind(StrEnum):
+    contact_updated = "contact_updated"
+    sale_created = "sale_created"
+    follow_up_created = "follow_up_created"
+    request_created = "request_created"
+    added_to_selection = "added_to_selection"
+    added_to_project = "added_to_project"
+    form_submitted = "form_submitted"
+    link_clicked = "link_clicked"
+
+
+class SuccessCriterion(Definition):
+    kind: SuccessKind
+    form_id: int | None = None
+    link: str | None = None
+    selection_id: int | None = None
+    project_id: int | None = None
+
+
+class SuccessCriteria(Definition):
+    criteria: list[SuccessCriterion] = Field(min_length=1)
+    move_to_finish: bool = False
+
+
+class Flow(Definition):
+    id: FlowId
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    time_zone: str = "Europe/Stockholm"
+    owner_id: int | None = None
+    visible_for: Literal["owner", "group", "everyone"] = "everyone"
+    email: EmailSettings | None = None
+    sms_sender: str | None = None
+    sending_window: SendingWindow | None = None
+    scheduled_start: datetime | None = Field(default=None, description="Local, flow's time zone")
+    enrollment_end: datetime | None = Field(default=None, description="Local, flow's time zone")
+    success: SuccessCriteria | None = None
+    exclusion_selections: list[int] = []
+    only_once: bool = False
+    remove_from_flows: list[FlowId] = []
+    filter: Criteria | None = None
+    triggers: list[Trigger] = []
+    start: StepId = Field(description="The id of the first step")
+    steps: list[Step] = Field(min_length=1)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r}") from None
+        return value
+
+    def step(self, step_id: str) -> Step:
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)

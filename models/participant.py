@@ -1,0 +1,55 @@
+"""A participant: one contact travelling one flow version. What the workflow is given and keeps."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from models.engine import ParticipantStatus
+from models.flow import Flow
+
+
+def participant_workflow_id(flow_id: str, contact_id: int) -> str:
+    """Readable and deterministic: the same contact can never be active twice in one flow."""
+    return f"flow-{flow_id}-contact-{contact_id}"
+
+
+class Visit(BaseModel):
+    step: str
+    entered_at: datetime
+    outcome: str = ""
+
+
+class ParticipantState(BaseModel):
+    """Everything a participant carries across continue-as-new, and what the ``state`` query returns."""
+
+    participant_id: str
+    flow_id: str
+    flow_version: int
+    contact_id: int
+    status: ParticipantStatus = ParticipantStatus.active
+    current_step: str | None = None
+    wait_until: datetime | None = None
+    drop_out_reason: str | None = None
+    enrolled_at: datetime
+    finished_at: datetime | None = None
+    steps_taken: int = 0
+    visits: dict[str, int] = Field(
+        default={}, description="Times each step was entered: part of every send's ledger key"
+    )
+    trail: list[Visit] = Field(default=[], description="The most recent steps, newest last")
+
+
+class Enrollment(BaseModel):
+    """The participant workflow's input: the pinned flow version and where to pick up."""
+
+    flow: Flow
+    flow_version: int
+    contact_id: int
+    state: ParticipantState | None = Field(
+        default=None, description="Set when continuing as new; absent on enrollment"
+    )
+    steps_per_run: int = Field(
+        default=1000, ge=1, description="Continue as new after this many steps (or when suggested)"
+    )

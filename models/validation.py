@@ -1,0 +1,304 @@
+"""Checking a flow document: every problem at once, each named by step id and field.
+
+Two levels, as in the reference product: a flow that is *valid to save* may still not be *ready to
+run* (for instance email steps before the email settings are filled in). ``check_flow`` never
+raises on bad input: whatever the document holds, it returns a report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from models.criteria import UNARY_OPERATORS, Criteria
+from models.crm import COMPANY_FIELDS, CONTACT_FIELDS
+from models.flow import (
+    WAIT_STEP_TYPES,
+    Flow,
+    SendEmail,
+    SendSms,
+    Split,
+    SplitBasis,
+    Step,
+    successors,
+)
+from models.merge_tags import unknown_tags
+
+Level = Literal["error", "not_ready", "warning"]
+
+# The step kinds this engine runs. A flow may be saved with any of the 15 kinds; it can only be
+# started when every step is of a kind listed here (tests check this matches workflows.steps).
+RUNNABLE_STEP_TYPES = frozenset({"wait_time", "split", "add_to_list", "remove_from_list", "finish"})
+RUNNABLE_SPLIT_BASES = frozenset({SplitBasis.data, SplitBasis.project, SplitBasis.selection})
+
+
+@dataclass(frozen=True)
+class Problem:
+    level: Level
+    step: str | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"step {self.step!r}" if self.step else "flow"
+        tag = {"error": "error", "not_ready": "not ready to run", "warning": "warning"}[self.level]
+        return f"{tag}: {where}, {self.field or '(document)'}: {self.message}"
+
+
+@dataclass
+class FlowReport:
+    flow: Flow | None
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def can_save(self) -> bool:
+        return self.flow is not None and not any(p.level == "error" for p in self.problems)
+
+    @property
+    def can_run(self) -> bool:
+        return self.can_save and not any(p.level == "not_ready" for p in self.problems)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.level == "error"]
+
+
+def check_flow(document: object) -> FlowReport:
+    """Validate a parsed JSON document; return the flow (if it parses) and every problem found."""
+    if not isinstance(document, dict):
+        return FlowReport(None, [Problem("error", None, "", "a flow document is a JSON object")])
+    try:
+        flow = Flow.model_validate(document)
+    except ValidationError as exc:
+        problems = list(_schema_problems(document, exc))
+        problems.extend(_graph_problems_raw(document))
+        return FlowReport(None, _unique(problems))
+    problems = [*_graph_problems(flow), *_content_problems(flow), *_readiness_problems(flow)]
+    return FlowReport(flow, _unique(problems))
+
+
+def _unique(problems: Iterable[Problem]) -> list[Problem]:
+    return list(dict.fromkeys(problems))
+
+
+# --- schema errors, mapped back to step ids ----------------------------------------------------
+
+
+def _schema_problems(document: dict[str, Any], exc: ValidationError) -> Iterator[Problem]:
+    raw_steps = document.get("steps")
+    for error in exc.errors():
+        loc = list(error["loc"])
+        step_id: str | None = None
+        if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+            raw = raw_steps[loc[1]] if isinstance(raw_steps, list) else None
+            step_id = str(raw.get("id")) if isinstance(raw, dict) and "id" in raw else f"#{loc[1]}"
+            loc = loc[2:]
+            # The discriminated union puts the step type in the path: it names no field.
+            if loc and isinstance(raw, dict) and loc[0] == raw.get("type"):
+                loc = loc[1:]
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "union_tag_invalid":
+            message = f"unknown step type {error['input'].get('type')!r}"
+            loc = ["type"]
+        elif error["type"] == "union_tag_not_found":
+            message = "every step needs a type"
+            loc = ["type"]
+        yield Problem("error", step_id, ".".join(str(part) for part in loc), message)
+
+
+def _graph_problems_raw(document: dict[str, Any]) -> Iterator[Problem]:
+    """Duplicate ids are worth reporting even when other fields fail to parse."""
+    steps = document.get("steps")
+    if not isinstance(steps, list):
+        return
+    seen: set[str] = set()
+    for raw in steps:
+        step_id = raw.get("id") if isinstance(raw, dict) else None
+        if isinstance(step_id, str):
+            if step_id in seen:
+                yield Problem("error", step_id, "id", "duplicate step id")
+            seen.add(step_id)
+
+
+# --- the graph ---------------------------------------------------------------------------------
+
+
+def _graph_problems(flow: Flow) -> Iterator[Problem]:
+    yield from _graph_problems_raw({"steps": [{"id": s.id} for s in flow.steps]})
+    ids = {step.id for step in flow.steps}
+    if flow.start not in ids:
+        yield Problem("error", None, "start", f"no step has id {flow.start!r}")
+    for step in flow.steps:
+        for where, target in _references(step):
+            if target not in ids:
+                yield Problem("error", step.id, where, f"no step has id {target!r}")
+    if flow.start in ids:
+        reachable = _reachable(flow)
+        for step in flow.steps:
+            if step.id not in reachable:
+                yield Problem("error", step.id, "id", "unreachable from the start step")
+    for component in _cycles(flow):
+        if not any(flow.step(step_id).type in WAIT_STEP_TYPES for step_id in component):
+            first = sorted(component)[0]
+            path = " → ".join(sorted(component))
+            yield Problem("error", first, "next", f"a loop without a wait step: {path}")
+
+
+def _references(step: Step) -> Iterator[tuple[str, str]]:
+    if isinstance(step, Split):
+        for index, branch in enumerate(step.branches):
+            yield f"branches.{index}.next", branch.next
+        if step.everyone_else.next is not None:
+            yield "everyone_else.next", step.everyone_else.next
+        if step.email_step is not None:
+            yield "email_step", step.email_step
+        return
+    if step.type == "wait_for_action":
+        for index, action in enumerate(step.actions):
+            if action.email_step is not None:
+                yield f"actions.{index}.email_step", action.email_step
+    if step.type != "finish":
+        yield "next", step.next
+
+
+def _edges(flow: Flow) -> dict[str, list[str]]:
+    ids = {step.id for step in flow.steps}
+    return {s.id: [t for t in successors(s) if t in ids] for s in flow.steps}
+
+
+def _reachable(flow: Flow) -> set[str]:
+    edges = _edges(flow)
+    seen, stack = {flow.start}, [flow.start]
+    while stack:
+        for target in edges[stack.pop()]:
+            if target not in seen:
+                seen.add(target)
+                stack.append(target)
+    return seen
+
+
+def _cycles(flow: Flow) -> list[set[str]]:
+    """Strongly connected components that contain a cycle (Tarjan, iterative)."""
+    edges = _edges(flow)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    found: list[set[str]] = []
+    counter = 0
+    for root in edges:
+        if root in index:
+            continue
+        work: list[tuple[str, int]] = [(root, 0)]
+        while work:
+            node, child = work.pop()
+            if child == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(node)
+            if child < len(edges[node]):
+                work.append((node, child + 1))
+                target = edges[node][child]
+                if target not in index:
+                    work.append((target, 0))
+                elif target in on_stack:
+                    low[node] = min(low[node], index[target])
+                continue
+            if low[node] == index[node]:
+                component: set[str] = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in edges[node]:
+                    found.append(component)
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return found
+
+
+# --- content: criteria fields, merge tags ------------------------------------------------------
+
+
+def _known_fact(name: str) -> bool:
+    group, _, rest = name.partition(".")
+    catalogue = {"contact": CONTACT_FIELDS, "company": COMPANY_FIELDS}.get(group)
+    if catalogue is None or not rest:
+        return False
+    if rest.split(".")[0] in ("user_defined", "extra") and rest.count(".") >= 1:
+        return True
+    return rest in catalogue or rest in ("selections", "projects", "our_contact.name")
+
+
+def _criteria_problems(criteria: Criteria, where: str) -> Iterator[tuple[str, str]]:
+    for index, condition in enumerate(criteria.conditions):
+        at = f"{where}.conditions.{index}"
+        if not _known_fact(condition.field):
+            yield f"{at}.field", f"unknown field {condition.field!r}"
+        if condition.operator in UNARY_OPERATORS and condition.value is not None:
+            yield f"{at}.value", f"operator {condition.operator} takes no value"
+        if condition.operator not in UNARY_OPERATORS and condition.value is None:
+            yield f"{at}.value", f"operator {condition.operator} needs a value"
+
+
+def _texts(step: Step) -> Iterator[tuple[str, str]]:
+    for name in ("subject", "html", "text", "agenda", "message", "title"):
+        value = getattr(step, name, None)
+        if isinstance(value, str):
+            yield name, value
+
+
+def _content_problems(flow: Flow) -> Iterator[Problem]:
+    if flow.filter is not None:
+        for where, message in _criteria_problems(flow.filter, "filter"):
+            yield Problem("error", None, where, message)
+    for step in flow.steps:
+        if isinstance(step, Split):
+            for index, branch in enumerate(step.branches):
+                if branch.criteria is not None:
+                    for where, msg in _criteria_problems(branch.criteria, f"branches.{index}.criteria"):
+                        yield Problem("error", step.id, where, msg)
+        for name, text in _texts(step):
+            for tag in unknown_tags(text):
+                yield Problem("error", step.id, name, f"unknown merge tag [[{tag}]]")
+
+
+# --- ready to run ------------------------------------------------------------------------------
+
+
+def _engagement_settings(flow: Flow) -> list[tuple[str, object]]:
+    """Settings whose behaviour arrives with triggers and success tracking: refused until then."""
+    return [
+        ("triggers", flow.triggers),
+        ("success", flow.success),
+        ("remove_from_flows", flow.remove_from_flows),
+    ]
+
+
+def _readiness_problems(flow: Flow) -> Iterator[Problem]:
+    kinds = {step.type for step in flow.steps}
+    if "send_email" in kinds and flow.email is None:
+        first = next(s.id for s in flow.steps if isinstance(s, SendEmail))
+        yield Problem("not_ready", first, "email", "email steps need the flow's email settings")
+    for step in flow.steps:
+        if isinstance(step, SendSms) and step.sender is None and flow.sms_sender is None:
+            yield Problem("not_ready", step.id, "sender", "no sender, and the flow has no SMS sender")
+        if step.type not in RUNNABLE_STEP_TYPES:
+            yield Problem(
+                "not_ready", step.id, "type", f"step type {step.type!r} is not supported yet"
+            )
+        elif isinstance(step, Split) and step.basis not in RUNNABLE_SPLIT_BASES:
+            yield Problem("not_ready", step.id, "basis", f"split basis {step.basis} is not supported yet")
+    for setting, value in _engagement_settings(flow):
+        if value:
+            yield Problem("not_ready", None, setting, f"{setting} is not supported yet")
+    for name, value in (("scheduled_start", flow.scheduled_start), ("enrollment_end", flow.enrollment_end)):
+        if value is not None and value.tzinfo is not None:
+            yield Problem("error", None, name, "a local time in the flow's time zone: drop the offset")

@@ -1,0 +1,89 @@
+"""The worker: runs participant workflows and the activities their steps call.
+
+    python worker.py            # TEMPORAL_ADDRESS (localhost:7233), TEMPORAL_NAMESPACE (default)
+
+Stops gracefully on Ctrl-C or SIGTERM: in-flight activities finish before it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+from activities.crm import CrmActivities
+from activities.participants import ParticipantActivities
+from models.database import create_tables, get_engine
+from workflows.participant import ParticipantWorkflow
+
+TASK_QUEUE = os.environ.get("TASK_QUEUE", "marketing-flows")
+
+
+def activities_for(engine: Engine) -> list[Callable[..., Any]]:
+    """Every activity the engine's steps call, bound to one database."""
+    crm = CrmActivities(engine)
+    participants = ParticipantActivities(engine)
+    return [
+        crm.add_to_list,
+        crm.remove_from_list,
+        crm.choose_split_branch,
+        participants.record_participant,
+    ]
+
+
+def build_worker(
+    client: Client,
+    engine: Engine,
+    *,
+    task_queue: str = TASK_QUEUE,
+    activities: Sequence[Callable[..., Any]] | None = None,
+    executor: ThreadPoolExecutor | None = None,
+) -> Worker:
+    """The worker as production runs it; tests pass their own task queue (and, for workflow-logic
+    tests, activities of the same names)."""
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[ParticipantWorkflow],
+        activities=list(activities if activities is not None else activities_for(engine)),
+        # Database activities are synchronous: they run on this pool, not the event loop.
+        activity_executor=executor or ThreadPoolExecutor(max_workers=16),
+        max_concurrent_activities=16,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+async def connect(address: str | None = None, namespace: str | None = None) -> Client:
+    return await Client.connect(
+        address or os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"),
+        namespace=namespace or os.environ.get("TEMPORAL_NAMESPACE", "default"),
+        data_converter=pydantic_data_converter,
+    )
+
+
+async def main() -> None:
+    engine = get_engine()
+    create_tables(engine)
+    client = await connect()
+    worker = build_worker(client, engine)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with worker:
+        print(f"worker: polling task queue {TASK_QUEUE!r} on {client.service_client.config.target_host}")
+        await stop.wait()
+        print("worker: stopping (finishing in-flight activities)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -45,7 +45,7 @@ class Problem:
     def __str__(self) -> str:
         where = f"step {self.step!r}" if self.step else "flow"
         tag = {"error": "error", "not_ready": "not ready to run", "warning": "warning"}[self.level]
-        return f"{tag}: {where}, {self.field or '(document)'}: {self.message}"
+        return f"{tag}: {where}, {self.field or '(whole step)' if self.step else self.field}: {self.message}"
 
 
 @dataclass
@@ -110,31 +110,53 @@ def _schema_problems(document: dict[str, Any], exc: ValidationError) -> Iterator
 
 
 def _graph_problems_raw(document: dict[str, Any]) -> Iterator[Problem]:
-    """Duplicate ids are worth reporting even when other fields fail to parse."""
+    """Duplicate ids and dangling references, read from the raw document so they are reported
+    even when other fields of a step fail to parse."""
     steps = document.get("steps")
     if not isinstance(steps, list):
         return
+    raw_steps = [raw for raw in steps if isinstance(raw, dict)]
+    ids = {raw["id"] for raw in raw_steps if isinstance(raw.get("id"), str)}
     seen: set[str] = set()
-    for raw in steps:
-        step_id = raw.get("id") if isinstance(raw, dict) else None
-        if isinstance(step_id, str):
-            if step_id in seen:
-                yield Problem("error", step_id, "id", "duplicate step id")
-            seen.add(step_id)
+    for raw in raw_steps:
+        step_id = raw.get("id")
+        if not isinstance(step_id, str):
+            continue
+        if step_id in seen:
+            yield Problem("error", step_id, "id", "duplicate step id")
+        seen.add(step_id)
+        for where, target in _raw_references(raw):
+            if isinstance(target, str) and target not in ids:
+                yield Problem("error", step_id, where, f"no step has id {target!r}")
+    start = document.get("start")
+    if isinstance(start, str) and start not in ids:
+        yield Problem("error", None, "start", f"no step has id {start!r}")
+
+
+def _raw_references(raw: dict[str, Any]) -> Iterator[tuple[str, object]]:
+    if "next" in raw:
+        yield "next", raw["next"]
+    branches = raw.get("branches")
+    for index, branch in enumerate(branches if isinstance(branches, list) else []):
+        if isinstance(branch, dict) and "next" in branch:
+            yield f"branches.{index}.next", branch["next"]
+    everyone_else = raw.get("everyone_else")
+    if isinstance(everyone_else, dict) and everyone_else.get("next") is not None:
+        yield "everyone_else.next", everyone_else["next"]
+    if "email_step" in raw:
+        yield "email_step", raw["email_step"]
+    actions = raw.get("actions")
+    for index, action in enumerate(actions if isinstance(actions, list) else []):
+        if isinstance(action, dict) and "email_step" in action:
+            yield f"actions.{index}.email_step", action["email_step"]
 
 
 # --- the graph ---------------------------------------------------------------------------------
 
 
 def _graph_problems(flow: Flow) -> Iterator[Problem]:
-    yield from _graph_problems_raw({"steps": [{"id": s.id} for s in flow.steps]})
+    yield from _graph_problems_raw(flow.model_dump(mode="json", by_alias=True))
     ids = {step.id for step in flow.steps}
-    if flow.start not in ids:
-        yield Problem("error", None, "start", f"no step has id {flow.start!r}")
-    for step in flow.steps:
-        for where, target in _references(step):
-            if target not in ids:
-                yield Problem("error", step.id, where, f"no step has id {target!r}")
     if flow.start in ids:
         reachable = _reachable(flow)
         for step in flow.steps:
@@ -145,23 +167,6 @@ def _graph_problems(flow: Flow) -> Iterator[Problem]:
             first = sorted(component)[0]
             path = " → ".join(sorted(component))
             yield Problem("error", first, "next", f"a loop without a wait step: {path}")
-
-
-def _references(step: Step) -> Iterator[tuple[str, str]]:
-    if isinstance(step, Split):
-        for index, branch in enumerate(step.branches):
-            yield f"branches.{index}.next", branch.next
-        if step.everyone_else.next is not None:
-            yield "everyone_else.next", step.everyone_else.next
-        if step.email_step is not None:
-            yield "email_step", step.email_step
-        return
-    if step.type == "wait_for_action":
-        for index, action in enumerate(step.actions):
-            if action.email_step is not None:
-                yield f"actions.{index}.email_step", action.email_step
-    if step.type != "finish":
-        yield "next", step.next
 
 
 def _edges(flow: Flow) -> dict[str, list[str]]:

@@ -1,0 +1,197 @@
+"""The flows client: deploy and validate flow documents, enroll contacts, watch participants.
+
+    python starter.py validate flows/welcome.json
+    python starter.py deploy flows/welcome.json
+    python starter.py start welcome --selection 1        (or --contact 3 4 5)
+    python starter.py status welcome
+    python starter.py schema > flow.schema.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import TypeAdapter
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from activities.enrollment import enroll, selection_members
+from activities.flows import FlowRejected, UnknownFlow, deploy_flow, load_flow, read_document
+from models.database import create_tables, get_engine, session
+from models.engine import Participant
+from models.flow import Flow
+from models.validation import check_flow
+from worker import TASK_QUEUE, connect
+
+
+class CommandError(Exception):
+    """A failure the user can act on: printed as one line, exit status 1."""
+
+
+def _engine() -> Engine:
+    engine = get_engine()
+    create_tables(engine)
+    return engine
+
+
+def cmd_schema(_: argparse.Namespace) -> int:
+    schema = TypeAdapter(Flow).json_schema(by_alias=True)
+    print(json.dumps(schema, indent=2))
+    return 0
+
+
+def _read(path: str) -> dict[str, object]:
+    try:
+        return read_document(Path(path))
+    except FileNotFoundError:
+        raise CommandError(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"{path}: not JSON: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    report = check_flow(_read(args.file))
+    for problem in report.problems:
+        print(problem)
+    if not report.can_save:
+        print(f"{args.file}: invalid ({len(report.errors)} errors)")
+        return 1
+    verdict = "valid, ready to run" if report.can_run else "valid to save, not ready to run"
+    print(f"{args.file}: {verdict}")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    try:
+        deployed = deploy_flow(_engine(), _read(args.file))
+    except FlowRejected as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if deployed.created:
+        print(f"deployed {deployed.flow_id} version {deployed.version}")
+    else:
+        print(f"{deployed.flow_id} version {deployed.version} is already this document")
+    for problem in deployed.report.problems:
+        print(f"  {problem}")
+    return 0
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr for large enrollments (silent for small ones)."""
+
+    def __init__(self, total: int, width: int = 40) -> None:
+        self.total, self.done, self.width = total, 0, width
+        self.visible = total >= 50 and sys.stderr.isatty()
+
+    def __call__(self, count: int) -> None:
+        self.done += count
+        if self.visible:
+            filled = self.width * self.done // self.total
+            bar = "#" * filled + "." * (self.width - filled)
+            print(f"\r[{bar}] {self.done}/{self.total}", end="", file=sys.stderr, flush=True)
+            if self.done == self.total:
+                print(file=sys.stderr)
+
+
+async def _start(args: argparse.Namespace) -> int:
+    engine = _engine()
+    contacts: list[int] = list(args.contact or [])
+    if args.selection is not None:
+        contacts += selection_members(engine, args.selection)
+        if not contacts:
+            raise CommandError(f"selection {args.selection} has no members")
+    client = await connect()
+    report = await enroll(
+        client, engine, args.flow, contacts, task_queue=TASK_QUEUE, progress=ProgressBar(len(contacts))
+    )
+    print(f"{args.flow} v{report.version}: enrolled {len(report.enrolled)} of {len(contacts)}")
+    reasons = Counter(report.refused.values())
+    for reason, count in reasons.most_common():
+        ids = [c for c, r in report.refused.items() if r == reason]
+        shown = ", ".join(map(str, ids[:10])) + (" …" if len(ids) > 10 else "")
+        print(f"  not enrolled ({count}): {reason}: {shown}")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    if not args.contact and args.selection is None:
+        raise CommandError("name contacts with --contact ID… or a selection with --selection ID")
+    return asyncio.run(_start(args))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    engine = _engine()
+    stored = load_flow(engine, args.flow)
+    with session(engine) as db:
+        rows = db.exec(select(Participant).where(Participant.flow_id == args.flow)).all()
+    print(f"{stored.flow.name} ({args.flow}), latest version {stored.version}, {stored.status}")
+    print(f"{len(rows)} participants")
+    by_status = Counter(row.status for row in rows)
+    for status, count in sorted(by_status.items()):
+        print(f"  {status:<22} {count:>6}")
+    active = [row for row in rows if row.status == "Active"]
+    if active:
+        print("active by step:")
+        labels = {step.id: f"{step.label} ({step.type})" for step in stored.flow.steps}
+        waiting = Counter(row.current_step for row in active if row.wait_until is not None)
+        for step_id, count in Counter(row.current_step for row in active).most_common():
+            label = labels.get(step_id or "", step_id or "(starting)")
+            note = f"  {waiting[step_id]} waiting" if waiting[step_id] else ""
+            print(f"  {label:<40} {count:>6}{note}")
+    reasons = Counter(row.drop_out_reason for row in rows if row.drop_out_reason)
+    if reasons:
+        print("drop-out reasons:")
+        for reason, count in reasons.most_common():
+            print(f"  {reason:<40} {count:>6}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="starter.py", description="Durable marketing flows.")
+    sub = p.add_subparsers(dest="command", required=True)
+    commands: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
+        "schema": ("print the JSON Schema of a flow document", cmd_schema),
+        "validate": ("check a flow document and list every problem", cmd_validate),
+        "deploy": ("validate and store a new flow version", cmd_deploy),
+        "start": ("enroll contacts in a flow (idempotent)", cmd_start),
+        "status": ("participants per status and per step", cmd_status),
+    }
+    for name, (help_text, handler) in commands.items():
+        command = sub.add_parser(name, help=help_text)
+        command.set_defaults(handler=handler)
+        if name in ("validate", "deploy"):
+            command.add_argument("file")
+        if name in ("start", "status"):
+            command.add_argument("flow")
+        if name == "start":
+            command.add_argument("--contact", type=int, nargs="+", metavar="ID")
+            command.add_argument("--selection", type=int, metavar="ID")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except (CommandError, UnknownFlow) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except FlowRejected as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # e.g. the Temporal server cannot be reached
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

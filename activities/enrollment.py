@@ -14,7 +14,11 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 from sqlmodel import select
 from temporalio.client import Client
-from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.flows import FlowRejected, StoredFlow, load_flow, set_flow_status
@@ -139,10 +143,10 @@ async def _start(
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             search_attributes=TypedSearchAttributes(
                 [
-                    sa.FLOW_ID.value_set(flow.id),
-                    sa.FLOW_VERSION.value_set(stored.version),
-                    sa.CONTACT_ID.value_set(contact_id),
-                    sa.PARTICIPANT_STATUS.value_set(ParticipantStatus.active.value),
+                    SearchAttributePair(sa.FLOW_ID, flow.id),
+                    SearchAttributePair(sa.FLOW_VERSION, stored.version),
+                    SearchAttributePair(sa.CONTACT_ID, contact_id),
+                    SearchAttributePair(sa.PARTICIPANT_STATUS, ParticipantStatus.active.value),
                 ]
             ),
             static_summary=f"Contact {contact_id} in flow {flow.name!r} (v{stored.version})",

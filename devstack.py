@@ -1,0 +1,142 @@
+"""The whole product on one machine: `make run`.
+
+Starts the Temporal dev server (Web UI on :8233, state kept in .data/ so waiting participants
+resume after a restart), a local SMTP inbox and a Twilio-compatible SMS endpoint, seeds the demo
+CRM, deploys the example flow, enrolls the demo contacts and runs the worker until Ctrl-C, which
+stops every process it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from activities.enrollment import enroll, selection_members
+from activities.flows import deploy_flow, read_document
+from models.database import PROJECT_ROOT, create_tables, get_engine, session
+from models.demo import DEMO_SELECTION_ID, seed_demo
+from worker import TASK_QUEUE, build_worker, connect
+from workflows import search_attributes as sa
+
+DATA = PROJECT_ROOT / ".data"
+BIN = Path(sys.executable).parent
+DEMO_FLOW = PROJECT_ROOT / "flows" / "welcome.json"
+
+TEMPORAL_PORT = int(os.environ.get("TEMPORAL_PORT", "7233"))
+UI_PORT = int(os.environ.get("TEMPORAL_UI_PORT", "8233"))
+SMTP_PORT = int(os.environ.get("SMTP_PORT", "8025"))
+SMS_PORT = int(os.environ.get("SMS_PORT", "8026"))
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _services() -> dict[str, tuple[list[str], int]]:
+    attributes = [f"--search-attribute={k.name}={k.indexed_value_type.name.title()}" for k in sa.ALL]
+    return {
+        "temporal": (
+            [
+                str(BIN / "temporal"),
+                "server",
+                "start-dev",
+                "--port",
+                str(TEMPORAL_PORT),
+                "--ui-port",
+                str(UI_PORT),
+                "--db-filename",
+                str(DATA / "temporal.db"),
+                "--log-level",
+                "warn",
+                "--ui-disable-news-fetch",
+                *attributes,
+            ],
+            TEMPORAL_PORT,
+        ),
+    }
+
+
+@contextlib.contextmanager
+def running_services() -> Iterator[None]:
+    """Start each service whose port is free; stop what we started on the way out."""
+    started: list[subprocess.Popen[bytes]] = []
+    log = (DATA / "services.log").open("ab")
+    try:
+        for name, (command, port) in _services().items():
+            if _listening(port):
+                print(f"  {name}: already listening on :{port}, using it")
+                continue
+            # A new process group, so Ctrl-C in the terminal reaches us first and we stop them.
+            started.append(
+                subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+            )
+            print(f"  {name}: started on :{port} (log: .data/services.log)")
+        yield
+    finally:
+        for process in started:
+            process.send_signal(signal.SIGTERM)
+        for process in started:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()
+
+
+async def _wait_for_temporal() -> None:
+    for _ in range(120):
+        try:
+            await connect(f"localhost:{TEMPORAL_PORT}")
+            return
+        except RuntimeError:
+            await asyncio.sleep(0.5)
+    raise SystemExit("the Temporal dev server did not come up: see .data/services.log")
+
+
+async def main() -> None:
+    DATA.mkdir(exist_ok=True)
+    os.environ.setdefault("TEMPORAL_ADDRESS", f"localhost:{TEMPORAL_PORT}")
+    print("Starting the marketing flows dev stack")
+    with running_services():
+        await _wait_for_temporal()
+        engine = get_engine()
+        create_tables(engine)
+        with session(engine) as db:
+            seed_demo(db)
+        deployed = deploy_flow(engine, read_document(DEMO_FLOW))
+        client = await connect()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with build_worker(client, engine):
+            contacts = selection_members(engine, DEMO_SELECTION_ID)
+            report = await enroll(client, engine, deployed.flow_id, contacts, task_queue=TASK_QUEUE)
+            query = f"FlowId='{deployed.flow_id}'"
+            print(
+                f"""
+  Flow {deployed.flow_id!r} v{deployed.version}: {len(report.enrolled)} contacts enrolled now, \
+{len(report.refused)} not ({", ".join(sorted(set(report.refused.values()))) or "-"})
+
+  Temporal UI   http://localhost:{UI_PORT}/namespaces/default/workflows?query={query}
+  Status        .venv/bin/python starter.py status {deployed.flow_id}
+  Database      {engine.url}
+
+  The worker is running. Ctrl-C stops everything; `make run` again resumes waiting participants.
+"""
+            )
+            await stop.wait()
+            print("stopping…")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

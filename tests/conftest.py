@@ -30,19 +30,23 @@ _INDEXED_TYPE = {
 }
 
 
-@pytest.fixture(scope="session")
-async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=str(TEST_SERVER)
-    )
-    # The test server takes no search attributes on start and fails workflow tasks that upsert
-    # unknown ones: register them first.
+async def register_search_attributes(env: WorkflowEnvironment) -> None:
+    """The test server takes no search attributes on start and fails workflow tasks that upsert
+    unknown ones: register them first."""
     await env.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
             namespace=env.client.namespace,
             search_attributes={k.name: _INDEXED_TYPE[k.indexed_value_type.name] for k in sa.ALL},
         )
     )
+
+
+@pytest.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter, test_server_existing_path=str(TEST_SERVER)
+    )
+    await register_search_attributes(env)
     yield env
     await env.shutdown()
 

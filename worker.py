@@ -21,6 +21,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from activities.crm import CrmActivities
+from activities.email import EmailActivities, SmtpSettings
+from activities.sms import SmsActivities, TwilioSettings
 from activities.participants import ParticipantActivities
 from models.database import create_tables, get_engine
 from workflows.participant import ParticipantWorkflow
@@ -28,15 +30,32 @@ from workflows.participant import ParticipantWorkflow
 TASK_QUEUE = os.environ.get("TASK_QUEUE", "marketing-flows")
 
 
-def activities_for(engine: Engine) -> list[Callable[..., Any]]:
-    """Every activity the engine's steps call, bound to one database."""
+def twilio_from_env() -> TwilioSettings | None:
+    try:
+        return TwilioSettings.from_env()
+    except ValueError as missing:
+        print(f"worker: {missing}; SMS steps will wait and retry until it is configured")
+        return None
+
+
+def activities_for(
+    engine: Engine, smtp: SmtpSettings | None = None, twilio: TwilioSettings | None = None
+) -> list[Callable[..., Any]]:
+    """Every activity the engine's steps call, bound to one database and the mail/SMS peers
+    (taken from the environment when not given)."""
     crm = CrmActivities(engine)
     participants = ParticipantActivities(engine)
+    email = EmailActivities(engine, smtp or SmtpSettings.from_env())
+    sms = SmsActivities(engine, twilio or twilio_from_env())
     return [
         crm.add_to_list,
         crm.remove_from_list,
         crm.choose_split_branch,
         participants.record_participant,
+        email.send_email,
+        email.notify_email,
+        sms.send_sms,
+        sms.notify_sms,
     ]
 
 

@@ -1,8 +1,9 @@
 """Contact/company criteria: the filter of a flow and the branches of a data split.
 
-A criterion names a fact (``contact.first_name``, ``company.category``, ``contact.user_defined.score``)
-and compares it with a value. Facts come from ``models.crm.contact_facts``; evaluation is pure so the
-same rule gives the same answer in an activity, a dry run or a test.
+A criterion names a fact (``contact.first_name``, ``company.category``,
+``contact.user_defined.score``) and compares it with a value. Facts come from
+``models.crm.contact_facts``; evaluation is pure so the same rule gives the same answer in an
+activity, a dry run or a test.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ UNARY_OPERATORS = frozenset({Operator.is_empty, Operator.is_not_empty})
 class Condition(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    field: str = Field(min_length=1, description="A fact name such as contact.email or company.name")
+    field: str = Field(
+        min_length=1, description="A fact name such as contact.email or company.name"
+    )
     operator: Operator
     value: Scalar | list[Scalar] = None
     match_case: bool = False
@@ -53,6 +56,32 @@ class Criteria(BaseModel):
 
 def _fold(value: object, match_case: bool) -> object:
     return value if match_case or not isinstance(value, str) else value.casefold()
+
+
+def _number(value: object) -> float | None:
+    """The value as a number: ints, floats and numeric text (booleans are not numbers here)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _same(fact: object, want: object, match_case: bool) -> bool:
+    """Equality as a user means it: a number equals the same number written as text (5, 5.0 and
+    "5"); everything else compares as text, case-folded unless ``match_case``."""
+    if fact is None or want is None:
+        return fact is want
+    if isinstance(fact, int | float) or isinstance(want, int | float):
+        left, right = _number(fact), _number(want)
+        if left is not None and right is not None:
+            return left == right
+    return _fold(str(fact), match_case) == _fold(str(want), match_case)
 
 
 def _is_empty(fact: object) -> bool:
@@ -79,18 +108,18 @@ def _holds(condition: Condition, facts: dict[str, object]) -> bool:
             return not any(_holds(positive, {"item": item}) for item in fact)
         item_condition = condition.model_copy(update={"field": "item"})
         return any(_holds(item_condition, {"item": item}) for item in fact)
-    fact_cmp = _fold(fact, condition.match_case)
     if op is Operator.one_of:
         options = want if isinstance(want, list) else [want]
-        return any(fact_cmp == _fold(o, condition.match_case) for o in options)
-    want_cmp = _fold(want, condition.match_case)
+        return any(_same(fact, option, condition.match_case) for option in options)
     if op is Operator.equals:
-        return fact_cmp == want_cmp or (fact is not None and str(fact_cmp) == str(want_cmp))
+        return _same(fact, want, condition.match_case)
     if op is Operator.not_equals:
-        return not (fact_cmp == want_cmp or (fact is not None and str(fact_cmp) == str(want_cmp)))
+        return not _same(fact, want, condition.match_case)
     if fact is None:
-        return False
-    text, needle = str(fact_cmp), str(want_cmp)
+        # A missing fact contains nothing, like an empty text or an empty list.
+        return op is Operator.not_contains
+    text = str(_fold(fact, condition.match_case))
+    needle = str(_fold(want, condition.match_case))
     if op is Operator.contains:
         return needle in text
     if op is Operator.not_contains:

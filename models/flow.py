@@ -1,8 +1,9 @@
 """A flow definition: settings, triggers and a graph of steps, as one JSON document.
 
-Each step kind is one model tagged by ``type``; together they form the ``Step`` discriminated union.
-Every step has an ``id``; a step names its successor in ``next`` (a split names one per branch, and
-``finish`` ends the path). Structural checks that need the whole graph live in ``models.validation``.
+Each step kind is one model tagged by ``type``; together they form the ``Step`` discriminated
+union. Every step has an ``id``; a step names its successor in ``next`` (a split names one per
+branch, and ``finish`` ends the path). Structural checks that need the whole graph live in
+``models.validation``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,21 @@ from models.schedule import IntervalUnit
 
 StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 FlowId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+
+
+class FieldErrors(ValueError):
+    """Mistakes found by a model-level check, each with the field it concerns.
+
+    pydantic reports an error raised in a model validator at the model itself, without a field;
+    ``models.validation`` reads ``problems`` back from the error to name the field of each one.
+    """
+
+    def __init__(self, *problems: tuple[str, str]) -> None:
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
+
+    def __reduce__(self) -> tuple[type[FieldErrors], tuple[tuple[str, str], ...]]:
+        return FieldErrors, self.problems
 
 
 class Definition(BaseModel):
@@ -78,7 +94,7 @@ class SendEmail(StepBase):
     @model_validator(mode="after")
     def _has_body(self) -> SendEmail:
         if self.html is None and self.text is None and self.content_file is None:
-            raise ValueError("needs a body: html, text or content_file")
+            raise FieldErrors(("html", "needs a body: html, text or content_file"))
         return self
 
 
@@ -106,13 +122,21 @@ class WaitTime(StepBase):
 
     @model_validator(mode="after")
     def _mode_fields(self) -> WaitTime:
-        if self.mode == "after" and (self.amount is None or self.unit is None):
-            raise ValueError("mode 'after' needs amount and unit")
-        if self.mode == "until":
-            if self.until is None:
-                raise ValueError("mode 'until' needs until")
-            if self.until.tzinfo is not None:
-                raise ValueError("until is a local time in the flow's time zone: drop the offset")
+        problems: list[tuple[str, str]] = []
+        if self.mode == "after":
+            problems.extend(
+                (name, f"mode 'after' needs {name}")
+                for name in ("amount", "unit")
+                if getattr(self, name) is None
+            )
+        elif self.until is None:
+            problems.append(("until", "mode 'until' needs until"))
+        elif self.until.tzinfo is not None:
+            problems.append(
+                ("until", "until is a local time in the flow's time zone: drop the offset")
+            )
+        if problems:
+            raise FieldErrors(*problems)
         return self
 
 
@@ -125,9 +149,9 @@ class AwaitedAction(Definition):
     @model_validator(mode="after")
     def _target(self) -> AwaitedAction:
         if self.kind == "form_submitted" and self.form_id is None:
-            raise ValueError("form_submitted needs form_id")
+            raise FieldErrors(("form_id", "form_submitted needs form_id"))
         if self.kind == "link_clicked" and self.email_step is None:
-            raise ValueError("link_clicked needs email_step")
+            raise FieldErrors(("email_step", "link_clicked needs email_step"))
         return self
 
 
@@ -185,20 +209,27 @@ class Split(StepBase):
             SplitBasis.project: "project_id",
             SplitBasis.selection: "selection_id",
         }
-        problems: list[str] = []
+        problems: list[tuple[str, str]] = []
         field = needs.get(self.basis)
         if field is not None:
             for index, branch in enumerate(self.branches):
                 if getattr(branch, field) is None:
-                    problems.append(f"branches.{index}.{field} is required for basis {self.basis}")
+                    problems.append(
+                        (f"branches.{index}.{field}", f"{field} is required for basis {self.basis}")
+                    )
         if self.basis in (SplitBasis.form_submitted, SplitBasis.form_data) and self.form_id is None:
-            problems.append(f"form_id is required for basis {self.basis}")
+            problems.append(("form_id", f"form_id is required for basis {self.basis}"))
         if self.basis is SplitBasis.form_submitted and sorted(
             b.submitted for b in self.branches if b.submitted is not None
         ) != [False, True]:
-            problems.append("basis form_submitted has exactly two branches: submitted true and false")
+            problems.append(
+                (
+                    "branches",
+                    "basis form_submitted has exactly two branches: submitted true and false",
+                )
+            )
         if problems:
-            raise ValueError("; ".join(problems))
+            raise FieldErrors(*problems)
         return self
 
 
@@ -230,7 +261,7 @@ class ListMembership(StepBase):
     @model_validator(mode="after")
     def _some_list(self) -> ListMembership:
         if self.selection_id is None and self.project_id is None:
-            raise ValueError("needs selection_id, project_id or both")
+            raise FieldErrors(("selection_id", "needs selection_id, project_id or both"))
         return self
 
 
@@ -253,7 +284,7 @@ class DistributeToOwner(StepBase):
     @model_validator(mode="after")
     def _pool(self) -> DistributeToOwner:
         if bool(self.associate_ids) == (self.user_group_id is not None):
-            raise ValueError("choose either associate_ids or user_group_id")
+            raise FieldErrors(("associate_ids", "choose either associate_ids or user_group_id"))
         return self
 
 
@@ -267,7 +298,7 @@ class Owner(Definition):
     @model_validator(mode="after")
     def _named(self) -> Owner:
         if self.kind == "associate" and self.associate_id is None:
-            raise ValueError("owner kind 'associate' needs associate_id")
+            raise FieldErrors(("associate_id", "owner kind 'associate' needs associate_id"))
         return self
 
 
@@ -301,7 +332,7 @@ class CreateRequest(StepBase):
     @model_validator(mode="after")
     def _owner(self) -> CreateRequest:
         if self.owner == "associate" and self.associate_id is None:
-            raise ValueError("owner 'associate' needs associate_id")
+            raise FieldErrors(("associate_id", "owner 'associate' needs associate_id"))
         return self
 
 
@@ -431,14 +462,16 @@ class SendingWindow(Definition):
     def _preset(cls, value: object) -> object:
         if isinstance(value, str):
             if value not in WEEKDAY_PRESETS:
-                raise ValueError(f"unknown preset {value!r}: use a list of days or workdays/all_days")
+                raise ValueError(
+                    f"unknown preset {value!r}: use a list of days or workdays/all_days"
+                )
             return WEEKDAY_PRESETS[value]
         return value
 
     @model_validator(mode="after")
     def _range(self) -> SendingWindow:
         if self.start >= self.end:
-            raise ValueError("start must be before end")
+            raise FieldErrors(("end", "the window must end after it starts"))
         return self
 
     @property
@@ -454,7 +487,7 @@ class Sender(Definition):
     @model_validator(mode="after")
     def _address(self) -> Sender:
         if self.address is None:
-            raise ValueError("needs address (the fixed address, or the fallback)")
+            raise FieldErrors(("address", "needs address (the fixed address, or the fallback)"))
         return self
 
 
@@ -465,7 +498,9 @@ class ReplyTo(Definition):
     @model_validator(mode="after")
     def _address(self) -> ReplyTo:
         if self.kind in ("address", "our_contact", "our_service_contact") and self.address is None:
-            raise ValueError(f"reply-to kind {self.kind!r} needs address (or its fallback)")
+            raise FieldErrors(
+                ("address", f"reply-to kind {self.kind!r} needs address (or its fallback)")
+            )
         return self
 
 

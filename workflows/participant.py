@@ -145,6 +145,9 @@ class ParticipantWorkflow:
         await workflow.sleep(delay, summary=summary)
         self._state.wait_until = None
 
+    def delivery_key(self, step: Step) -> str:
+        return f"{self._state.participant_id}/{step.id}/{self._state.visits.get(step.id, 0)}"
+
     async def _record(self) -> None:
         await workflow.execute_local_activity(
             "record_participant", self._state, summary="Record participant", **RECORD_OPTIONS

@@ -18,6 +18,8 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.crm import ListChange, SplitQuestion
+    from activities.email import EmailNotify, EmailSend
+    from activities.sms import INVALID_MOBILE, NO_MOBILE, SmsNotify, SmsSend
     from models import schedule
     from models.engine import ParticipantStatus
     from models.flow import (
@@ -25,11 +27,16 @@ with workflow.unsafe.imports_passed_through():
         Finish,
         Flow,
         Handoffs,
+        NotifyEmail,
+        NotifySms,
         RemoveFromList,
+        SendEmail,
+        SendSms,
         Split,
         Step,
         WaitTime,
     )
+    from models.ledger import DeliveryOutcome, DeliveryStatus
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,10 @@ class Participant(Protocol):
 
     async def sleep_until(self, instant: datetime, summary: str) -> None: ...
 
+    def delivery_key(self, step: Step) -> str:
+        """Stable across retries and continue-as-new: participant, step and visit."""
+        ...
+
 
 # CRM writes are short and idempotent: retry without limit, so a database outage delays
 # participants (visibly, as a retrying activity in the UI) rather than dropping them.
@@ -71,6 +82,78 @@ CRM_ACTIVITY: dict[str, Any] = {
         maximum_interval=timedelta(minutes=1),
     ),
 }
+
+
+# Sends retry until the provider answers: the delivery ledger makes each retry safe, and final
+# answers (hard bounce, invalid number, opted out) come back as outcomes, not errors.
+SEND_ACTIVITY: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=2),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=5),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(minutes=30),
+    ),
+}
+
+
+# --- Send message ------------------------------------------------------------------------------
+
+
+async def within_sending_window(participant: Participant) -> None:
+    """A message step reached outside the flow's sending window waits until it opens."""
+    window = participant.flow.sending_window
+    if window is None:
+        return
+    zone = participant.flow.time_zone
+    opening = schedule.next_window_opening(
+        workflow.now(), window.weekday_numbers, window.start, window.end, zone
+    )
+    if opening is not None:
+        when = schedule.describe_instant(opening, zone)
+        await participant.sleep_until(opening, f"Sending window opens {when}")
+
+
+def _sent(outcome: DeliveryOutcome) -> str:
+    return f"{outcome.channel} {outcome.status}" + (f": {outcome.detail}" if outcome.detail else "")
+
+
+async def send_email(participant: Participant, step: SendEmail) -> Outcome:
+    await within_sending_window(participant)
+    flow = participant.flow
+    request = EmailSend(
+        delivery_key=participant.delivery_key(step),
+        flow_id=flow.id,
+        flow_name=flow.name,
+        contact_id=participant.contact_id,
+        step=step,
+        settings=flow.email,
+    )
+    outcome: DeliveryOutcome = await workflow.execute_activity(
+        "send_email",
+        request,
+        result_type=DeliveryOutcome,
+        summary=f"Send email {step.subject!r}",
+        **SEND_ACTIVITY,
+    )
+    return Continue(step.next, _sent(outcome))
+
+
+async def send_sms(participant: Participant, step: SendSms) -> Outcome:
+    await within_sending_window(participant)
+    request = SmsSend(
+        delivery_key=participant.delivery_key(step),
+        flow_id=participant.flow.id,
+        contact_id=participant.contact_id,
+        step=step,
+        default_sender=participant.flow.sms_sender,
+    )
+    outcome: DeliveryOutcome = await workflow.execute_activity(
+        "send_sms", request, result_type=DeliveryOutcome, summary=f"Send SMS {step.label!r}", **SEND_ACTIVITY
+    )
+    no_mobile = outcome.status is DeliveryStatus.skipped and outcome.detail in (NO_MOBILE, INVALID_MOBILE)
+    if no_mobile and step.exit_if_no_mobile:
+        return Leave(ParticipantStatus.dropped_out, _sent(outcome), reason=NO_MOBILE, handoffs=step.exit)
+    return Continue(step.next, _sent(outcome))
 
 
 # --- Flow control ------------------------------------------------------------------------------
@@ -137,6 +220,47 @@ def _lists(change: ListChange) -> str:
     return " and ".join(parts)
 
 
+# --- Internal action ---------------------------------------------------------------------------
+
+
+async def notify_email(participant: Participant, step: NotifyEmail) -> Outcome:
+    email = participant.flow.email
+    assert email is not None  # a flow with notify_email steps is not ready to run without it
+    request = EmailNotify(
+        delivery_key=participant.delivery_key(step),
+        flow_id=participant.flow.id,
+        contact_id=participant.contact_id,
+        step=step,
+        sender=str(email.sender.address),
+    )
+    outcomes: list[DeliveryOutcome] = await workflow.execute_activity(
+        "notify_email",
+        request,
+        result_type=list[DeliveryOutcome],
+        summary=f"Notify by email {step.subject!r}",
+        **SEND_ACTIVITY,
+    )
+    return Continue(step.next, "; ".join(_sent(o) for o in outcomes))
+
+
+async def notify_sms(participant: Participant, step: NotifySms) -> Outcome:
+    request = SmsNotify(
+        delivery_key=participant.delivery_key(step),
+        flow_id=participant.flow.id,
+        contact_id=participant.contact_id,
+        step=step,
+        default_sender=participant.flow.sms_sender,
+    )
+    outcomes: list[DeliveryOutcome] = await workflow.execute_activity(
+        "notify_sms",
+        request,
+        result_type=list[DeliveryOutcome],
+        summary=f"Notify by SMS {step.label!r}",
+        **SEND_ACTIVITY,
+    )
+    return Continue(step.next, "; ".join(_sent(o) for o in outcomes))
+
+
 # --- finish ------------------------------------------------------------------------------------
 
 
@@ -160,6 +284,10 @@ async def hand_off(participant: Participant, handoffs: Handoffs) -> None:
 StepFunction = Callable[[Participant, Any], Awaitable[Outcome]]
 
 STEP_FUNCTIONS: dict[str, StepFunction] = {
+    "send_email": send_email,
+    "send_sms": send_sms,
+    "notify_email": notify_email,
+    "notify_sms": notify_sms,
     "wait_time": wait_time,
     "split": split,
     "add_to_list": add_to_list,

@@ -1,0 +1,333 @@
+"""The SMS steps: send_sms to the participant, notify_sms to our contact and named numbers.
+
+Every recipient's send goes through the delivery ledger (models.ledger) so that Temporal's retries
+never send an SMS twice: claim, hand over to Twilio, then settle or release. Only Temporal
+retries: the twilio client's own retries are off, since a retried POST after a 5xx may duplicate.
+
+Twilio's answers map onto the ledger like this:
+
+* accepted → ``sent`` with the message SID;
+* 429 / 20429, 5xx, 401, or no connection at all → ``release`` and raise (retryable: Twilio
+  accepted nothing);
+* any other 4xx (21211 invalid To, 21610 unsubscribed, 21614 not a mobile, …) → ``failed`` with the
+  code, returned: sending again would get the same answer;
+* the connection broke after the request went out (timeout, disconnect) → ``unconfirmed``,
+  returned: Twilio may have the message, and a duplicate is worse than a missing one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import Callable, Mapping
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, SecretStr
+from sqlalchemy import Engine
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+from twilio.base.exceptions import TwilioException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
+
+from models.crm import contact_facts
+from models.database import session
+from models.flow import NotifySms, Recipients, SendSms
+from models.ledger import DeliveryOutcome, DeliveryStatus, claim, record_skip, release, settle
+from models.merge_tags import MergeTagError, render
+from models.sms import normalise_number, segments
+
+CHANNEL = "sms"
+NO_MOBILE = "no mobile number"
+INVALID_MOBILE = "invalid mobile number"
+TWILIO_API = "https://api.twilio.com"
+
+# Safe to send again: Twilio said it accepted nothing and the cause may pass.
+RETRYABLE_CODES = frozenset({20429})
+RETRYABLE_STATUSES = frozenset({401, 429})  # 401: our credentials, not the recipient
+
+
+class TwilioSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    account_sid: str
+    auth_token: SecretStr
+    api_base: str | None = None  # e.g. http://127.0.0.1:8026 for peers.twilio_api
+    default_region: str = "SE"  # for numbers written without a country code
+    timeout: float = 30.0  # seconds per request; the twilio client has none by default
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> TwilioSettings:
+        """TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_API_BASE, SMS_DEFAULT_REGION."""
+        env = os.environ if environ is None else environ
+        missing = [
+            name for name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN") if not env.get(name)
+        ]
+        if missing:
+            raise ValueError(f"SMS needs {' and '.join(missing)} in the environment")
+        return cls(
+            account_sid=env["TWILIO_ACCOUNT_SID"],
+            auth_token=SecretStr(env["TWILIO_AUTH_TOKEN"]),
+            api_base=env.get("TWILIO_API_BASE") or None,
+            default_region=env.get("SMS_DEFAULT_REGION") or "SE",
+        )
+
+
+class RoutedTwilioHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
+    """The twilio client's HTTP client, sending to ``api_base`` instead of api.twilio.com.
+
+    It never retries: ``max_retries=None`` leaves out the aiohttp_retry wrapper entirely. (Its
+    ``max_retries=0`` is not "off": with zero attempts the wrapper retries 5xx without end.)
+    """
+
+    def __init__(self, api_base: str | None, timeout: float) -> None:
+        super().__init__(timeout=timeout, max_retries=None)
+        self.api_base = api_base.rstrip("/") if api_base else None
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,
+        allow_redirects: bool = False,
+    ) -> Response:
+        if self.api_base is not None and url.startswith(TWILIO_API):
+            url = self.api_base + url.removeprefix(TWILIO_API)
+        if auth is not None:  # as a header: aiohttp deprecates its BasicAuth, which twilio uses
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
+            headers = {**(headers or {}), "Authorization": f"Basic {token}"}
+        return await super().request(
+            method,
+            url,
+            params=params,
+            data=data,
+            headers=headers,
+            auth=None,
+            timeout=timeout if timeout is not None else self.timeout,
+            allow_redirects=allow_redirects,
+        )
+
+
+class SmsSend(BaseModel):
+    delivery_key: str
+    flow_id: str
+    contact_id: int
+    step: SendSms
+    default_sender: str | None  # the flow's SMS sender, used when the step names none
+
+
+class SmsNotify(BaseModel):
+    delivery_key: str  # each recipient's send is keyed f"{delivery_key}/{number}"
+    flow_id: str
+    contact_id: int
+    step: NotifySms
+    default_sender: str | None
+
+
+class _Accepted(BaseModel):
+    sid: str
+
+
+class SmsActivities:
+    """``after_handover(key)`` runs once Twilio accepted a send and the ledger recorded it."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        twilio: TwilioSettings | None,
+        after_handover: Callable[[str], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._configured = twilio
+        self._after_handover = after_handover
+
+    @property
+    def _twilio(self) -> TwilioSettings:
+        # Unconfigured SMS retries (visibly, in the UI) rather than dropping participants: once
+        # the worker restarts with credentials, waiting sends go out.
+        if self._configured is None:
+            raise ApplicationError(
+                "SMS is not configured: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN",
+                type="SmsNotConfigured",
+            )
+        return self._configured
+
+    @activity.defn
+    async def send_sms(self, request: SmsSend) -> DeliveryOutcome:
+        """Send the step's text to the participant; a missing or invalid number is a skip.
+
+        The workflow decides from ``step.exit_if_no_mobile`` whether a skipped participant leaves.
+        """
+        facts = await self._facts(request.contact_id)
+        key = request.delivery_key
+        mobile = _text(facts.get("contact.mobile"))
+        if mobile is None:
+            return await self._skip(key, "", NO_MOBILE)
+        number = normalise_number(mobile, self._twilio.default_region)
+        if number is None:
+            return await self._skip(key, mobile, INVALID_MOBILE)
+        sender = request.step.sender or request.default_sender
+        return await self._deliver(key, number, sender, request.step.text, facts)
+
+    @activity.defn
+    async def notify_sms(self, request: SmsNotify) -> list[DeliveryOutcome]:
+        """Send the step's text to each recipient; one without a usable number is a skip."""
+        facts = await self._facts(request.contact_id)
+        sender = request.step.sender or request.default_sender
+        outcomes: list[DeliveryOutcome] = []
+        sent_to: set[str] = set()
+        for label, raw in _recipients(request.step.to, facts):
+            if raw is None:
+                slot = label.replace(" ", "_")  # no number to key on: the role is stable instead
+                reason = f"{label} has no mobile number"
+                outcomes.append(await self._skip(f"{request.delivery_key}/{slot}", label, reason))
+                continue
+            number = normalise_number(raw, self._twilio.default_region)
+            if number is None:
+                key = f"{request.delivery_key}/{raw}"
+                outcomes.append(await self._skip(key, raw, f"{label}: invalid mobile number"))
+                continue
+            if number in sent_to:  # e.g. our contact is also our service contact
+                continue
+            sent_to.add(number)
+            key = f"{request.delivery_key}/{number}"
+            outcomes.append(await self._deliver(key, number, sender, request.step.text, facts))
+        return outcomes
+
+    # --- one recipient ----------------------------------------------------------------------------
+
+    async def _deliver(
+        self, key: str, to: str, sender: str | None, template: str, facts: dict[str, object]
+    ) -> DeliveryOutcome:
+        # Everything that can fail without sending is worked out before the claim, so that an
+        # unexpected error cannot leave the key in "sending" (which the next attempt would read
+        # as "maybe sent" and never send).
+        problem: str | None = None
+        text = ""
+        try:
+            text = render(template, facts)
+        except MergeTagError as error:
+            problem = f"merge tags: {error}"
+        if sender is None:
+            problem = "no SMS sender: set the step's sender or the flow's SMS sender"
+        length = segments(text)
+
+        claimed = await asyncio.to_thread(claim, self._engine, key, CHANNEL, to)
+        if claimed is not None:
+            return claimed  # settled by an earlier attempt: send nothing
+        if problem is not None or sender is None:
+            return await self._settle(key, DeliveryStatus.failed, detail=problem)
+
+        try:
+            accepted = await self._hand_over(to, _sender(sender, self._twilio.default_region), text)
+        except TwilioException as error:
+            status, code = _status(error), _code(error)
+            detail = f"Twilio {status or '-'} {code or '-'}: {_message(error)}"
+            if status is None or _retryable(status, code):
+                await asyncio.to_thread(release, self._engine, key, detail)
+                raise ApplicationError(detail, type="SmsNotHandedOver") from error
+            return await self._settle(key, DeliveryStatus.failed, detail=detail)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
+            detail = f"Twilio unreachable: {error}"
+            await asyncio.to_thread(release, self._engine, key, detail)
+            raise ApplicationError(detail, type="SmsNotHandedOver") from error
+        except (aiohttp.ClientError, TimeoutError) as error:
+            detail = f"no answer from Twilio after sending ({type(error).__name__}): not resent"
+            return await self._settle(key, DeliveryStatus.unconfirmed, detail=detail)
+
+        outcome = await self._settle(
+            key, DeliveryStatus.sent, provider_id=accepted.sid, detail=str(length)
+        )
+        if self._after_handover is not None:
+            self._after_handover(key)
+        return outcome
+
+    async def _hand_over(self, to: str, sender: str, text: str) -> _Accepted:
+        # A client per call: its aiohttp session belongs to the running event loop.
+        http = RoutedTwilioHttpClient(self._twilio.api_base, self._twilio.timeout)
+        try:
+            client = Client(
+                self._twilio.account_sid,
+                self._twilio.auth_token.get_secret_value(),
+                http_client=http,
+            )
+            message = await client.messages.create_async(to=to, from_=sender, body=text)
+            return _Accepted(sid=message.sid)
+        finally:
+            await http.close()
+
+    async def _settle(
+        self,
+        key: str,
+        status: DeliveryStatus,
+        provider_id: str | None = None,
+        detail: str | None = None,
+    ) -> DeliveryOutcome:
+        return await asyncio.to_thread(settle, self._engine, key, status, provider_id, detail)
+
+    async def _skip(self, key: str, recipient: str, reason: str) -> DeliveryOutcome:
+        return await asyncio.to_thread(record_skip, self._engine, key, CHANNEL, recipient, reason)
+
+    async def _facts(self, contact_id: int) -> dict[str, object]:
+        def load() -> dict[str, object] | None:
+            with session(self._engine) as db:
+                return contact_facts(db, contact_id)
+
+        facts = await asyncio.to_thread(load)
+        if facts is None:
+            # Non-retryable: retrying cannot make a deleted contact reappear.
+            raise ApplicationError(
+                f"contact {contact_id} does not exist", type="MissingContact", non_retryable=True
+            )
+        return facts
+
+
+def _text(value: object) -> str | None:
+    return (value.strip() or None) if isinstance(value, str) else None
+
+
+def _recipients(to: Recipients, facts: dict[str, object]) -> list[tuple[str, str | None]]:
+    """(label, raw number or None) for each recipient the step names, in a stable order."""
+    found: list[tuple[str, str | None]] = []
+    if to.our_contact:
+        found.append(("our contact", _text(facts.get("contact.our_contact.mobile"))))
+    if to.our_service_contact:
+        found.append(
+            ("our service contact", _text(facts.get("contact.our_service_contact.mobile")))
+        )
+    found.extend((number, _text(number)) for number in to.addresses)
+    return found
+
+
+def _sender(sender: str, region: str) -> str:
+    # A phone number goes out in E.164; anything else is an alphanumeric sender id, as written.
+    return normalise_number(sender, region) or sender
+
+
+def _status(error: TwilioException) -> int | None:
+    status = getattr(error, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def _code(error: TwilioException) -> int | None:
+    code = getattr(error, "code", None)
+    return code if isinstance(code, int) else None
+
+
+def _message(error: TwilioException) -> str:
+    # TwilioRestException.msg reads "Unable to create record: <Twilio's message>": keep the latter.
+    for name in ("msg", "detail", "title"):
+        value = getattr(error, name, None)
+        if isinstance(value, str) and value:
+            return value.removeprefix("Unable to create record: ")
+    return str(error)
+
+
+def _retryable(status: int, code: int | None) -> bool:
+    return status >= 500 or status in RETRYABLE_STATUSES or code in RETRYABLE_CODES

@@ -42,7 +42,9 @@ def _listening(port: int) -> bool:
 
 
 def _services() -> dict[str, tuple[list[str], int]]:
-    attributes = [f"--search-attribute={k.name}={k.indexed_value_type.name.title()}" for k in sa.ALL]
+    attributes = [
+        f"--search-attribute={k.name}={k.indexed_value_type.name.title()}" for k in sa.ALL
+    ]
     return {
         "temporal": (
             [

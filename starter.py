@@ -1,10 +1,10 @@
 """The flows client: deploy and validate flow documents, enroll contacts, watch participants.
 
-    python starter.py validate flows/welcome.json
-    python starter.py deploy flows/welcome.json
-    python starter.py start welcome --selection 1        (or --contact 3 4 5)
-    python starter.py status welcome
-    python starter.py schema > flow.schema.json
+python starter.py validate flows/welcome.json
+python starter.py deploy flows/welcome.json
+python starter.py start welcome --selection 1        (or --contact 3 4 5)
+python starter.py status welcome
+python starter.py schema > flow.schema.json
 """
 
 from __future__ import annotations
@@ -110,7 +110,12 @@ async def _start(args: argparse.Namespace) -> int:
             raise CommandError(f"selection {args.selection} has no members")
     client = await connect()
     report = await enroll(
-        client, engine, args.flow, contacts, task_queue=TASK_QUEUE, progress=ProgressBar(len(contacts))
+        client,
+        engine,
+        args.flow,
+        contacts,
+        task_queue=TASK_QUEUE,
+        progress=ProgressBar(len(contacts)),
     )
     print(f"{args.flow} v{report.version}: enrolled {len(report.enrolled)} of {len(contacts)}")
     reasons = Counter(report.refused.values())

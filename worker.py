@@ -22,8 +22,8 @@ from temporalio.worker import Worker
 
 from activities.crm import CrmActivities
 from activities.email import EmailActivities, SmtpSettings
-from activities.sms import SmsActivities, TwilioSettings
 from activities.participants import ParticipantActivities
+from activities.sms import SmsActivities, TwilioSettings
 from models.database import create_tables, get_engine
 from workflows.participant import ParticipantWorkflow
 
@@ -99,7 +99,8 @@ async def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with worker:
-        print(f"worker: polling task queue {TASK_QUEUE!r} on {client.service_client.config.target_host}")
+        host = client.service_client.config.target_host
+        print(f"worker: polling task queue {TASK_QUEUE!r} on {host}")
         await stop.wait()
         print("worker: stopping (finishing in-flight activities)")
 

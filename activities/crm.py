@@ -13,7 +13,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from models.criteria import evaluate
-from models.crm import Contact, ProjectMember, Selection, SelectionMember, Project, contact_facts
+from models.crm import Contact, Project, ProjectMember, Selection, SelectionMember, contact_facts
 from models.database import session
 from models.flow import Split, SplitBasis
 
@@ -38,16 +38,10 @@ class CrmActivities:
         with session(self._engine) as db:
             _require(db, change)
             outcome: list[str] = []
-            if change.selection_id is not None:
-                member = db.exec(_selection_member(change)).first()
-                if member is None:
-                    db.add(SelectionMember(selection_id=change.selection_id, contact_id=change.contact_id))
-                outcome.append(f"selection {change.selection_id}: {'already member' if member else 'added'}")
-            if change.project_id is not None:
-                member = db.exec(_project_member(change)).first()
-                if member is None:
-                    db.add(ProjectMember(project_id=change.project_id, contact_id=change.contact_id))
-                outcome.append(f"project {change.project_id}: {'already member' if member else 'added'}")
+            for name, member, existing in _memberships(db, change):
+                if existing is None:
+                    db.add(member)
+                outcome.append(f"{name}: {'already member' if existing else 'added'}")
             return "; ".join(outcome)
 
     @activity.defn
@@ -55,23 +49,15 @@ class CrmActivities:
         with session(self._engine) as db:
             _require(db, change)
             outcome: list[str] = []
-            if change.selection_id is not None:
-                member = db.exec(_selection_member(change)).first()
-                if member is not None:
-                    db.delete(member)
-                outcome.append(f"selection {change.selection_id}: {'removed' if member else 'not a member'}")
-            if change.project_id is not None:
-                project_member = db.exec(_project_member(change)).first()
-                if project_member is not None:
-                    db.delete(project_member)
-                outcome.append(
-                    f"project {change.project_id}: {'removed' if project_member else 'not a member'}"
-                )
+            for name, _, existing in _memberships(db, change):
+                if existing is not None:
+                    db.delete(existing)
+                outcome.append(f"{name}: {'removed' if existing else 'not a member'}")
             return "; ".join(outcome)
 
     @activity.defn
     def choose_split_branch(self, question: SplitQuestion) -> int | None:
-        """The index of the first branch whose rule holds for the contact, or None (everyone else)."""
+        """The first branch whose rule holds for the contact, or None for everyone else."""
         split = question.split
         with session(self._engine) as db:
             facts = contact_facts(db, question.contact_id)
@@ -88,7 +74,9 @@ class CrmActivities:
                 if branch.selection_id in _ids(facts["contact.selections"]):
                     return index
             else:
-                raise ApplicationError(f"split basis {split.basis} is not supported", non_retryable=True)
+                raise ApplicationError(
+                    f"split basis {split.basis} is not supported", non_retryable=True
+                )
         return None
 
 
@@ -96,29 +84,52 @@ def _ids(value: object) -> list[int]:
     return [int(v) for v in value] if isinstance(value, list) else []
 
 
-def _selection_member(change: ListChange):  # type: ignore[no-untyped-def]
-    return select(SelectionMember).where(
-        SelectionMember.selection_id == change.selection_id,
-        SelectionMember.contact_id == change.contact_id,
-    )
+Membership = SelectionMember | ProjectMember
 
 
-def _project_member(change: ListChange):  # type: ignore[no-untyped-def]
-    return select(ProjectMember).where(
-        ProjectMember.project_id == change.project_id,
-        ProjectMember.contact_id == change.contact_id,
-    )
+def _memberships(
+    db: Session, change: ListChange
+) -> list[tuple[str, Membership, Membership | None]]:
+    """For each list the change names: its label, the membership row, and the existing one."""
+    found: list[tuple[str, Membership, Membership | None]] = []
+    if change.selection_id is not None:
+        selection = SelectionMember(selection_id=change.selection_id, contact_id=change.contact_id)
+        existing = db.exec(
+            select(SelectionMember).where(
+                SelectionMember.selection_id == change.selection_id,
+                SelectionMember.contact_id == change.contact_id,
+            )
+        ).first()
+        found.append((f"selection {change.selection_id}", selection, existing))
+    if change.project_id is not None:
+        project = ProjectMember(project_id=change.project_id, contact_id=change.contact_id)
+        existing_member = db.exec(
+            select(ProjectMember).where(
+                ProjectMember.project_id == change.project_id,
+                ProjectMember.contact_id == change.contact_id,
+            )
+        ).first()
+        found.append((f"project {change.project_id}", project, existing_member))
+    return found
 
 
 def _missing_contact(contact_id: int) -> ApplicationError:
     # Non-retryable: retrying cannot make a deleted contact reappear; the participant drops out.
-    return ApplicationError(f"contact {contact_id} does not exist", type="MissingContact", non_retryable=True)
+    return ApplicationError(
+        f"contact {contact_id} does not exist", type="MissingContact", non_retryable=True
+    )
 
 
 def _require(db: Session, change: ListChange) -> None:
     if db.get(Contact, change.contact_id) is None:
         raise _missing_contact(change.contact_id)
     if change.selection_id is not None and db.get(Selection, change.selection_id) is None:
-        raise ApplicationError(f"selection {change.selection_id} does not exist", type="MissingList", non_retryable=True)
+        raise ApplicationError(
+            f"selection {change.selection_id} does not exist",
+            type="MissingList",
+            non_retryable=True,
+        )
     if change.project_id is not None and db.get(Project, change.project_id) is None:
-        raise ApplicationError(f"project {change.project_id} does not exist", type="MissingList", non_retryable=True)
+        raise ApplicationError(
+            f"project {change.project_id} does not exist", type="MissingList", non_retryable=True
+        )

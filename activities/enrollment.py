@@ -92,7 +92,7 @@ async def enroll(
     progress: Callable[[int], None] | None = None,
     steps_per_run: int | None = None,
 ) -> EnrollmentReport:
-    """Start a participant for every contact that passes the rules; say why for each that does not."""
+    """Start a participant for each contact that passes the rules; say why for the others."""
     stored = load_flow(engine, flow_id)
     report = check_flow(stored.flow.model_dump(mode="json", by_alias=True))
     if not report.can_run:

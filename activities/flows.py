@@ -49,7 +49,11 @@ def read_document(path: Path) -> dict[str, Any]:
     """A flow file, with ``content_file`` bodies inlined so the stored version is self-contained."""
     document = json.loads(path.read_text(encoding="utf-8"))
     for step in document.get("steps", []) if isinstance(document, dict) else []:
-        if isinstance(step, dict) and isinstance(step.get("content_file"), str) and "html" not in step:
+        if (
+            isinstance(step, dict)
+            and isinstance(step.get("content_file"), str)
+            and "html" not in step
+        ):
             step["html"] = (path.parent / step.pop("content_file")).read_text(encoding="utf-8")
     if not isinstance(document, dict):
         raise ValueError(f"{path}: a flow document is a JSON object")
@@ -107,7 +111,9 @@ def load_flow(engine: Engine, flow_id: str, version: int | None = None) -> Store
         ).first()
         if row is None:
             raise UnknownFlow(f"flow {flow_id!r} has no version {version}")
-        return StoredFlow(Flow.model_validate(row.definition), row.version, FlowStatus(record.status))
+        return StoredFlow(
+            Flow.model_validate(row.definition), row.version, FlowStatus(record.status)
+        )
 
 
 def set_flow_status(engine: Engine, flow_id: str, status: FlowStatus) -> None:

@@ -78,7 +78,9 @@ def claim(engine: Engine, key: str, channel: str, recipient: str) -> DeliveryOut
             with session(engine) as db:
                 row = db.exec(select(Delivery).where(Delivery.key == key)).first()
                 if row is None:
-                    db.add(Delivery(key=key, channel=channel, recipient=recipient, status="sending"))
+                    db.add(
+                        Delivery(key=key, channel=channel, recipient=recipient, status="sending")
+                    )
                     return None
                 if row.status == DeliveryStatus.sending:
                     row.status = DeliveryStatus.unconfirmed
@@ -119,7 +121,9 @@ def release(engine: Engine, key: str, detail: str) -> None:
         db.add(row)
 
 
-def record_skip(engine: Engine, key: str, channel: str, recipient: str, reason: str) -> DeliveryOutcome:
+def record_skip(
+    engine: Engine, key: str, channel: str, recipient: str, reason: str
+) -> DeliveryOutcome:
     """A send that the checks refused (no address, no consent, …): final, with its reason."""
     claimed = claim(engine, key, channel, recipient)
     if claimed is not None:

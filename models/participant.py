@@ -22,7 +22,7 @@ class Visit(BaseModel):
 
 
 class ParticipantState(BaseModel):
-    """Everything a participant carries across continue-as-new, and what the ``state`` query returns."""
+    """What a participant carries across continue-as-new; the ``state`` query returns it."""
 
     participant_id: str
     flow_id: str

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-import gsm0338  # type: ignore[import-untyped]  # noqa: F401  (registers the "gsm03.38" codec)
+import gsm0338  # noqa: F401  (registers the "gsm03.38" codec)
 import phonenumbers
 from pydantic import BaseModel
 

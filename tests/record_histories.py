@@ -36,7 +36,13 @@ RECORDED: dict[str, dict[str, object]] = {
         "time_zone": "Europe/Stockholm",
         "start": "wait",
         "steps": [
-            {"id": "wait", "type": "wait_time", "amount": 2, "unit": "working_days", "next": "split"},
+            {
+                "id": "wait",
+                "type": "wait_time",
+                "amount": 2,
+                "unit": "working_days",
+                "next": "split",
+            },
             {
                 "id": "split",
                 "type": "split",
@@ -46,7 +52,11 @@ RECORDED: dict[str, dict[str, object]] = {
                         "next": "add",
                         "criteria": {
                             "conditions": [
-                                {"field": "company.category", "operator": "equals", "value": "Customer"}
+                                {
+                                    "field": "company.category",
+                                    "operator": "equals",
+                                    "value": "Customer",
+                                }
                             ]
                         },
                     }

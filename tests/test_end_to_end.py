@@ -82,7 +82,12 @@ async def test_deploy_start_and_status_through_the_starter(
     assert "already this document" in capsys.readouterr().out
 
     async with build_worker(dev_env.client, engine, task_queue=task_queue):
-        assert await asyncio.to_thread(starter.main, ["start", "e2e", "--selection", str(DEMO_SELECTION_ID)]) == 0
+        assert (
+            await asyncio.to_thread(
+                starter.main, ["start", "e2e", "--selection", str(DEMO_SELECTION_ID)]
+            )
+            == 0
+        )
         out = capsys.readouterr().out
         assert "enrolled 6 of 6" in out
         for _ in range(100):
@@ -105,8 +110,12 @@ async def test_participants_are_found_by_flow_and_step_and_never_enrolled_twice(
     document["steps"][0].update(amount=5, unit="days")
     deployed = deploy_flow(engine, document)
     async with build_worker(dev_env.client, engine, task_queue=task_queue):
-        first = await enroll(dev_env.client, engine, deployed.flow_id, [1, 2, 3], task_queue=task_queue)
-        again = await enroll(dev_env.client, engine, deployed.flow_id, [3, 4], task_queue=task_queue)
+        first = await enroll(
+            dev_env.client, engine, deployed.flow_id, [1, 2, 3], task_queue=task_queue
+        )
+        again = await enroll(
+            dev_env.client, engine, deployed.flow_id, [3, 4], task_queue=task_queue
+        )
         assert first.enrolled == [1, 2, 3]
         assert again.enrolled == [4]
         assert again.refused == {3: "already active in this flow"}

@@ -32,7 +32,9 @@ def contact_named(engine: Engine, first_name: str) -> int:
     return contact.id
 
 
-def replacing(activities: list[Callable[..., Any]], *replacements: Callable[..., Any]) -> list[Callable[..., Any]]:
+def replacing(
+    activities: list[Callable[..., Any]], *replacements: Callable[..., Any]
+) -> list[Callable[..., Any]]:
     names = {r.__name__ for r in replacements}
     return [a for a in activities if a.__name__ not in names] + list(replacements)
 
@@ -59,7 +61,12 @@ async def test_a_message_step_reached_at_night_waits_for_the_window(
     tuesday_night = await next_weekday(time_skipping_env, 1, 22, 0)
     flow = flow_of(
         [
-            {"id": "sms", "type": "send_sms", "text": "Hej [[customer.firstname]]!", "next": "done"},
+            {
+                "id": "sms",
+                "type": "send_sms",
+                "text": "Hej [[customer.firstname]]!",
+                "next": "done",
+            },
             {"id": "done", "type": "finish"},
         ],
         sms_sender="+46700000000",
@@ -67,7 +74,9 @@ async def test_a_message_step_reached_at_night_waits_for_the_window(
         sending_window={"weekdays": "workdays", "start": "08:00", "end": "17:00"},
     )
     activities = activities_for(engine, smtp_inbox.settings, twilio_settings(twilio_api))
-    async with build_worker(time_skipping_env.client, engine, task_queue=task_queue, activities=activities):
+    async with build_worker(
+        time_skipping_env.client, engine, task_queue=task_queue, activities=activities
+    ):
         handle = await start(time_skipping_env, task_queue, flow, contact_named(engine, "Karin"))
         state = await handle.result()
     assert entered(state, "sms") == tuesday_night
@@ -85,7 +94,13 @@ async def test_an_email_is_delivered_once_when_the_activity_fails_after_the_serv
 ) -> None:
     flow = flow_of(
         [
-            {"id": "mail", "type": "send_email", "subject": "Welcome [[customer.firstname]]", "text": "Hi", "next": "done"},
+            {
+                "id": "mail",
+                "type": "send_email",
+                "subject": "Welcome [[customer.firstname]]",
+                "text": "Hi",
+                "next": "done",
+            },
             {"id": "done", "type": "finish"},
         ],
         email=EMAIL_SETTINGS,
@@ -94,7 +109,9 @@ async def test_an_email_is_delivered_once_when_the_activity_fails_after_the_serv
     activities = replacing(
         activities_for(engine, smtp_inbox.settings, twilio_settings(twilio_api)), flaky.send_email
     )
-    async with build_worker(time_skipping_env.client, engine, task_queue=task_queue, activities=activities):
+    async with build_worker(
+        time_skipping_env.client, engine, task_queue=task_queue, activities=activities
+    ):
         handle = await start(time_skipping_env, task_queue, flow, contact_named(engine, "Karin"))
         state = await handle.result()
     attempts = [
@@ -125,9 +142,15 @@ async def test_an_sms_is_delivered_once_when_the_activity_fails_after_twilio_acc
         sms_sender="Flows",
     )
     flaky = SmsActivities(engine, twilio_settings(twilio_api), after_handover=fail_first_time())
-    activities = replacing(activities_for(engine, smtp_inbox.settings, twilio_settings(twilio_api)), flaky.send_sms)
-    async with build_worker(time_skipping_env.client, engine, task_queue=task_queue, activities=activities):
-        state = await (await start(time_skipping_env, task_queue, flow, contact_named(engine, "Maja"))).result()
+    activities = replacing(
+        activities_for(engine, smtp_inbox.settings, twilio_settings(twilio_api)), flaky.send_sms
+    )
+    async with build_worker(
+        time_skipping_env.client, engine, task_queue=task_queue, activities=activities
+    ):
+        state = await (
+            await start(time_skipping_env, task_queue, flow, contact_named(engine, "Maja"))
+        ).result()
     assert state.status is ParticipantStatus.finished
     assert [m["to"] for m in twilio_api.messages] == ["+46709876543"]
     assert twilio_api.attempts == 1
@@ -156,7 +179,9 @@ async def test_no_mobile_number_exits_with_the_hand_offs_when_the_step_says_so(
     )
     charlotte = contact_named(engine, "Charlotte")
     activities = activities_for(engine, smtp_inbox.settings, twilio_settings(twilio_api))
-    async with build_worker(time_skipping_env.client, engine, task_queue=task_queue, activities=activities):
+    async with build_worker(
+        time_skipping_env.client, engine, task_queue=task_queue, activities=activities
+    ):
         state = await (await start(time_skipping_env, task_queue, flow, charlotte)).result()
     assert state.status is ParticipantStatus.dropped_out
     assert state.drop_out_reason == "no mobile number"
@@ -164,7 +189,8 @@ async def test_no_mobile_number_exits_with_the_hand_offs_when_the_step_says_so(
     with session(engine) as db:
         assert db.exec(
             select(SelectionMember).where(
-                SelectionMember.contact_id == charlotte, SelectionMember.selection_id == VIP_SELECTION_ID
+                SelectionMember.contact_id == charlotte,
+                SelectionMember.selection_id == VIP_SELECTION_ID,
             )
         ).first()
 
@@ -179,15 +205,25 @@ async def test_without_the_exit_option_a_contact_without_mobile_skips_the_step(
     flow = flow_of(
         [
             {"id": "sms", "type": "send_sms", "text": "Hello", "next": "mail"},
-            {"id": "mail", "type": "send_email", "subject": "Still here", "text": "Hi", "next": "done"},
+            {
+                "id": "mail",
+                "type": "send_email",
+                "subject": "Still here",
+                "text": "Hi",
+                "next": "done",
+            },
             {"id": "done", "type": "finish"},
         ],
         sms_sender="Flows",
         email=EMAIL_SETTINGS,
     )
     activities = activities_for(engine, smtp_inbox.settings, twilio_settings(twilio_api))
-    async with build_worker(time_skipping_env.client, engine, task_queue=task_queue, activities=activities):
-        state = await (await start(time_skipping_env, task_queue, flow, contact_named(engine, "Charlotte"))).result()
+    async with build_worker(
+        time_skipping_env.client, engine, task_queue=task_queue, activities=activities
+    ):
+        state = await (
+            await start(time_skipping_env, task_queue, flow, contact_named(engine, "Charlotte"))
+        ).result()
     assert state.status is ParticipantStatus.finished
     assert state.trail[0].outcome == "sms skipped: no mobile number"
     assert [m.subject for m in smtp_inbox.messages()] == ["Still here"]

@@ -26,11 +26,19 @@ STOCKHOLM = ZoneInfo("Europe/Stockholm")
 
 def flow_of(steps: list[dict[str, Any]], **settings: Any) -> Flow:
     return Flow.model_validate(
-        {"id": "test-flow", "name": "Test flow", "start": steps[0]["id"], "steps": steps, **settings}
+        {
+            "id": "test-flow",
+            "name": "Test flow",
+            "start": steps[0]["id"],
+            "steps": steps,
+            **settings,
+        }
     )
 
 
-async def next_weekday(env: WorkflowEnvironment, weekday: int, hour: int, minute: int = 0) -> datetime:
+async def next_weekday(
+    env: WorkflowEnvironment, weekday: int, hour: int, minute: int = 0
+) -> datetime:
     """A local (naive) Stockholm date-time on the given weekday, at least a week after the test
     server's clock (which earlier tests have moved on)."""
     day = (await env.get_current_time()).astimezone(STOCKHOLM).date() + timedelta(days=7)
@@ -72,7 +80,13 @@ async def test_three_working_days_from_friday_wake_on_wednesday(
     friday = await next_weekday(time_skipping_env, 4, 10, 15)
     flow = flow_of(
         [
-            {"id": "wait", "type": "wait_time", "amount": 3, "unit": "working_days", "next": "done"},
+            {
+                "id": "wait",
+                "type": "wait_time",
+                "amount": 3,
+                "unit": "working_days",
+                "next": "done",
+            },
             {"id": "done", "type": "finish"},
         ],
         time_zone="Europe/Stockholm",
@@ -94,7 +108,13 @@ async def test_wait_until_a_local_date_time(
     until = await next_weekday(time_skipping_env, 1, 9, 30)
     flow = flow_of(
         [
-            {"id": "wait", "type": "wait_time", "mode": "until", "until": until.isoformat(), "next": "done"},
+            {
+                "id": "wait",
+                "type": "wait_time",
+                "mode": "until",
+                "until": until.isoformat(),
+                "next": "done",
+            },
             {"id": "done", "type": "finish"},
         ],
         time_zone="Europe/Stockholm",
@@ -147,14 +167,26 @@ async def test_split_on_data_and_list_steps(
                     {
                         "name": "Nobody",
                         "next": "done",
-                        "criteria": {"conditions": [{"field": "contact.first_name", "operator": "equals", "value": "Zed"}]},
+                        "criteria": {
+                            "conditions": [
+                                {
+                                    "field": "contact.first_name",
+                                    "operator": "equals",
+                                    "value": "Zed",
+                                }
+                            ]
+                        },
                     },
                     {
                         "name": "This one",
                         "next": "vip",
                         "criteria": {
                             "conditions": [
-                                {"field": "contact.first_name", "operator": "equals", "value": first_name.upper()}
+                                {
+                                    "field": "contact.first_name",
+                                    "operator": "equals",
+                                    "value": first_name.upper(),
+                                }
                             ]
                         },
                     },
@@ -162,7 +194,12 @@ async def test_split_on_data_and_list_steps(
                 "everyone_else": {},
             },
             {"id": "vip", "type": "add_to_list", "selection_id": VIP_SELECTION_ID, "next": "leave"},
-            {"id": "leave", "type": "remove_from_list", "selection_id": DEMO_SELECTION_ID, "next": "done"},
+            {
+                "id": "leave",
+                "type": "remove_from_list",
+                "selection_id": DEMO_SELECTION_ID,
+                "next": "done",
+            },
             {"id": "done", "type": "finish"},
         ]
     )
@@ -172,7 +209,9 @@ async def test_split_on_data_and_list_steps(
     assert state.trail[0].outcome == "branch 'This one'"
     with session(engine) as db:
         selections = set(
-            db.exec(select(SelectionMember.selection_id).where(SelectionMember.contact_id == contact_id)).all()
+            db.exec(
+                select(SelectionMember.selection_id).where(SelectionMember.contact_id == contact_id)
+            ).all()
         )
     assert VIP_SELECTION_ID in selections
     assert DEMO_SELECTION_ID not in selections
@@ -201,7 +240,8 @@ async def test_everyone_else_exit_hands_off_to_a_selection(
     with session(engine) as db:
         assert db.exec(
             select(SelectionMember).where(
-                SelectionMember.contact_id == contact_id, SelectionMember.selection_id == VIP_SELECTION_ID
+                SelectionMember.contact_id == contact_id,
+                SelectionMember.selection_id == VIP_SELECTION_ID,
             )
         ).first()
 
@@ -269,7 +309,9 @@ async def test_long_flows_continue_as_new_carrying_their_state(
     assert [v.step for v in state.trail] == ["wait", "split", "mark", "wait", "split", "done"]
     assert state.visits == {"wait": 2, "split": 2, "mark": 1, "done": 1}
     # Two steps per run: six steps took three runs, each continuing as new with the state.
-    first = time_skipping_env.client.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id)
+    first = time_skipping_env.client.get_workflow_handle(
+        handle.id, run_id=handle.first_execution_run_id
+    )
     first_run_events = [e async for e in first.fetch_history_events()]
     assert first_run_events[-1].HasField("workflow_execution_continued_as_new_event_attributes")
     last = await handle.describe()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -27,7 +28,7 @@ TRAIL_LENGTH = 50
 
 # Bookkeeping is a local activity: a short database write, retried in the worker without the
 # round trip and the extra history events of a scheduled activity.
-RECORD_OPTIONS = {
+RECORD_OPTIONS: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=15),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=30)),
 }

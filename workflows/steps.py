@@ -148,11 +148,20 @@ async def send_sms(participant: Participant, step: SendSms) -> Outcome:
         default_sender=participant.flow.sms_sender,
     )
     outcome: DeliveryOutcome = await workflow.execute_activity(
-        "send_sms", request, result_type=DeliveryOutcome, summary=f"Send SMS {step.label!r}", **SEND_ACTIVITY
+        "send_sms",
+        request,
+        result_type=DeliveryOutcome,
+        summary=f"Send SMS {step.label!r}",
+        **SEND_ACTIVITY,
     )
-    no_mobile = outcome.status is DeliveryStatus.skipped and outcome.detail in (NO_MOBILE, INVALID_MOBILE)
+    no_mobile = outcome.status is DeliveryStatus.skipped and outcome.detail in (
+        NO_MOBILE,
+        INVALID_MOBILE,
+    )
     if no_mobile and step.exit_if_no_mobile:
-        return Leave(ParticipantStatus.dropped_out, _sent(outcome), reason=NO_MOBILE, handoffs=step.exit)
+        return Leave(
+            ParticipantStatus.dropped_out, _sent(outcome), reason=NO_MOBILE, handoffs=step.exit
+        )
     return Continue(step.next, _sent(outcome))
 
 
@@ -184,7 +193,9 @@ async def split(participant: Participant, step: Split) -> Outcome:
         return Continue(chosen.next, f"branch {chosen.name!r}")
     if step.everyone_else.next is not None:
         return Continue(step.everyone_else.next, "branch 'everyone else'")
-    return Leave(ParticipantStatus.finished, "left at 'everyone else'", handoffs=step.everyone_else.exit)
+    return Leave(
+        ParticipantStatus.finished, "left at 'everyone else'", handoffs=step.everyone_else.exit
+    )
 
 
 # --- Update participant ------------------------------------------------------------------------
@@ -192,7 +203,9 @@ async def split(participant: Participant, step: Split) -> Outcome:
 
 async def add_to_list(participant: Participant, step: AddToList) -> Outcome:
     change = ListChange(
-        contact_id=participant.contact_id, selection_id=step.selection_id, project_id=step.project_id
+        contact_id=participant.contact_id,
+        selection_id=step.selection_id,
+        project_id=step.project_id,
     )
     outcome: str = await workflow.execute_activity(
         "add_to_list", change, result_type=str, summary=f"Add to {_lists(change)}", **CRM_ACTIVITY
@@ -202,7 +215,9 @@ async def add_to_list(participant: Participant, step: AddToList) -> Outcome:
 
 async def remove_from_list(participant: Participant, step: RemoveFromList) -> Outcome:
     change = ListChange(
-        contact_id=participant.contact_id, selection_id=step.selection_id, project_id=step.project_id
+        contact_id=participant.contact_id,
+        selection_id=step.selection_id,
+        project_id=step.project_id,
     )
     outcome: str = await workflow.execute_activity(
         "remove_from_list",
@@ -275,9 +290,15 @@ async def finish(participant: Participant, step: Finish) -> Outcome:
 async def hand_off(participant: Participant, handoffs: Handoffs) -> None:
     """The exit hand-offs of spec §7 that this engine performs: adding to a static selection."""
     if handoffs.add_to_selection is not None:
-        change = ListChange(contact_id=participant.contact_id, selection_id=handoffs.add_to_selection)
+        change = ListChange(
+            contact_id=participant.contact_id, selection_id=handoffs.add_to_selection
+        )
         await workflow.execute_activity(
-            "add_to_list", change, result_type=str, summary=f"Hand off to {_lists(change)}", **CRM_ACTIVITY
+            "add_to_list",
+            change,
+            result_type=str,
+            summary=f"Hand off to {_lists(change)}",
+            **CRM_ACTIVITY,
         )
 
 

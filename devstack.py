@@ -27,6 +27,7 @@ from workflows import search_attributes as sa
 
 DATA = PROJECT_ROOT / ".data"
 BIN = Path(sys.executable).parent
+OUTBOX = DATA / "outbox"
 DEMO_FLOW = PROJECT_ROOT / "flows" / "welcome.json"
 
 TEMPORAL_PORT = int(os.environ.get("TEMPORAL_PORT", "7233"))
@@ -63,6 +64,30 @@ def _services() -> dict[str, tuple[list[str], int]]:
                 *attributes,
             ],
             TEMPORAL_PORT,
+        ),
+        "smtp inbox": (
+            [
+                sys.executable,
+                "-m",
+                "peers.smtp_inbox",
+                "--port",
+                str(SMTP_PORT),
+                "--maildir",
+                str(OUTBOX / "mail"),
+            ],
+            SMTP_PORT,
+        ),
+        "sms endpoint": (
+            [
+                sys.executable,
+                "-m",
+                "peers.twilio_api",
+                "--port",
+                str(SMS_PORT),
+                "--store",
+                str(OUTBOX / "sms.jsonl"),
+            ],
+            SMS_PORT,
         ),
     }
 
@@ -106,7 +131,16 @@ async def _wait_for_temporal() -> None:
 
 async def main() -> None:
     DATA.mkdir(exist_ok=True)
-    os.environ.setdefault("TEMPORAL_ADDRESS", f"localhost:{TEMPORAL_PORT}")
+    # The worker sends through the local peers; any real settings in the environment win.
+    for name, value in {
+        "TEMPORAL_ADDRESS": f"localhost:{TEMPORAL_PORT}",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(SMTP_PORT),
+        "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+        "TWILIO_AUTH_TOKEN": "dev-stack",
+        "TWILIO_API_BASE": f"http://127.0.0.1:{SMS_PORT}",
+    }.items():
+        os.environ.setdefault(name, value)
     print("Starting the marketing flows dev stack")
     with running_services():
         await _wait_for_temporal()
@@ -131,6 +165,7 @@ async def main() -> None:
 
   Temporal UI   http://localhost:{UI_PORT}/namespaces/default/workflows?query={query}
   Status        .venv/bin/python starter.py status {deployed.flow_id}
+  Sent          .venv/bin/python starter.py outbox     (SMTP inbox :{SMTP_PORT}, SMS endpoint :{SMS_PORT})
   Database      {engine.url}
 
   The worker is running. Ctrl-C stops everything; `make run` again resumes waiting participants.

@@ -23,10 +23,12 @@ from sqlmodel import select
 
 from activities.enrollment import enroll, selection_members
 from activities.flows import FlowRejected, UnknownFlow, deploy_flow, load_flow, read_document
-from models.database import create_tables, get_engine, session
+from models.database import PROJECT_ROOT, create_tables, get_engine, session
 from models.engine import Participant
 from models.flow import Flow
 from models.validation import check_flow
+from peers.smtp_inbox import read_inbox
+from peers.twilio_api import read_sms_outbox
 from worker import TASK_QUEUE, connect
 
 
@@ -159,6 +161,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    """What the dev stack's local SMTP inbox and SMS endpoint received, oldest first."""
+    folder = Path(args.folder)
+    mails = read_inbox(folder / "mail")
+    texts = read_sms_outbox(folder / "sms.jsonl")
+    print(f"{len(mails)} emails in {folder / 'mail'}")
+    for mail in mails[-args.last :]:
+        when = mail.date.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        print(f"  {when}  {mail.recipients:<36} {mail.subject}")
+    print(f"{len(texts)} SMS in {folder / 'sms.jsonl'}")
+    for text in texts[-args.last :]:
+        body = str(text.get("body", "")).replace("\n", " ")
+        print(f"  {text.get('date_created', '')}  {text.get('to', '')!s:<16} {body[:60]}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="starter.py", description="Durable marketing flows.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -168,6 +186,7 @@ def parser() -> argparse.ArgumentParser:
         "deploy": ("validate and store a new flow version", cmd_deploy),
         "start": ("enroll contacts in a flow (idempotent)", cmd_start),
         "status": ("participants per status and per step", cmd_status),
+        "outbox": ("emails and SMS the dev stack's local peers received", cmd_outbox),
     }
     for name, (help_text, handler) in commands.items():
         command = sub.add_parser(name, help=help_text)
@@ -179,6 +198,9 @@ def parser() -> argparse.ArgumentParser:
         if name == "start":
             command.add_argument("--contact", type=int, nargs="+", metavar="ID")
             command.add_argument("--selection", type=int, metavar="ID")
+        if name == "outbox":
+            command.add_argument("--folder", default=str(PROJECT_ROOT / ".data" / "outbox"))
+            command.add_argument("--last", type=int, default=20, help="show this many of each")
     return p
 
 

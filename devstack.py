@@ -165,7 +165,7 @@ async def main() -> None:
 
   Temporal UI   http://localhost:{UI_PORT}/namespaces/default/workflows?query={query}
   Status        .venv/bin/python starter.py status {deployed.flow_id}
-  Sent          .venv/bin/python starter.py outbox     (SMTP inbox :{SMTP_PORT}, SMS endpoint :{SMS_PORT})
+  Sent          .venv/bin/python starter.py outbox  (inbox :{SMTP_PORT}, SMS :{SMS_PORT})
   Database      {engine.url}
 
   The worker is running. Ctrl-C stops everything; `make run` again resumes waiting participants.

@@ -10,12 +10,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, event
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import DateTime, event, inspect
 from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel, create_engine
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS = PROJECT_ROOT / "migrations"
+
+# Named constraints, the same on every backend: a later migration can drop or alter them by name
+# (SQLite's batch mode needs the names; PostgreSQL would otherwise invent its own). Set before any
+# table class is defined; "ix" keeps SQLAlchemy's default index names.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
@@ -94,13 +109,43 @@ def get_engine(url: str | None = None) -> Engine:
         return engine
 
 
-def create_tables(engine: Engine) -> None:
-    """Create every table that does not exist yet."""
-    # Importing registers the table classes on SQLModel.metadata.
+def import_tables() -> None:
+    """Register every table class on `SQLModel.metadata` (Alembic compares against it)."""
     from models import crm  # noqa: F401
     from models import engine as engine_tables  # noqa: F401
 
-    SQLModel.metadata.create_all(engine)
+
+def alembic_config() -> Config:
+    """The project's Alembic settings, independent of the working directory and of alembic.ini
+    (which only the `alembic` command line reads)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def migrate(target: Engine | str | None = None) -> None:
+    """Upgrade the database to the newest migration (`DATABASE_URL` when no target is given).
+
+    A database made by the old `create_all` (tables, no `alembic_version`) is taken to be at the
+    first migration and upgraded from there.
+    """
+    engine = target if isinstance(target, Engine) else get_engine(target)
+    config = alembic_config()
+    with engine.connect() as connection:
+        config.attributes["connection"] = connection
+        tables = set(inspect(connection).get_table_names())
+        connection.rollback()
+        if "alembic_version" not in tables and "contacts" in tables:
+            base = ScriptDirectory.from_config(config).get_base()
+            assert base is not None
+            command.stamp(config, base)
+        command.upgrade(config, "head")
+
+
+def create_tables(engine: Engine) -> None:
+    """Kept for its callers: the schema comes from the migrations, never from `create_all`, so
+    every database carries its Alembic revision and later migrations apply to it."""
+    migrate(engine)
 
 
 @contextmanager

@@ -37,7 +37,7 @@ from activities.email import (
     message_id,
 )
 from models.crm import Associate, Company, Contact
-from models.database import create_tables, get_engine, session
+from models.database import session
 from models.engine import Delivery
 from models.flow import EmailSettings, NotifyEmail, SendEmail
 from models.ledger import DeliveryStatus, claim
@@ -249,10 +249,9 @@ def smtp(
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    engine = get_engine(f"sqlite:///{tmp_path}/t.db")
-    create_tables(engine)
-    return engine
+def engine(empty_engine: Engine) -> Engine:
+    """These tests make their own CRM rows."""
+    return empty_engine
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ FLOW = {
 def cli_env(
     monkeypatch: pytest.MonkeyPatch, engine: Engine, dev_env: WorkflowEnvironment, task_queue: str
 ) -> None:
-    monkeypatch.setenv("DATABASE_URL", str(engine.url))
+    monkeypatch.setenv("DATABASE_URL", engine.url.render_as_string(hide_password=False))
     monkeypatch.setenv("TEMPORAL_ADDRESS", dev_env.client.service_client.config.target_host)
     monkeypatch.setattr(starter, "TASK_QUEUE", task_queue)
 

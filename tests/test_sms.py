@@ -28,7 +28,7 @@ from twilio.rest import Client
 
 from activities.sms import SmsActivities, SmsNotify, SmsSend, TwilioSettings
 from models.crm import Associate, Company, Contact
-from models.database import create_tables, get_engine, session
+from models.database import session
 from models.engine import Delivery
 from models.flow import NotifySms, Recipients, SendSms
 from models.ledger import DeliveryOutcome, DeliveryStatus
@@ -43,10 +43,9 @@ DEFAULT_SENDER = "+46700000001"
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    engine = get_engine(f"sqlite:///{tmp_path}/t.db")
-    create_tables(engine)
-    return engine
+def engine(empty_engine: Engine) -> Engine:
+    """These tests make their own CRM rows."""
+    return empty_engine
 
 
 @pytest.fixture

@@ -22,20 +22,20 @@ from models.engine import Delivery, Participant, ParticipantStatus
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    engine = get_engine(f"sqlite:///{tmp_path}/t.db")
-    create_tables(engine)
-    return engine
+def seeded(empty_engine: Engine) -> Engine:
+    with session(empty_engine) as s:
+        seed_demo(s)
+    return empty_engine
 
 
 @pytest.fixture
-def seeded(engine: Engine) -> Engine:
-    with session(engine) as s:
-        seed_demo(s)
-    return engine
+def engine(empty_engine: Engine) -> Engine:
+    return empty_engine
 
 
-def test_engine_is_cached_and_pragmas_apply(engine: Engine, tmp_path: Path) -> None:
+def test_engine_is_cached_and_pragmas_apply(tmp_path: Path) -> None:
+    engine = get_engine(f"sqlite:///{tmp_path}/t.db")
+    create_tables(engine)
     assert get_engine(f"sqlite:///{tmp_path}/t.db") is engine
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

@@ -23,7 +23,7 @@ import mimetypes
 import os
 import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
@@ -43,6 +43,13 @@ from models.database import PROJECT_ROOT, session
 from models.flow import EmailSettings, NotifyEmail, ReplyTo, SendEmail, Sender
 from models.ledger import DeliveryOutcome, DeliveryStatus, claim, record_skip, release, settle
 from models.merge_tags import MergeTagError, render, render_header
+from models.tracking_links import (
+    Claims,
+    TrackingLinks,
+    rewrite_html,
+    rewrite_text,
+    with_open_pixel,
+)
 
 CHANNEL = "email"
 MARKETING_PURPOSE = "emarketing"  # the consent purpose that allows marketing email
@@ -75,6 +82,7 @@ class SmtpSettings:
     subscription_url: str | None = None
     webversion_url: str | None = None
     content_root: Path = field(default_factory=lambda: PROJECT_ROOT / "flows")
+    tracking: TrackingLinks | None = None  # set: links are tracked and opens may be
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SmtpSettings:
@@ -94,6 +102,7 @@ class SmtpSettings:
             subscription_url=env.get("SUBSCRIPTION_URL") or None,
             webversion_url=env.get("WEBVERSION_URL") or None,
             content_root=Path(env.get("CONTENT_ROOT") or PROJECT_ROOT / "flows"),
+            tracking=TrackingLinks.from_env(env),
         )
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -346,6 +355,8 @@ class EmailActivities:
             text = None if step.text is None else render(step.text, facts, links=links)
         except MergeTagError as error:
             raise _Unsendable(str(error)) from None
+        if self._smtp.tracking is not None:
+            html, text = _tracked(self._smtp.tracking, request, html, text, set(links.values()))
 
         try:
             sender = _from_address(settings.sender, facts)
@@ -508,6 +519,34 @@ class EmailActivities:
                 with contextlib.suppress(aiosmtplib.SMTPException, OSError):
                     await client.quit()
             client.close()
+
+
+def _tracked(
+    tracking: TrackingLinks,
+    request: EmailSend,
+    html: str | None,
+    text: str | None,
+    untracked: set[str],
+) -> tuple[str | None, str | None]:
+    """The bodies with every link sent through the tracking service (spec §5), and the open
+    pixel when the step tracks opens. Unsubscribe and subscription links stay untracked."""
+    claims = Claims(
+        contact_id=request.contact_id,
+        flow_id=request.flow_id,
+        step_id=request.step.id,
+        delivery_key=request.delivery_key,
+    )
+
+    def click_url(url: str) -> str:
+        return tracking.click_url(replace(claims, url=url))
+
+    if html is not None:
+        html = rewrite_html(html, click_url, untracked=untracked)
+        if request.step.track_opens:
+            html = with_open_pixel(html, tracking.open_url(claims))
+    if text is not None:
+        text = rewrite_text(text, click_url, untracked=untracked)
+    return html, text
 
 
 def _fact_text(facts: dict[str, object] | None, name: str) -> str | None:

@@ -5,6 +5,7 @@ python starter.py deploy flows/welcome.json
 python starter.py start welcome --selection 1        (or --contact 3 4 5)
 python starter.py status welcome
 python starter.py schema > flow.schema.json
+python starter.py event form_submitted --contact 3 --form 1 --data topic=pricing
 """
 
 from __future__ import annotations
@@ -13,18 +14,22 @@ import argparse
 import asyncio
 import json
 import sys
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Engine
 from sqlmodel import select
 
 from activities.enrollment import enroll, selection_members
+from activities.events import ingest
 from activities.flows import FlowRejected, UnknownFlow, deploy_flow, load_flow, read_document
 from models.database import PROJECT_ROOT, create_tables, get_engine, session
 from models.engine import Participant
+from models.events import EventKind, FlowEvent
 from models.flow import Flow
 from models.validation import check_flow
 from peers.smtp_inbox import read_inbox
@@ -177,6 +182,49 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _event(args: argparse.Namespace) -> int:
+    data: dict[str, str] = {}
+    for pair in args.data or []:
+        name, equals, value = pair.partition("=")
+        if not equals:
+            raise CommandError(f"--data takes name=value, not {pair!r}")
+        data[name] = value
+    try:
+        event = FlowEvent(
+            event_id=args.id or f"cli/{uuid.uuid4()}",
+            kind=args.kind,
+            contact_id=args.contact,
+            occurred_at=datetime.now(UTC),
+            flow_id=args.flow,
+            step_id=args.step,
+            link=args.link,
+            form_id=args.form,
+            selection_id=args.selection,
+            project_id=args.project,
+            sale_id=args.sale,
+            data=data,
+            by_import=args.by_import,
+        )
+    except ValidationError as exc:
+        raise CommandError(str(exc)) from None
+    engine = _engine()
+    report = await ingest(await connect(), engine, event, task_queue=TASK_QUEUE)
+    if not report.delivered:
+        print(f"{event.event_id}: recorded and delivered before; nothing to do")
+        return 0
+    print(f"{event.event_id}: {'recorded' if report.new else 'already recorded'}, delivered")
+    print(f"  signalled {len(report.signalled)} participants: {', '.join(report.signalled) or '-'}")
+    for flow_id in report.enrolled:
+        print(f"  enrolled in {flow_id}")
+    for flow_id, reason in report.refused.items():
+        print(f"  not enrolled in {flow_id}: {reason}")
+    return 0
+
+
+def cmd_event(args: argparse.Namespace) -> int:
+    return asyncio.run(_event(args))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="starter.py", description="Durable marketing flows.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -187,6 +235,7 @@ def parser() -> argparse.ArgumentParser:
         "start": ("enroll contacts in a flow (idempotent)", cmd_start),
         "status": ("participants per status and per step", cmd_status),
         "outbox": ("emails and SMS the dev stack's local peers received", cmd_outbox),
+        "event": ("record an event and deliver it to participants and triggers", cmd_event),
     }
     for name, (help_text, handler) in commands.items():
         command = sub.add_parser(name, help=help_text)
@@ -195,6 +244,19 @@ def parser() -> argparse.ArgumentParser:
             command.add_argument("file")
         if name in ("start", "status"):
             command.add_argument("flow")
+        if name == "event":
+            command.add_argument("kind", choices=[kind.value for kind in EventKind])
+            command.add_argument("--contact", type=int, required=True, metavar="ID")
+            command.add_argument("--id", help="event id (idempotency key); default: a new one")
+            command.add_argument("--form", type=int, metavar="ID")
+            command.add_argument("--data", nargs="+", metavar="NAME=VALUE", help="form fields")
+            command.add_argument("--link", metavar="URL")
+            command.add_argument("--flow", metavar="ID", help="the flow of a tracked email")
+            command.add_argument("--step", metavar="ID", help="its send_email step")
+            command.add_argument("--selection", type=int, metavar="ID")
+            command.add_argument("--project", type=int, metavar="ID")
+            command.add_argument("--sale", type=int, metavar="ID")
+            command.add_argument("--by-import", action="store_true", help="triggers ignore it")
         if name == "start":
             command.add_argument("--contact", type=int, nargs="+", metavar="ID")
             command.add_argument("--selection", type=int, metavar="ID")

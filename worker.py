@@ -22,6 +22,7 @@ from temporalio.worker import Worker
 
 from activities.crm import CrmActivities
 from activities.email import EmailActivities, SmtpSettings
+from activities.events import EventActivities
 from activities.participants import ParticipantActivities
 from activities.sms import SmsActivities, TwilioSettings
 from models.database import create_tables, get_engine
@@ -47,6 +48,7 @@ def activities_for(
     participants = ParticipantActivities(engine)
     email = EmailActivities(engine, smtp or SmtpSettings.from_env())
     sms = SmsActivities(engine, twilio or twilio_from_env())
+    events = EventActivities(engine)
     return [
         crm.add_to_list,
         crm.remove_from_list,
@@ -56,6 +58,7 @@ def activities_for(
         email.notify_email,
         sms.send_sms,
         sms.notify_sms,
+        events.emit_event,
     ]
 
 

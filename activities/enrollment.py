@@ -13,13 +13,14 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 from sqlmodel import select
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.flows import FlowRejected, StoredFlow, load_flow, set_flow_status
 from models import schedule
@@ -27,10 +28,16 @@ from models.criteria import evaluate
 from models.crm import Contact, SelectionMember, contact_facts
 from models.database import session
 from models.engine import FlowStatus, Participant, ParticipantStatus
+from models.events import FlowEvent
+from models.flow import Flow
 from models.participant import Enrollment, participant_workflow_id
 from models.validation import check_flow
 from workflows import search_attributes as sa
 from workflows.participant import ParticipantWorkflow
+
+# The participant workflow's signals: what brought it in, and "take this contact out".
+EVENT_SIGNAL = "event"
+LEAVE_SIGNAL = "leave"
 
 # Concurrent start requests: enough to keep a dev server busy without queueing thousands of RPCs.
 START_CONCURRENCY = 32
@@ -42,6 +49,8 @@ class EnrollmentReport:
     version: int
     enrolled: list[int] = field(default_factory=list)
     refused: dict[int, str] = field(default_factory=dict)  # contact id -> why not
+    # contact id -> the flows it was taken out of ("remove from other flows")
+    removed: dict[int, list[str]] = field(default_factory=dict)
 
 
 def selection_members(engine: Engine, selection_id: int) -> list[int]:
@@ -91,8 +100,12 @@ async def enroll(
     task_queue: str,
     progress: Callable[[int], None] | None = None,
     steps_per_run: int | None = None,
+    event: FlowEvent | None = None,
 ) -> EnrollmentReport:
-    """Start a participant for each contact that passes the rules; say why for the others."""
+    """Start a participant for each contact that passes the rules; say why for the others.
+
+    ``event``: what enrolled them (a trigger); each new participant gets it as its first signal.
+    """
     stored = load_flow(engine, flow_id)
     report = check_flow(stored.flow.model_dump(mode="json", by_alias=True))
     if not report.can_run:
@@ -113,9 +126,12 @@ async def enroll(
         async with gate:
             reason = await asyncio.to_thread(_why_not, engine, stored, contact_id)
             if reason is None:
-                reason = await _start(client, stored, contact_id, task_queue, steps_per_run)
+                reason = await _start(client, stored, contact_id, task_queue, steps_per_run, event)
             if reason is None:
                 result.enrolled.append(contact_id)
+                removed = await _remove_from_other_flows(client, stored.flow, contact_id)
+                if removed:
+                    result.removed[contact_id] = removed
             else:
                 result.refused[contact_id] = reason
             if progress is not None:
@@ -127,9 +143,19 @@ async def enroll(
 
 
 async def _start(
-    client: Client, stored: StoredFlow, contact_id: int, task_queue: str, steps_per_run: int | None
+    client: Client,
+    stored: StoredFlow,
+    contact_id: int,
+    task_queue: str,
+    steps_per_run: int | None,
+    event: FlowEvent | None = None,
 ) -> str | None:
     flow = stored.flow
+    workflow_id = participant_workflow_id(flow.id, contact_id)
+    # Enrolled by an event: signal-with-start puts it in the participant's history before its
+    # first step. That call signals a running participant instead of refusing it: look first.
+    if event is not None and await _running(client, workflow_id):
+        return "already active in this flow"
     enrollment = Enrollment(flow=flow, flow_version=stored.version, contact_id=contact_id)
     if steps_per_run is not None:
         enrollment.steps_per_run = steps_per_run
@@ -137,10 +163,15 @@ async def _start(
         await client.start_workflow(
             ParticipantWorkflow.run,
             enrollment,
-            id=participant_workflow_id(flow.id, contact_id),
+            id=workflow_id,
             task_queue=task_queue,
             # Re-entry after leaving is allowed (a closed id may be reused); two at once are not.
-            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            # (Signal-with-start does not take FAIL; the look above stands in for it.)
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL
+            if event is None
+            else WorkflowIDConflictPolicy.USE_EXISTING,
+            start_signal=None if event is None else EVENT_SIGNAL,
+            start_signal_args=[] if event is None else [event],
             search_attributes=TypedSearchAttributes(
                 [
                     SearchAttributePair(sa.FLOW_ID, flow.id),
@@ -154,3 +185,31 @@ async def _start(
     except WorkflowAlreadyStartedError:
         return "already active in this flow"
     return None
+
+
+async def _running(client: Client, workflow_id: str) -> bool:
+    try:
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as error:
+        if error.status is RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return description.status is WorkflowExecutionStatus.RUNNING
+
+
+async def _remove_from_other_flows(client: Client, flow: Flow, contact_id: int) -> list[str]:
+    """Spec §1: on enrollment, the contact leaves the flows listed (Dropped out there)."""
+    reason = f"enrolled in flow {flow.id!r}, which removes it from this one"
+    removed: list[str] = []
+    for other in flow.remove_from_flows:
+        if other == flow.id:
+            continue
+        handle = client.get_workflow_handle(participant_workflow_id(other, contact_id))
+        try:
+            await handle.signal(LEAVE_SIGNAL, reason)
+        except RPCError as error:
+            if error.status is RPCStatusCode.NOT_FOUND:
+                continue  # not (or no longer) in that flow
+            raise
+        removed.append(other)
+    return removed

@@ -111,3 +111,5 @@ class CrmEvent(SQLModel, table=True):
     contact_id: int | None = Field(default=None, index=True)
     payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     occurred_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+    # When activities.events delivered it to participants and triggers; None: not (yet) done.
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -334,12 +334,8 @@ def _content_problems(flow: Flow) -> Iterator[Problem]:
 
 
 def _engagement_settings(flow: Flow) -> list[tuple[str, object]]:
-    """Settings whose behaviour arrives with triggers and success tracking: refused until then."""
-    return [
-        ("triggers", flow.triggers),
-        ("success", flow.success),
-        ("remove_from_flows", flow.remove_from_flows),
-    ]
+    """Settings whose behaviour arrives with success tracking: refused until then."""
+    return [("success", flow.success)]
 
 
 def _readiness_problems(flow: Flow) -> Iterator[Problem]:

@@ -780,9 +780,7 @@ def test_a_flow_of_runnable_kinds_can_run() -> None:
 @pytest.mark.parametrize(
     ("settings", "field"),
     [
-        ({"triggers": [{"kind": "contact_created"}]}, "triggers"),
         ({"success": {"criteria": [{"kind": "form_submitted", "form_id": 4}]}}, "success"),
-        ({"remove_from_flows": ["other-flow"]}, "remove_from_flows"),
     ],
 )
 def test_settings_not_supported_yet_block_running_only(
@@ -791,6 +789,16 @@ def test_settings_not_supported_yet_block_running_only(
     report = check_flow(base(**settings))
     assert where(report) == [("not_ready", None, field)]
     assert report.can_save and not report.can_run
+
+
+def test_triggers_and_remove_from_flows_are_ready_to_run() -> None:
+    document = base(
+        triggers=[{"kind": "contact_created"}, {"kind": "form_submitted", "form_id": 4}],
+        remove_from_flows=["other-flow"],
+    )
+    report = check_flow(document)
+    assert report.problems == []
+    assert report.can_run
 
 
 # --- every problem at once ---------------------------------------------------------------------

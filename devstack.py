@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from activities.enrollment import enroll, selection_members
-from activities.flows import deploy_flow, read_document
+from activities.flows import FlowRejected, deploy_flow, load_flow, read_document
 from models.database import PROJECT_ROOT, create_tables, get_engine, session
 from models.demo import DEMO_SELECTION_ID, seed_demo
 from worker import TASK_QUEUE, build_worker, connect
@@ -148,7 +148,12 @@ async def main() -> None:
         create_tables(engine)
         with session(engine) as db:
             seed_demo(db)
-        deployed = deploy_flow(engine, read_document(DEMO_FLOW))
+        document = read_document(DEMO_FLOW)
+        try:
+            deploy_flow(engine, document)
+        except FlowRejected as refused:  # e.g. edited while running: keep the deployed version
+            print(f"  {DEMO_FLOW.name} not deployed: {str(refused).splitlines()[0]}")
+        deployed = load_flow(engine, str(document["id"]))
         client = await connect()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -156,15 +161,16 @@ async def main() -> None:
             loop.add_signal_handler(sig, stop.set)
         async with build_worker(client, engine):
             contacts = selection_members(engine, DEMO_SELECTION_ID)
-            report = await enroll(client, engine, deployed.flow_id, contacts, task_queue=TASK_QUEUE)
-            query = f"FlowId='{deployed.flow_id}'"
+            flow_id = deployed.flow.id
+            report = await enroll(client, engine, flow_id, contacts, task_queue=TASK_QUEUE)
+            query = f"FlowId='{flow_id}'"
             print(
                 f"""
-  Flow {deployed.flow_id!r} v{deployed.version}: {len(report.enrolled)} contacts enrolled now, \
+  Flow {flow_id!r} v{deployed.version}: {len(report.enrolled)} contacts enrolled now, \
 {len(report.refused)} not ({", ".join(sorted(set(report.refused.values()))) or "-"})
 
   Temporal UI   http://localhost:{UI_PORT}/namespaces/default/workflows?query={query}
-  Status        .venv/bin/python starter.py status {deployed.flow_id}
+  Status        .venv/bin/python starter.py status {flow_id}
   Sent          .venv/bin/python starter.py outbox  (inbox :{SMTP_PORT}, SMS :{SMS_PORT})
   Database      {engine.url}
 

@@ -4,6 +4,9 @@ python starter.py validate flows/welcome.json
 python starter.py deploy flows/welcome.json
 python starter.py start welcome --selection 1        (or --contact 3 4 5)
 python starter.py status welcome
+python starter.py stats welcome                     (--json)
+python starter.py diagram welcome                   (-o welcome.png, --mermaid)
+python starter.py simulate welcome --contact 1      (a dry run on the time-skipping server)
 python starter.py schema > flow.schema.json
 python starter.py event form_submitted --contact 3 --form 1 --data topic=pricing
 """
@@ -24,13 +27,25 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Engine
 from sqlmodel import select
 
+from activities.dry_run import UnknownContact, dry_run, render_timeline
 from activities.enrollment import enroll, selection_members
 from activities.events import ingest
 from activities.flows import FlowRejected, UnknownFlow, deploy_flow, load_flow, read_document
+from activities.lifecycle import (
+    LifecycleError,
+    delete_flow,
+    end_flow,
+    pause_flow,
+    resume_flow,
+    run_flow,
+)
+from models import diagram
+from models.crm import action_catalogue
 from models.database import PROJECT_ROOT, create_tables, get_engine, session
 from models.engine import Participant
 from models.events import EventKind, FlowEvent
 from models.flow import Flow
+from models.statistics import flow_statistics, render_table
 from models.validation import check_flow
 from peers.smtp_inbox import read_inbox
 from peers.twilio_api import read_sms_outbox
@@ -65,7 +80,10 @@ def _read(path: str) -> dict[str, object]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    report = check_flow(_read(args.file))
+    document = _read(args.file)
+    with session(_engine()) as db:
+        actions = action_catalogue(db)  # for warnings about forms' and links' own actions
+    report = check_flow(document, actions=actions)
     for problem in report.problems:
         print(problem)
     if not report.can_save:
@@ -182,6 +200,28 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _lifecycle(args: argparse.Namespace) -> int:
+    engine = _engine()
+    client = await connect()
+    change = {"pause": pause_flow, "resume": resume_flow, "end": end_flow}[args.command]
+    result = await change(client, engine, args.flow)
+    failed = f", {result.failed} failed" if result.failed else ""
+    print(f"{args.flow}: {result.status}; {result.reached} participants {args.command}d{failed}")
+    return 0
+
+
+def cmd_lifecycle(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        run_flow(_engine(), args.flow)
+        print(f"{args.flow}: running")
+        return 0
+    if args.command == "delete":
+        delete_flow(_engine(), args.flow)
+        print(f"{args.flow}: deleted")
+        return 0
+    return asyncio.run(_lifecycle(args))
+
+
 async def _event(args: argparse.Namespace) -> int:
     data: dict[str, str] = {}
     for pair in args.data or []:
@@ -225,6 +265,87 @@ def cmd_event(args: argparse.Namespace) -> int:
     return asyncio.run(_event(args))
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    engine = _engine()
+    stored = load_flow(engine, args.flow)
+    stats = flow_statistics(engine, stored.flow, stored.version)
+    print(stats.model_dump_json(indent=2) if args.json else render_table(stats))
+    return 0
+
+
+async def _through(flow_id: str) -> Counter[str] | None:
+    try:
+        client = await connect()
+    except RuntimeError as exc:
+        print(f"note: Temporal not reachable ({exc}): 'through' counts left out", file=sys.stderr)
+        return None
+    return await diagram.participants_through(client, flow_id)
+
+
+def cmd_diagram(args: argparse.Namespace) -> int:
+    engine = _engine()
+    stored = load_flow(engine, args.flow)
+    counts = diagram.StepCounts(
+        at=diagram.participants_at(engine, args.flow),
+        through=None if args.no_temporal else asyncio.run(_through(args.flow)),
+    )
+    mermaid = diagram.to_mermaid(stored.flow, stored.version, counts)
+    if args.mermaid:
+        print(mermaid, end="")
+        return 0
+    path = Path(args.output or PROJECT_ROOT / ".data" / "diagrams" / f"{args.flow}.svg")
+    note = diagram.live_note(stored.flow)
+    diagram.write_picture(diagram.to_graphviz(stored.flow, stored.version, counts, note), path)
+    path.with_suffix(".mmd").write_text(mermaid, encoding="utf-8")
+    print(f"wrote {path}\nwrote {path.with_suffix('.mmd')} (Mermaid)")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    engine = _engine()
+    try:
+        run = asyncio.run(
+            dry_run(engine, args.flow, args.contact, version=args.version, start_at=args.at)
+        )
+    except UnknownContact as exc:
+        raise CommandError(str(exc)) from None
+    print(run.model_dump_json(indent=2) if args.json else render_timeline(run))
+    return 0
+
+
+def _observability_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    stats = sub.add_parser("stats", help="a flow's statistics: participants, drop-outs, emails")
+    stats.set_defaults(handler=cmd_stats)
+    stats.add_argument("flow")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    drawing = sub.add_parser("diagram", help="draw a flow's graph with live counts per step")
+    drawing.set_defaults(handler=cmd_diagram)
+    drawing.add_argument("flow")
+    drawing.add_argument(
+        "-o", "--output", help="the picture: .svg (default .data/diagrams/FLOW.svg) or .png"
+    )
+    drawing.add_argument("--mermaid", action="store_true", help="print Mermaid text only")
+    drawing.add_argument(
+        "--no-temporal", action="store_true", help="leave out 'through' (read from Temporal)"
+    )
+
+    simulate = sub.add_parser(
+        "simulate", help="dry-run a flow for one contact: a timeline, nothing sent or changed"
+    )
+    simulate.set_defaults(handler=cmd_simulate)
+    simulate.add_argument("flow")
+    simulate.add_argument("--contact", type=int, required=True, metavar="ID")
+    simulate.add_argument("--version", type=int, help="a deployed version (default: the latest)")
+    simulate.add_argument(
+        "--at",
+        type=datetime.fromisoformat,
+        metavar="YYYY-MM-DDTHH:MM",
+        help="enroll at this future local time, in the flow's time zone (default: now)",
+    )
+    simulate.add_argument("--json", action="store_true", help="print JSON instead of a timeline")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="starter.py", description="Durable marketing flows.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -236,13 +357,18 @@ def parser() -> argparse.ArgumentParser:
         "status": ("participants per status and per step", cmd_status),
         "outbox": ("emails and SMS the dev stack's local peers received", cmd_outbox),
         "event": ("record an event and deliver it to participants and triggers", cmd_event),
+        "run": ("turn a flow's triggers on", cmd_lifecycle),
+        "pause": ("freeze every participant where it is; new enrollees queue", cmd_lifecycle),
+        "resume": ("let paused participants go on, with the latest version", cmd_lifecycle),
+        "end": ("stop a flow: active participants become Cancelled", cmd_lifecycle),
+        "delete": ("delete a flow that is not running", cmd_lifecycle),
     }
     for name, (help_text, handler) in commands.items():
         command = sub.add_parser(name, help=help_text)
         command.set_defaults(handler=handler)
         if name in ("validate", "deploy"):
             command.add_argument("file")
-        if name in ("start", "status"):
+        if name in ("start", "status", "run", "pause", "resume", "end", "delete"):
             command.add_argument("flow")
         if name == "event":
             command.add_argument("kind", choices=[kind.value for kind in EventKind])
@@ -263,6 +389,7 @@ def parser() -> argparse.ArgumentParser:
         if name == "outbox":
             command.add_argument("--folder", default=str(PROJECT_ROOT / ".data" / "outbox"))
             command.add_argument("--last", type=int, default=20, help="show this many of each")
+    _observability_commands(sub)
     return p
 
 
@@ -270,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code: int = args.handler(args)
-    except (CommandError, UnknownFlow) as exc:
+    except (CommandError, UnknownFlow, LifecycleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except FlowRejected as exc:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlmodel import select
+from sqlmodel import Session, select
 
+from models.crm import crm_lists
 from models.database import session
-from models.engine import FlowRecord, FlowStatus, FlowVersion
+from models.engine import FlowRecord, FlowStatus, FlowVersion, Participant
 from models.flow import Flow
 from models.validation import FlowReport, check_flow
 
@@ -66,8 +68,11 @@ def _checksum(flow: Flow) -> str:
 
 
 def deploy_flow(engine: Engine, document: dict[str, Any]) -> Deployed:
-    """Store a new version if the document is valid to save; all or nothing."""
-    report = check_flow(document)
+    """Store a new version if the document is valid to save; all or nothing. Request and sale
+    steps are checked against this CRM's types, statuses, priorities, categories and stages."""
+    with session(engine) as db:
+        lists = crm_lists(db)
+    report = check_flow(document, lists)
     if not report.can_save or report.flow is None:
         raise FlowRejected(report)
     flow = report.flow
@@ -84,6 +89,8 @@ def deploy_flow(engine: Engine, document: dict[str, Any]) -> Deployed:
             ).first()
             if latest is not None and latest.checksum == checksum:
                 return Deployed(flow.id, record.latest_version, False, report)
+            if latest is not None:
+                _check_edit(db, record, Flow.model_validate(latest.definition), flow, report)
         record.latest_version += 1
         record.name = flow.name
         db.add(record)
@@ -96,6 +103,35 @@ def deploy_flow(engine: Engine, document: dict[str, Any]) -> Deployed:
             )
         )
         return Deployed(flow.id, record.latest_version, True, report)
+
+
+# Steps that hold participants for a while: while paused, they cannot disappear under them.
+HOLDING_STEP_TYPES = frozenset({"wait_time", "wait_for_action", "split"})
+
+
+def _check_edit(db: Session, record: FlowRecord, old: Flow, new: Flow, report: FlowReport) -> None:
+    """The spec's edit rules: no edits while running; while paused, no removing a wait,
+    wait_for_action or split step (or a split's branch) that holds participants."""
+    if record.status == FlowStatus.running:
+        raise FlowRejected(report, f"flow {record.id!r} is running: pause it to edit")
+    if record.status != FlowStatus.paused:
+        return
+    holding = Counter(
+        db.exec(
+            select(Participant.current_step).where(
+                Participant.flow_id == record.id, Participant.status == "Active"
+            )
+        ).all()
+    )
+    new_ids = {step.id for step in new.steps}
+    problems: list[str] = []
+    for step in old.steps:
+        if step.type in HOLDING_STEP_TYPES and holding[step.id] and step.id not in new_ids:
+            problems.append(f"step {step.id!r} holds {holding[step.id]} participants")
+    if problems:
+        raise FlowRejected(
+            report, "a paused flow cannot lose steps that hold participants: " + "; ".join(problems)
+        )
 
 
 def load_flow(engine: Engine, flow_id: str, version: int | None = None) -> StoredFlow:

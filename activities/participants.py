@@ -1,13 +1,21 @@
-"""Keeping the participants table current: the queryable mirror of each participant workflow."""
+"""Keeping the participants table current, and the checks made before every step (spec §8)."""
 
 from __future__ import annotations
 
+from pydantic import BaseModel
 from sqlalchemy import Engine
+from sqlmodel import Session, select
 from temporalio import activity
 
+from models.crm import Contact, SelectionMember
 from models.database import session
 from models.engine import Participant
-from models.participant import ParticipantState, participant_workflow_id
+from models.participant import ParticipantState, Standing, participant_workflow_id
+
+
+class ParticipantRecord(BaseModel):
+    state: ParticipantState
+    exclusion_selections: list[int] = []
 
 
 class ParticipantActivities:
@@ -15,8 +23,11 @@ class ParticipantActivities:
         self._engine = engine
 
     @activity.defn
-    def record_participant(self, state: ParticipantState) -> None:
-        """Upsert the participant's row; the workflow is the only writer, so the last call wins."""
+    def record_participant(self, record: ParticipantRecord) -> Standing:
+        """Upsert the participant's row (the workflow is its only writer, so the last call wins)
+        and report whether the contact may go on: one database round trip for both, at every
+        step entry."""
+        state = record.state
         with session(self._engine) as db:
             row = db.get(Participant, state.participant_id) or Participant(
                 id=state.participant_id,
@@ -26,9 +37,29 @@ class ParticipantActivities:
                 contact_id=state.contact_id,
                 enrolled_at=state.enrolled_at,
             )
+            row.flow_version = state.flow_version
             row.status = state.status.value
             row.current_step = state.current_step
             row.wait_until = state.wait_until
             row.drop_out_reason = state.drop_out_reason
             row.finished_at = state.finished_at
             db.add(row)
+            return Standing(leave_reason=_leave_reason(db, record))
+
+
+def _leave_reason(db: Session, record: ParticipantRecord) -> str | None:
+    contact = db.get(Contact, record.state.contact_id)
+    if contact is None:
+        return "the contact no longer exists"
+    if contact.retired:
+        return "former employee"
+    if record.exclusion_selections:
+        excluded = db.exec(
+            select(SelectionMember).where(
+                SelectionMember.contact_id == contact.id,
+                SelectionMember.selection_id.in_(record.exclusion_selections),  # type: ignore[attr-defined]
+            )
+        ).first()
+        if excluded is not None:
+            return "on the exclusion list"
+    return None

@@ -14,6 +14,9 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from models.criteria import evaluate
+from models.flow import AwaitedAction, Split, SplitBasis, SuccessCriterion
+
 
 class EventKind(StrEnum):
     form_submitted = "form_submitted"
@@ -44,6 +47,75 @@ class FlowEvent(BaseModel):
     project_id: int | None = None
     sale_id: int | None = None
     data: dict[str, str] = Field(default={}, description="Form fields, as submitted")
+    received_at: datetime | None = Field(
+        default=None,
+        description="Set by a participant when the event reaches it: its own clock, which the "
+        "rules compare with, rather than the sender's",
+    )
     by_import: bool = Field(
         default=False, description="Created/updated by import or bulk update: triggers ignore it"
     )
+
+
+def meets(criterion: SuccessCriterion, event: FlowEvent) -> bool:
+    """Whether an event meets one of the flow's success criteria (spec §6), whoever caused it."""
+    if criterion.kind.value != event.kind.value:
+        return False
+    wanted = {
+        "form_id": criterion.form_id,
+        "link": criterion.link,
+        "selection_id": criterion.selection_id,
+        "project_id": criterion.project_id,
+    }
+    return all(value is None or getattr(event, name) == value for name, value in wanted.items())
+
+
+def answers(action: AwaitedAction, event: FlowEvent, flow_id: str) -> bool:
+    """Whether an event is the action a wait_for_action step awaits."""
+    if action.kind == "form_submitted":
+        return event.kind is EventKind.form_submitted and event.form_id == action.form_id
+    return (
+        event.kind is EventKind.link_clicked
+        and event.flow_id == flow_id
+        and event.step_id == action.email_step
+        and (action.link is None or event.link == action.link)
+    )
+
+
+# Split bases decided from the participant's own events rather than from CRM data.
+EVENT_SPLIT_BASES = frozenset(
+    {SplitBasis.form_submitted, SplitBasis.form_data, SplitBasis.link_clicked}
+)
+
+
+def choose_by_events(split: Split, events: list[FlowEvent], flow_id: str) -> int | None:
+    """The first branch an event-based split takes, or None for everyone else."""
+    if split.basis is SplitBasis.link_clicked:
+        clicks = [
+            event
+            for event in events
+            if event.kind is EventKind.link_clicked
+            and event.flow_id == flow_id
+            and (split.email_step is None or event.step_id == split.email_step)
+        ]
+        for index, branch in enumerate(split.branches):
+            if any(branch.link is None or click.link == branch.link for click in clicks):
+                return index
+        return None
+    submissions = [
+        event
+        for event in events
+        if event.kind is EventKind.form_submitted and event.form_id == split.form_id
+    ]
+    if split.basis is SplitBasis.form_submitted:
+        submitted = bool(submissions)
+        return next(
+            (i for i, branch in enumerate(split.branches) if branch.submitted is submitted), None
+        )
+    if not submissions:
+        return None  # form data: everyone else also catches those who never submitted
+    facts: dict[str, object] = {f"form.{k}": v for k, v in submissions[-1].data.items()}
+    for index, branch in enumerate(split.branches):
+        if branch.criteria is not None and evaluate(branch.criteria, facts):
+            return index
+    return None

@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from models.engine import ParticipantStatus
+from models.events import FlowEvent
 from models.flow import Flow
 
 
@@ -39,6 +40,34 @@ class ParticipantState(BaseModel):
         default={}, description="Times each step was entered: part of every send's ledger key"
     )
     trail: list[Visit] = Field(default=[], description="The most recent steps, newest last")
+    events: list[FlowEvent] = Field(
+        default=[], description="Events that reached this participant, newest last (bounded)"
+    )
+    left_waits: dict[str, datetime] = Field(
+        default={}, description="When each wait_for_action step was last left"
+    )
+    success: bool = Field(default=False, description="A success criterion was met")
+    paused: bool = Field(default=False, description="The flow is paused: frozen where it is")
+
+
+class Resume(BaseModel):
+    """The ``resume`` signal: the flow version to continue with (edits made while paused)."""
+
+    flow: Flow | None = None
+    flow_version: int | None = None
+
+
+class Suggestion(BaseModel):
+    """A hand-off: suggest the contact for another flow, whose own rules decide."""
+
+    flow_id: str
+    contact_id: int
+
+
+class Standing(BaseModel):
+    """What the checks before every step found (spec §8): None fields mean all is well."""
+
+    leave_reason: str | None = None
 
 
 class Enrollment(BaseModel):
@@ -50,6 +79,7 @@ class Enrollment(BaseModel):
     state: ParticipantState | None = Field(
         default=None, description="Set when continuing as new; absent on enrollment"
     )
+    paused: bool = Field(default=False, description="Enrolled while the flow is paused: queue")
     steps_per_run: int = Field(
         default=1000, ge=1, description="Continue as new after this many steps (or when suggested)"
     )

@@ -14,22 +14,36 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from models.contact_update import row_problems
 from models.criteria import UNARY_OPERATORS, Criteria, Operator
-from models.crm import COMPANY_FIELDS, CONTACT_FIELDS, OPEN_FIELD_PREFIXES
+from models.crm import (
+    COMPANY_FIELDS,
+    CONTACT_FIELDS,
+    OPEN_FIELD_PREFIXES,
+    ActionCatalogue,
+    CrmLists,
+)
+from models.diary import working_day_length
 from models.flow import (
     WAIT_STEP_TYPES,
+    CreateFollowUp,
+    CreateRequest,
+    CreateSale,
     FieldErrors,
     Flow,
     NotifyEmail,
     NotifySms,
+    RunScript,
     SendEmail,
     SendSms,
     Split,
-    SplitBasis,
     Step,
+    UpdateContact,
     successors,
 )
 from models.merge_tags import unknown_tags
+from models.overlaps import overlaps
+from scripts import registered_scripts
 
 Level = Literal["error", "not_ready", "warning"]
 
@@ -42,14 +56,19 @@ RUNNABLE_STEP_TYPES = frozenset(
         "notify_email",
         "notify_sms",
         "wait_time",
+        "wait_for_action",
         "split",
         "add_to_list",
         "remove_from_list",
+        "update_contact",
+        "distribute_to_owner",
+        "create_follow_up",
+        "create_request",
+        "create_sale",
+        "run_script",
         "finish",
     }
 )
-RUNNABLE_SPLIT_BASES = frozenset({SplitBasis.data, SplitBasis.project, SplitBasis.selection})
-
 
 @dataclass(frozen=True)
 class Problem:
@@ -84,8 +103,16 @@ class FlowReport:
         return [p for p in self.problems if p.level == "error"]
 
 
-def check_flow(document: object) -> FlowReport:
-    """Validate a parsed JSON document; return the flow (if it parses) and every problem found."""
+def check_flow(
+    document: object, crm: CrmLists | None = None, *, actions: ActionCatalogue | None = None
+) -> FlowReport:
+    """Validate a parsed JSON document; return the flow (if it parses) and every problem found.
+
+    With ``crm`` (``models.crm.crm_lists``, when a database is at hand) the request and sale
+    steps' types, statuses, priorities, categories and stages are checked against the CRM too.
+    With ``actions`` (``models.crm.action_catalogue``) steps that duplicate or contradict the own
+    actions of a form or link the flow uses are warned about (``models.overlaps``).
+    """
     if not isinstance(document, dict):
         return FlowReport(None, [Problem("error", None, "", "a flow document is a JSON object")])
     try:
@@ -94,7 +121,14 @@ def check_flow(document: object) -> FlowReport:
         problems = list(_schema_problems(document, exc))
         problems.extend(_graph_problems_raw(document))
         return FlowReport(None, _unique(problems))
-    problems = [*_graph_problems(flow), *_content_problems(flow), *_readiness_problems(flow)]
+    problems = [
+        *_graph_problems(flow),
+        *_content_problems(flow),
+        *_crm_step_problems(flow, crm),
+        *_readiness_problems(flow),
+    ]
+    if actions is not None:
+        problems += [Problem("warning", *found) for found in overlaps(flow, actions)]
     return FlowReport(flow, _unique(problems))
 
 
@@ -307,7 +341,7 @@ def _criteria_problems(criteria: Criteria, where: str) -> Iterator[tuple[str, st
 
 
 def _texts(step: Step) -> Iterator[tuple[str, str]]:
-    for name in ("subject", "html", "text", "agenda", "message", "title"):
+    for name in ("subject", "html", "text", "agenda", "message", "title", "description"):
         value = getattr(step, name, None)
         if isinstance(value, str):
             yield name, value
@@ -330,12 +364,74 @@ def _content_problems(flow: Flow) -> Iterator[Problem]:
                 yield Problem("error", step.id, name, f"unknown merge tag [[{tag}]]")
 
 
+# --- update participant, create activity, internal action -------------------------------------
+
+CALENDAR_UNITS = frozenset({"days", "working_days", "weeks"})
+
+
+def _crm_step_problems(flow: Flow, crm: CrmLists | None) -> Iterator[Problem]:
+    scripts = registered_scripts()
+    for step in flow.steps:
+        where: list[tuple[str, str]] = []
+        if isinstance(step, UpdateContact):
+            for index, row in enumerate(step.rows):
+                if row.enabled:  # an unticked row is not applied, so it may be unfinished
+                    where += [(f"rows.{index}.{f}", m) for f, m in row_problems(row)]
+        elif isinstance(step, RunScript) and step.script not in scripts:
+            known = ", ".join(sorted(scripts)) or "none registered"
+            where.append(("script", f"no script named {step.script!r} (known: {known})"))
+        after = step.after if isinstance(step, CreateFollowUp | CreateSale) else None
+        if after is not None and after.unit not in CALENDAR_UNITS:
+            where.append(("after.unit", "dates move by days, working_days or weeks"))
+        if isinstance(step, CreateFollowUp) and step.kind == "meeting":
+            hours = working_day_length()
+            if step.duration_minutes * 60 > hours.total_seconds():
+                where.append(("duration_minutes", f"a meeting must fit a working day ({hours})"))
+        if crm is not None:
+            where += _crm_list_problems(step, crm)
+        for field_name, message in where:
+            yield Problem("error", step.id, field_name, message)
+
+
+def _crm_list_problems(step: Step, crm: CrmLists) -> list[tuple[str, str]]:
+    """The step's request or sale combinations against the CRM's lists."""
+    found: list[tuple[str, str]] = []
+    if isinstance(step, CreateRequest):
+        lists = crm.request_types.get(step.request_type)
+        if lists is None:
+            found.append(("request_type", f"no request type {step.request_type!r}"))
+        else:
+            statuses, priorities = lists
+            for name, value, allowed in (
+                ("status", step.status, statuses),
+                ("priority", step.priority, priorities),
+            ):
+                if value not in allowed:
+                    found.append(
+                        (
+                            name,
+                            f"request type {step.request_type!r} has no {name} {value!r} "
+                            f"({', '.join(allowed)})",
+                        )
+                    )
+        if step.category not in crm.request_categories:
+            found.append(("category", f"no request category {step.category!r}"))
+    if isinstance(step, CreateSale):
+        stages = crm.sale_types.get(step.sale_type)
+        if stages is None:
+            found.append(("sale_type", f"no sale type {step.sale_type!r}"))
+        elif step.stage is not None and step.stage not in stages:
+            found.append(
+                (
+                    "stage",
+                    f"sale type {step.sale_type!r} has no stage {step.stage!r} "
+                    f"({', '.join(stages)})",
+                )
+            )
+    return found
+
+
 # --- ready to run ------------------------------------------------------------------------------
-
-
-def _engagement_settings(flow: Flow) -> list[tuple[str, object]]:
-    """Settings whose behaviour arrives with success tracking: refused until then."""
-    return [("success", flow.success)]
 
 
 def _readiness_problems(flow: Flow) -> Iterator[Problem]:
@@ -352,13 +448,6 @@ def _readiness_problems(flow: Flow) -> Iterator[Problem]:
             yield Problem(
                 "not_ready", step.id, "type", f"step type {step.type!r} is not supported yet"
             )
-        elif isinstance(step, Split) and step.basis not in RUNNABLE_SPLIT_BASES:
-            yield Problem(
-                "not_ready", step.id, "basis", f"split basis {step.basis} is not supported yet"
-            )
-    for setting, value in _engagement_settings(flow):
-        if value:
-            yield Problem("not_ready", None, setting, f"{setting} is not supported yet")
     for name, value in (
         ("scheduled_start", flow.scheduled_start),
         ("enrollment_end", flow.enrollment_end),

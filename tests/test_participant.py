@@ -258,7 +258,7 @@ async def test_a_deleted_contact_drops_out_with_a_reason(
     async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
         state = await (await start(time_skipping_env, task_queue, flow, 999_999)).result()
     assert state.status is ParticipantStatus.dropped_out
-    assert state.drop_out_reason == "contact 999999 does not exist"
+    assert state.drop_out_reason == "the contact no longer exists"
 
 
 async def test_cancelling_records_cancelled(
@@ -272,9 +272,9 @@ async def test_cancelling_records_cancelled(
     )
     async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
         handle = await start(time_skipping_env, task_queue, flow, first_contact(engine))
-        state = await handle.query(ParticipantWorkflow.state)
+        state = await handle.query(ParticipantWorkflow.current_state)
         while state.wait_until is None:
-            state = await handle.query(ParticipantWorkflow.state)
+            state = await handle.query(ParticipantWorkflow.current_state)
         await handle.cancel()
         description = await handle.describe()
         while description.status is WorkflowExecutionStatus.RUNNING:

@@ -227,7 +227,7 @@ def test_loop_through_a_wait_for_action_is_accepted() -> None:
     report = check_flow(looping(wait))
     assert report.can_save
     assert report.errors == []
-    assert where(report) == [("not_ready", "await", "type")]
+    assert report.can_run
 
 
 # --- splits ------------------------------------------------------------------------------------
@@ -269,9 +269,7 @@ def test_form_submitted_split_needs_one_yes_and_one_no(submitted: tuple[bool, ..
 
 def test_form_submitted_split_with_yes_and_no_is_accepted() -> None:
     report = check_flow(form_split(False, True))
-    assert report.errors == [] and report.can_save
-    # A known basis the engine cannot run yet.
-    assert where(report) == [("not_ready", "ask", "basis")]
+    assert report.errors == [] and report.can_run
 
 
 def test_split_branch_without_what_its_basis_needs() -> None:
@@ -777,18 +775,10 @@ def test_a_flow_of_runnable_kinds_can_run() -> None:
     assert report.can_save and report.can_run
 
 
-@pytest.mark.parametrize(
-    ("settings", "field"),
-    [
-        ({"success": {"criteria": [{"kind": "form_submitted", "form_id": 4}]}}, "success"),
-    ],
-)
-def test_settings_not_supported_yet_block_running_only(
-    settings: dict[str, Any], field: str
-) -> None:
-    report = check_flow(base(**settings))
-    assert where(report) == [("not_ready", None, field)]
-    assert report.can_save and not report.can_run
+def test_success_criteria_are_ready_to_run() -> None:
+    report = check_flow(base(success={"criteria": [{"kind": "form_submitted", "form_id": 4}]}))
+    assert report.problems == []
+    assert report.can_run
 
 
 def test_triggers_and_remove_from_flows_are_ready_to_run() -> None:

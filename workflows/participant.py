@@ -9,6 +9,8 @@ mirrors, and continue-as-new carries over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,14 +19,17 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.participants import ParticipantRecord
     from models import schedule
     from models.engine import ParticipantStatus
+    from models.events import FlowEvent, meets
     from models.flow import Flow, Step
-    from models.participant import Enrollment, ParticipantState, Visit
+    from models.participant import Enrollment, ParticipantState, Resume, Standing, Visit
     from workflows import search_attributes as sa
-    from workflows.steps import Continue, Leave, Outcome, hand_off, run_step
+    from workflows.steps import Continue, Leave, Leaving, Outcome, hand_off, run_step
 
 TRAIL_LENGTH = 50
+EVENT_MEMORY = 100  # events a participant remembers for waits, splits and success
 
 # Bookkeeping is a local activity: a short database write, retried in the worker without the
 # round trip and the extra history events of a scheduled activity.
@@ -45,7 +50,10 @@ class ParticipantWorkflow:
             flow_version=enrollment.flow_version,
             contact_id=enrollment.contact_id,
             enrolled_at=workflow.now(),
+            paused=enrollment.paused,
         )
+        # Set by a signal to make the participant leave at once, even in the middle of a wait.
+        self._interrupt: Leave | None = None
 
     @property
     def flow(self) -> Flow:
@@ -55,9 +63,53 @@ class ParticipantWorkflow:
     def contact_id(self) -> int:
         return self._state.contact_id
 
-    @workflow.query
+    @property
     def state(self) -> ParticipantState:
         return self._state
+
+    @workflow.query(name="state")
+    def current_state(self) -> ParticipantState:
+        return self._state
+
+    # --- what reaches a participant from outside ------------------------------------------------
+
+    @workflow.signal
+    def event(self, event: FlowEvent) -> None:
+        """A form, click, open or CRM change concerning this contact (idempotent by event id)."""
+        if any(seen.event_id == event.event_id for seen in self._state.events):
+            return
+        event = event.model_copy(update={"received_at": workflow.now()})
+        self._state.events = [*self._state.events, event][-EVENT_MEMORY:]
+        success = self._flow.success
+        if success is None or self._state.success:
+            return
+        if any(meets(criterion, event) for criterion in success.criteria):
+            self._state.success = True
+            if success.move_to_finish:
+                status = ParticipantStatus.finished_with_success
+                self._interrupt = Leave(status, "success criterion met: moved to finish")
+
+    @workflow.signal
+    def pause(self) -> None:
+        """The flow is paused: freeze before the next step, and at the end of a wait."""
+        self._state.paused = True
+
+    @workflow.signal
+    def resume(self, resume: Resume) -> None:
+        """Continue; edits made while paused apply to the steps not yet reached."""
+        if resume.flow is not None and resume.flow_version is not None:
+            current = self._state.current_step
+            if current is None or any(step.id == current for step in resume.flow.steps):
+                self._flow = resume.flow
+                self._state.flow_version = resume.flow_version
+        self._state.paused = False
+
+    @workflow.signal
+    def leave(self, reason: str) -> None:
+        """Taken out of this flow (e.g. enrolled in a flow that removes it from this one)."""
+        self._interrupt = Leave(ParticipantStatus.dropped_out, reason, reason=reason)
+
+    # --- the flow -----------------------------------------------------------------------------
 
     @workflow.run
     async def run(self, enrollment: Enrollment) -> ParticipantState:
@@ -65,6 +117,7 @@ class ParticipantWorkflow:
             if self._state.current_step is None:
                 await self._record()
                 await self._wait_for_scheduled_start()
+                await self._unfrozen()  # enrolled while paused: queue before the first step
                 self._state.current_step = self._flow.start
             steps_this_run = 0
             while self._state.status is ParticipantStatus.active:
@@ -72,20 +125,30 @@ class ParticipantWorkflow:
                     workflow.info().is_continue_as_new_suggested()
                 ):
                     await workflow.wait_condition(workflow.all_handlers_finished)
+                    enrollment = enrollment.model_copy(
+                        update={"flow": self._flow, "flow_version": self._state.flow_version}
+                    )
                     workflow.continue_as_new(enrollment.model_copy(update={"state": self._state}))
+                await self._unfrozen()
+                if self._interrupt is not None:
+                    self._leave(self._interrupt)
+                    break
                 step = self._flow.step(self._current_step)
-                await self._enter(step)
-                outcome = await self._run(step)
+                standing = await self._enter(step)
+                outcome = await self._run(step, standing)
                 if isinstance(outcome, Leave) and outcome.handoffs is not None:
                     await hand_off(self, outcome.handoffs)
                 self._follow(outcome)
                 steps_this_run += 1
-            await self._record()
+        except Leaving as leaving:
+            # Left before the first step (e.g. during the scheduled-start wait).
+            self._leave(leaving.outcome)
         except asyncio.CancelledError:
             # Ending a flow cancels its participants: record that, then let the cancel through.
             self._leave(Leave(ParticipantStatus.cancelled, "cancelled"))
             await self._record()
             raise
+        await self._record()
         return self._state
 
     @property
@@ -100,18 +163,27 @@ class ParticipantWorkflow:
         when = schedule.describe_instant(start, self._flow.time_zone)
         await self.sleep_until(start, f"Scheduled start {when}")
 
-    async def _enter(self, step: Step) -> None:
+    async def _unfrozen(self) -> None:
+        """While the flow is paused, the participant stays where it is."""
+        await workflow.wait_condition(lambda: not self._state.paused or self._interrupt is not None)
+
+    async def _enter(self, step: Step) -> Standing:
         state = self._state
         state.current_step = step.id
         state.visits[step.id] = state.visits.get(step.id, 0) + 1
         state.trail = [*state.trail, Visit(step=step.id, entered_at=workflow.now())][-TRAIL_LENGTH:]
         workflow.upsert_search_attributes([sa.FLOW_STEP.value_set(step.id)])
         workflow.set_current_details(f"At step {step.label!r} ({step.type})")
-        await self._record()
+        return await self._record()
 
-    async def _run(self, step: Step) -> Outcome:
+    async def _run(self, step: Step, standing: Standing) -> Outcome:
+        if standing.leave_reason is not None:
+            reason = standing.leave_reason
+            return Leave(ParticipantStatus.dropped_out, reason, reason=reason)
         try:
             return await run_step(self, step)
+        except Leaving as leaving:
+            return leaving.outcome
         except ActivityError as error:
             # A final (non-retryable) failure, such as a deleted contact, ends the participant
             # with the reason recorded instead of failing the workflow and losing track of it.
@@ -129,27 +201,64 @@ class ParticipantWorkflow:
         self._leave(outcome)
 
     def _leave(self, outcome: Leave) -> None:
-        self._state.status = outcome.status
+        status = outcome.status
+        if status is ParticipantStatus.finished and self._state.success:
+            status = ParticipantStatus.finished_with_success
+        self._state.status = status
         self._state.drop_out_reason = outcome.reason
         self._state.wait_until = None
         self._state.finished_at = workflow.now()
-        workflow.upsert_search_attributes([sa.PARTICIPANT_STATUS.value_set(outcome.status.value)])
-        workflow.set_current_details(f"{outcome.status.value}: {outcome.outcome}")
+        workflow.upsert_search_attributes([sa.PARTICIPANT_STATUS.value_set(status.value)])
+        workflow.set_current_details(f"{status.value}: {outcome.outcome}")
+
+    # --- what steps use -----------------------------------------------------------------------
+
+    async def wait_for(
+        self, done: Callable[[], bool], until: datetime | None, summary: str
+    ) -> bool:
+        """Wait until ``done()`` or the instant ``until`` (None: no limit), durably; the
+        participant's wait-until is visible meanwhile. True if ``done()`` came first.
+
+        A signal that makes the participant leave ends the wait by raising ``Leaving``; a pause
+        that falls during the wait freezes the participant at its end.
+        """
+        if done():
+            return True
+        timeout = None if until is None else until - workflow.now()
+        if timeout is not None and timeout <= timedelta(0):
+            return False
+        self._state.wait_until = until
+        await self._record()
+        with contextlib.suppress(TimeoutError):  # the deadline passed: done() says which
+            await workflow.wait_condition(
+                lambda: done() or self._interrupt is not None,
+                timeout=timeout,
+                timeout_summary=summary,
+            )
+        self._state.wait_until = None
+        if self._interrupt is not None:
+            raise Leaving(self._interrupt)
+        await self._unfrozen()
+        if self._interrupt is not None:
+            raise Leaving(self._interrupt)
+        return done()
 
     async def sleep_until(self, instant: datetime, summary: str) -> None:
-        """A durable timer to an instant; the participant's wait-until is visible meanwhile."""
-        delay = instant - workflow.now()
-        if delay <= timedelta(0):
-            return
-        self._state.wait_until = instant
-        await self._record()
-        await workflow.sleep(delay, summary=summary)
-        self._state.wait_until = None
+        await self.wait_for(lambda: False, instant, summary)
 
     def delivery_key(self, step: Step) -> str:
         return f"{self._state.participant_id}/{step.id}/{self._state.visits.get(step.id, 0)}"
 
-    async def _record(self) -> None:
-        await workflow.execute_local_activity(
-            "record_participant", self._state, summary="Record participant", **RECORD_OPTIONS
+    async def _record(self) -> Standing:
+        record = ParticipantRecord(
+            state=self._state, exclusion_selections=self._flow.exclusion_selections
         )
+        standing: Standing | None = await workflow.execute_local_activity(
+            "record_participant",
+            record,
+            result_type=Standing | None,  # type: ignore[arg-type]
+            summary="Record participant",
+            **RECORD_OPTIONS,
+        )
+        # Histories recorded before the checks existed carry no standing: all is well.
+        return standing or Standing()

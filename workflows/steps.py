@@ -15,28 +15,41 @@ from typing import Any, Protocol
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.contacts import ContactUpdate, OwnerDistribution
     from activities.crm import ListChange, SplitQuestion
     from activities.email import EmailNotify, EmailSend
+    from activities.records import FollowUpCreation, RequestCreation, SaleCreation
+    from activities.scripts import ScriptStart
     from activities.sms import INVALID_MOBILE, NO_MOBILE, SmsNotify, SmsSend
     from models import schedule
     from models.engine import ParticipantStatus
+    from models.events import EVENT_SPLIT_BASES, FlowEvent, answers, choose_by_events
     from models.flow import (
         AddToList,
+        CreateFollowUp,
+        CreateRequest,
+        CreateSale,
+        DistributeToOwner,
         Finish,
         Flow,
         Handoffs,
         NotifyEmail,
         NotifySms,
         RemoveFromList,
+        RunScript,
         SendEmail,
         SendSms,
         Split,
         Step,
+        UpdateContact,
+        WaitForAction,
         WaitTime,
     )
     from models.ledger import DeliveryOutcome, DeliveryStatus
+    from models.participant import ParticipantState, Suggestion
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,14 @@ class Leave:
 Outcome = Continue | Leave
 
 
+class Leaving(Exception):
+    """Raised inside a step when a signal makes the participant leave mid-step."""
+
+    def __init__(self, outcome: Leave) -> None:
+        super().__init__(outcome.outcome)
+        self.outcome = outcome
+
+
 class Participant(Protocol):
     """The part of the running participant that step functions use."""
 
@@ -65,7 +86,16 @@ class Participant(Protocol):
     @property
     def contact_id(self) -> int: ...
 
+    @property
+    def state(self) -> ParticipantState: ...
+
     async def sleep_until(self, instant: datetime, summary: str) -> None: ...
+
+    async def wait_for(
+        self, done: Callable[[], bool], until: datetime | None, summary: str
+    ) -> bool:
+        """Wait until ``done()`` or ``until``; True if ``done()`` came first."""
+        ...
 
     def delivery_key(self, step: Step) -> str:
         """Stable across retries and continue-as-new: participant, step and visit."""
@@ -132,7 +162,8 @@ async def send_email(participant: Participant, step: SendEmail) -> Outcome:
         "send_email",
         request,
         result_type=DeliveryOutcome,
-        summary=f"Send email {step.subject!r}",
+        # The address is only known inside the activity: name the contact by id here.
+        summary=f"Send email {step.subject!r} to contact {participant.contact_id}",
         **SEND_ACTIVITY,
     )
     return Continue(step.next, _sent(outcome))
@@ -151,7 +182,7 @@ async def send_sms(participant: Participant, step: SendSms) -> Outcome:
         "send_sms",
         request,
         result_type=DeliveryOutcome,
-        summary=f"Send SMS {step.label!r}",
+        summary=f"Send SMS {step.label!r} to contact {participant.contact_id}",
         **SEND_ACTIVITY,
     )
     no_mobile = outcome.status is DeliveryStatus.skipped and outcome.detail in (
@@ -180,14 +211,55 @@ async def wait_time(participant: Participant, step: WaitTime) -> Outcome:
     return Continue(step.next, f"waited until {until.isoformat()}")
 
 
+async def wait_for_action(participant: Participant, step: WaitForAction) -> Outcome:
+    """The first awaited action moves the participant on. An action counts when it happened in
+    this participation after the participant last left this step (so a form submitted, or a link
+    clicked, before the participant got here counts too: the marketer waits for the action, not
+    for the moment)."""
+    state, flow = participant.state, participant.flow
+    since = state.left_waits.get(step.id, state.enrolled_at)
+
+    def answer() -> FlowEvent | None:
+        return next(
+            (
+                event
+                for event in state.events
+                if event.received_at is not None
+                and event.received_at >= since
+                and any(answers(action, event, flow.id) for action in step.actions)
+            ),
+            None,
+        )
+
+    until = None
+    if step.max_wait is not None:
+        until = schedule.add_interval(
+            workflow.now(), step.max_wait.amount, step.max_wait.unit, flow.time_zone
+        )
+    what = ", ".join(action.kind.replace("_", " ") for action in step.actions)
+    limit = f" until {schedule.describe_instant(until, flow.time_zone)}" if until else ""
+    await participant.wait_for(lambda: answer() is not None, until, f"Wait for {what}{limit}")
+    state.left_waits[step.id] = workflow.now()
+    event = answer()
+    if event is not None:
+        return Continue(step.next, f"{event.kind.replace('_', ' ')} ({event.event_id})")
+    if step.exit_on_timeout:
+        return Leave(ParticipantStatus.dropped_out, "no response", "no response", step.exit)
+    return Continue(step.next, "no response within the maximum time")
+
+
 async def split(participant: Participant, step: Split) -> Outcome:
-    branch: int | None = await workflow.execute_activity(
-        "choose_split_branch",
-        SplitQuestion(contact_id=participant.contact_id, split=step),
-        result_type=int | None,  # type: ignore[arg-type]
-        summary=f"Split {step.label!r} on {step.basis}",
-        **CRM_ACTIVITY,
-    )
+    if step.basis in EVENT_SPLIT_BASES:
+        # Decided from the events this participant has seen: no activity, deterministic.
+        branch = choose_by_events(step, participant.state.events, participant.flow.id)
+    else:
+        branch = await workflow.execute_activity(
+            "choose_split_branch",
+            SplitQuestion(contact_id=participant.contact_id, split=step),
+            result_type=int | None,  # type: ignore[arg-type]
+            summary=f"Split {step.label!r} on {step.basis}",
+            **CRM_ACTIVITY,
+        )
     if branch is not None:
         chosen = step.branches[branch]
         return Continue(chosen.next, f"branch {chosen.name!r}")
@@ -235,6 +307,99 @@ def _lists(change: ListChange) -> str:
     return " and ".join(parts)
 
 
+async def update_contact(participant: Participant, step: UpdateContact) -> Outcome:
+    update = ContactUpdate(
+        event_key=participant.delivery_key(step),
+        flow_id=participant.flow.id,
+        step_id=step.id,
+        contact_id=participant.contact_id,
+        rows=step.rows,
+    )
+    ticked = sum(row.enabled for row in step.rows)
+    outcome: str = await workflow.execute_activity(
+        "update_contact",
+        update,
+        result_type=str,
+        summary=f"Update contact {participant.contact_id}: {ticked} rows",
+        **CRM_ACTIVITY,
+    )
+    return Continue(step.next, outcome)
+
+
+async def distribute_to_owner(participant: Participant, step: DistributeToOwner) -> Outcome:
+    distribution = OwnerDistribution(
+        event_key=participant.delivery_key(step),
+        flow_id=participant.flow.id,
+        flow_name=participant.flow.name,
+        contact_id=participant.contact_id,
+        step=step,
+    )
+    pool = (
+        f"user group {step.user_group_id}"
+        if step.user_group_id is not None
+        else f"associates {', '.join(map(str, step.associate_ids))}"
+    )
+    outcome: str = await workflow.execute_activity(
+        "distribute_to_owner",
+        distribution,
+        result_type=str,
+        summary=f"Give contact {participant.contact_id} an owner from {pool}",
+        **CRM_ACTIVITY,
+    )
+    return Continue(step.next, outcome)
+
+
+# --- Create activity ---------------------------------------------------------------------------
+
+
+def _creation(participant: Participant, step: Step) -> dict[str, Any]:
+    """What every create step's activity gets: ``at`` is now, so each retry counts its dates from
+    the same moment, and the delivery key makes a retry find what the first attempt created."""
+    flow = participant.flow
+    return {
+        "event_key": participant.delivery_key(step),
+        "flow_id": flow.id,
+        "flow_name": flow.name,
+        "time_zone": flow.time_zone,
+        "contact_id": participant.contact_id,
+        "at": workflow.now(),
+    }
+
+
+async def create_follow_up(participant: Participant, step: CreateFollowUp) -> Outcome:
+    what = "meeting" if step.kind == "meeting" else "to-do"
+    outcome: str = await workflow.execute_activity(
+        "create_follow_up",
+        FollowUpCreation(step=step, **_creation(participant, step)),
+        result_type=str,
+        summary=f"Create {what} {step.title!r} for contact {participant.contact_id}",
+        **CRM_ACTIVITY,
+    )
+    return Continue(step.next, outcome)
+
+
+async def create_request(participant: Participant, step: CreateRequest) -> Outcome:
+    outcome: str = await workflow.execute_activity(
+        "create_request",
+        RequestCreation(step=step, **_creation(participant, step)),
+        result_type=str,
+        summary=f"Create request {step.title!r} for contact {participant.contact_id}",
+        **CRM_ACTIVITY,
+    )
+    return Continue(step.next, outcome)
+
+
+async def create_sale(participant: Participant, step: CreateSale) -> Outcome:
+    outcome: str = await workflow.execute_activity(
+        "create_sale",
+        SaleCreation(step=step, **_creation(participant, step)),
+        result_type=str,
+        summary=f"Create sale {step.title!r} for contact {participant.contact_id}",
+        **CRM_ACTIVITY,
+    )
+    return Continue(step.next, outcome)
+
+
 # --- Internal action ---------------------------------------------------------------------------
 
 
@@ -276,19 +441,71 @@ async def notify_sms(participant: Participant, step: NotifySms) -> Outcome:
     return Continue(step.next, "; ".join(_sent(o) for o in outcomes))
 
 
+async def run_script(participant: Participant, step: RunScript) -> Outcome:
+    """Start the script as its own workflow and move on once it has started (spec §3).
+
+    ABANDON: the script runs to completion even after the participant has finished (the default
+    policy would terminate it). Its retries and timeout live in the ``Script`` workflow; its
+    failure ends there and never reaches this participant. The id follows the delivery key, so
+    each visit of the step starts the script once.
+    """
+    flow, key = participant.flow, participant.delivery_key(step)
+    start = ScriptStart(
+        script=step.script,
+        run_key=key,
+        flow_id=flow.id,
+        flow_name=flow.name,
+        step_id=step.id,
+        step_name=step.name,
+        contact_id=participant.contact_id,
+    )
+    script_id = f"script-{key}"
+    try:
+        handle = await workflow.start_child_workflow(
+            "Script",
+            start,
+            id=script_id,
+            result_type=str,
+            parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+            static_summary=f"Script {step.script!r} for contact {participant.contact_id}, "
+            f"flow {flow.name!r}",
+        )
+    except WorkflowAlreadyStartedError:
+        return Continue(step.next, f"script {step.script!r} already started ({script_id})")
+    # Nobody awaits the script's result; take it when it comes so a failure is not reported as
+    # an unretrieved exception. The script workflow's own history holds the outcome.
+    handle.add_done_callback(_result_not_awaited)
+    return Continue(step.next, f"script {step.script!r} started ({script_id})")
+
+
+def _result_not_awaited(handle: Any) -> None:
+    if not handle.cancelled():
+        handle.exception()
+
+
 # --- finish ------------------------------------------------------------------------------------
 
 
 async def finish(participant: Participant, step: Finish) -> Outcome:
-    return Leave(
-        ParticipantStatus.finished,
-        "finished",
-        handoffs=Handoffs(add_to_selection=step.add_to_selection),
-    )
+    met = participant.state.success
+    suggest = step.suggest_flow_on_success if met else step.suggest_flow_otherwise
+    handoffs = Handoffs(suggest_flow=suggest, add_to_selection=step.add_to_selection)
+    # The status becomes "Finished with success" when a criterion was met (see the workflow).
+    return Leave(ParticipantStatus.finished, "finished", handoffs=handoffs)
 
 
 async def hand_off(participant: Participant, handoffs: Handoffs) -> None:
-    """The exit hand-offs of spec §7 that this engine performs: adding to a static selection."""
+    """The exit hand-offs of spec §7: suggest the contact for another flow (whose own rules
+    decide), and/or add it to a static selection."""
+    if handoffs.suggest_flow is not None:
+        suggestion = Suggestion(flow_id=handoffs.suggest_flow, contact_id=participant.contact_id)
+        await workflow.execute_activity(
+            "suggest_contact",
+            suggestion,
+            result_type=str,
+            summary=f"Suggest for flow {handoffs.suggest_flow!r}",
+            **CRM_ACTIVITY,
+        )
     if handoffs.add_to_selection is not None:
         change = ListChange(
             contact_id=participant.contact_id, selection_id=handoffs.add_to_selection
@@ -310,9 +527,16 @@ STEP_FUNCTIONS: dict[str, StepFunction] = {
     "notify_email": notify_email,
     "notify_sms": notify_sms,
     "wait_time": wait_time,
+    "wait_for_action": wait_for_action,
     "split": split,
     "add_to_list": add_to_list,
     "remove_from_list": remove_from_list,
+    "update_contact": update_contact,
+    "distribute_to_owner": distribute_to_owner,
+    "create_follow_up": create_follow_up,
+    "create_request": create_request,
+    "create_sale": create_sale,
+    "run_script": run_script,
     "finish": finish,
 }
 

@@ -1,0 +1,142 @@
+"""A flow's lifecycle on the real dev server: pause, edit, resume and end reach every participant
+through one batch operation each."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import select
+from temporalio.testing import WorkflowEnvironment
+
+from activities.enrollment import enroll
+from activities.flows import FlowRejected, deploy_flow, load_flow
+from activities.lifecycle import (
+    LifecycleError,
+    delete_flow,
+    end_flow,
+    pause_flow,
+    resume_flow,
+)
+from models.database import session
+from models.engine import FlowStatus, Participant
+from models.participant import ParticipantState
+from worker import build_worker
+from workflows.participant import ParticipantWorkflow
+
+FLOW_TEMPLATE: dict[str, Any] = {
+    "id": "lifecycle",
+    "name": "Lifecycle",
+    "start": "short",
+    "steps": [
+        {
+            "id": "short",
+            "type": "wait_time",
+            "mode": "until",
+            "until": "2000-01-01T00:00:00",
+            "next": "sort",
+        },
+        {
+            "id": "sort",
+            "type": "split",
+            "basis": "selection",
+            "branches": [{"name": "Demo", "selection_id": 1, "next": "long"}],
+            "everyone_else": {"next": "long"},
+        },
+        {"id": "long", "type": "wait_time", "amount": 10, "unit": "days", "next": "tag"},
+        {"id": "tag", "type": "add_to_list", "selection_id": 2, "next": "done"},
+        {"id": "done", "type": "finish"},
+    ],
+}
+
+
+async def states(
+    env: WorkflowEnvironment, flow_id: str, contacts: list[int]
+) -> list[ParticipantState]:
+    return [
+        await env.client.get_workflow_handle(f"flow-{flow_id}-contact-{c}").query(
+            ParticipantWorkflow.current_state
+        )
+        for c in contacts
+    ]
+
+
+async def eventually(check: Any, attempts: int = 100) -> None:
+    for _ in range(attempts):
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not reached")
+
+
+async def test_pause_edit_resume_and_end(
+    dev_env: WorkflowEnvironment, engine: Engine, task_queue: str
+) -> None:
+    # A flow id of its own: the dev server outlives the test (and its other database backend).
+    flow_id = f"lifecycle-{uuid.uuid4().hex[:8]}"
+    document = dict(FLOW_TEMPLATE, id=flow_id)
+    deploy_flow(engine, document)
+    contacts = [1, 2, 3, 4]
+    async with build_worker(dev_env.client, engine, task_queue=task_queue):
+        report = await enroll(dev_env.client, engine, flow_id, contacts, task_queue=task_queue)
+        assert report.enrolled == contacts
+
+        async def all_waiting() -> bool:
+            found = [
+                w
+                async for w in dev_env.client.list_workflows(
+                    f"FlowId='{flow_id}' AND FlowStep='long' AND ExecutionStatus='Running'"
+                )
+            ]
+            return len(found) == len(contacts)
+
+        await eventually(all_waiting)
+        with pytest.raises(FlowRejected, match="running: pause it to edit"):
+            deploy_flow(engine, dict(document, name="Edited while running"))
+
+        paused = await pause_flow(dev_env.client, engine, flow_id)
+        assert (paused.reached, paused.failed) == (4, 0)
+        assert all(s.paused for s in await states(dev_env, flow_id, contacts))
+        # A contact enrolled while paused queues before the first step.
+        late = await enroll(dev_env.client, engine, flow_id, [5], task_queue=task_queue)
+        assert late.enrolled == [5]
+        (queued,) = await states(dev_env, flow_id, [5])
+        assert queued.paused and queued.current_step is None
+
+        # While paused: a step holding participants cannot go; a later step may change.
+        without_long = json.loads(json.dumps(document))
+        without_long["steps"] = [s for s in without_long["steps"] if s["id"] != "long"]
+        without_long["steps"][1]["branches"][0]["next"] = "tag"
+        without_long["steps"][1]["everyone_else"]["next"] = "tag"
+        with pytest.raises(FlowRejected, match="'long' holds 4 participants"):
+            deploy_flow(engine, without_long)
+        edited = json.loads(json.dumps(document))
+        edited["steps"][3]["selection_id"] = 1
+        assert deploy_flow(engine, edited).version == 2
+
+        resumed = await resume_flow(dev_env.client, engine, flow_id)
+        assert resumed.reached == 5
+        after = await states(dev_env, flow_id, [*contacts, 5])
+        assert not any(s.paused for s in after)
+        assert {s.flow_version for s in after} == {2}
+
+        with pytest.raises(LifecycleError, match="end it before deleting"):
+            delete_flow(engine, flow_id)
+        ended = await end_flow(dev_env.client, engine, flow_id)
+        assert ended.reached == 5
+
+        def cancelled() -> set[str]:
+            with session(engine) as db:
+                rows = db.exec(select(Participant).where(Participant.flow_id == flow_id)).all()
+            return {row.status for row in rows}
+
+        async def all_cancelled() -> bool:
+            return await asyncio.to_thread(cancelled) == {"Cancelled"}
+
+        await eventually(all_cancelled)
+    assert load_flow(engine, flow_id).status is FlowStatus.not_running
+    delete_flow(engine, flow_id)

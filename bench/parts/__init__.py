@@ -1,0 +1,1 @@
+"""One module per benchmark part; each has ``NAME``, ``TITLE`` and ``async def run(options)``."""

@@ -1,0 +1,144 @@
+"""Email throughput (issue 3): participants through a one-email flow against a plain send loop.
+
+Engine: N contacts enrolled in ``send_email → finish``; the clock runs from the first start
+request until every participant workflow has closed. Baseline: the same N messages (same headers
+and body) handed to the same SMTP server by aiosmtplib, one connection per message as the
+activity does, with as many in flight as the worker has activity slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+from sqlalchemy import Engine
+
+from bench.common import (
+    EMAIL_SETTINGS,
+    WORKER_PY_ACTIVITY_SLOTS,
+    Crm,
+    Inbox,
+    Options,
+    PartResult,
+    Server,
+    alternate,
+    bounded,
+    dev_server,
+    engine_activities,
+    enroll_and_finish,
+    progress,
+    seed_contacts,
+    smtp_inbox,
+    temp_database,
+)
+
+NAME = "email"
+TITLE = "Email throughput (issue 3)"
+DEFAULT_PARTICIPANTS = 200
+SUBJECT = "Hello [[customer.firstname]]"
+TEXT = "Hi [[customer.firstname]],\n\nThis is the benchmark's message.\n\nThe bench team"
+
+
+def email_flow(flow_id: str) -> dict[str, Any]:
+    return {
+        "id": flow_id,
+        "name": "Bench: one email",
+        "email": EMAIL_SETTINGS,
+        "start": "mail",
+        "steps": [
+            {"id": "mail", "type": "send_email", "subject": SUBJECT, "text": TEXT, "next": "done"},
+            {"id": "done", "type": "finish"},
+        ],
+    }
+
+
+async def engine_round(
+    server: Server, engine: Engine, crm: Crm, inbox: Inbox, flow_id: str, result: PartResult
+) -> None:
+    activities = engine_activities(engine, inbox.settings)
+    before = inbox.count()
+    usage, _ = await enroll_and_finish(
+        server, engine, crm.contact_ids, email_flow(flow_id), activities
+    )
+    delivered = inbox.count() - before
+    if delivered != len(crm.contact_ids):
+        result.notes.append(f"{flow_id}: {delivered} of {len(crm.contact_ids)} delivered")
+    result.row("messages/s", "msg/s").engine.append(delivered / usage.wall)
+    result.add_usage("engine", usage, delivered, "message")
+
+
+def plain_message(contact_id: int, index: int) -> EmailMessage:
+    """What the send_email activity builds for a seeded contact, headers and body alike."""
+    first = f"Bench{contact_id}"
+    message = EmailMessage()
+    message["From"] = Address(display_name="Bench", addr_spec="news@bench.example.com")
+    message["To"] = Address(display_name=f"{first} Contact", addr_spec=_address(contact_id))
+    message["Subject"] = SUBJECT.replace("[[customer.firstname]]", first)
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = f"<baseline-{index}-{contact_id}@flows.local>"
+    message.set_content(TEXT.replace("[[customer.firstname]]", first))
+    return message
+
+
+def _address(contact_id: int) -> str:
+    return f"contact{contact_id}@bench.example.org"
+
+
+async def baseline_round(
+    server: Server, crm: Crm, inbox: Inbox, index: int, result: PartResult
+) -> None:
+    gate = asyncio.Semaphore(WORKER_PY_ACTIVITY_SLOTS)
+
+    async def send(contact_id: int) -> None:
+        async with gate:
+            await aiosmtplib.send(
+                plain_message(contact_id, index),
+                hostname=inbox.settings.host,
+                port=inbox.port,
+                sender="news@bench.example.com",
+                recipients=[_address(contact_id)],
+                start_tls=False,
+                timeout=60,
+            )
+
+    before = inbox.count()
+    with server.meter.section() as usage:
+        await bounded(asyncio.gather(*(send(c) for c in crm.contact_ids)), "plain sends")
+    delivered = inbox.count() - before
+    result.row("messages/s", "msg/s").baseline.append(delivered / usage().wall)
+    result.add_usage("baseline", usage(), delivered, "message")
+
+
+async def run(options: Options) -> PartResult:
+    count = options.participants or DEFAULT_PARTICIPANTS
+    result = PartResult(
+        NAME,
+        TITLE,
+        engine_label=f"{count} participants through send_email → finish (enroll + worker)",
+        baseline_label=(
+            f"{count} aiosmtplib sends of the same messages, {WORKER_PY_ACTIVITY_SLOTS} in flight"
+        ),
+        parameters={"participants": count, "rounds": options.rounds},
+    )
+    with tempfile.TemporaryDirectory(dir=options.workdir) as scratch:
+        directory = Path(scratch)
+        engine = temp_database(directory)
+        crm = seed_contacts(engine, count)
+        with smtp_inbox(directory) as inbox:
+            async with dev_server() as server:
+                for index in range(options.rounds):
+                    for side in alternate(index):
+                        progress(f"email round {index + 1}/{options.rounds}: {side}")
+                        if side == "engine":
+                            flow_id = f"bench-email-{index}"
+                            await engine_round(server, engine, crm, inbox, flow_id, result)
+                        else:
+                            await baseline_round(server, crm, inbox, index, result)
+        engine.dispose()
+    return result

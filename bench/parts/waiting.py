@@ -1,0 +1,210 @@
+"""Waiting at scale (issue 7): memory of the worker and the server with participants parked.
+
+N participants are enrolled in ``wait_time (30 days) → finish`` and run until each has recorded
+its wait (the last thing before its timer). Resident memory (VmRSS from /proc) of this process
+(the worker, with its workflow cache) and of the dev server process is read before enrolling and
+once all are parked. Baseline, on the same server right after: as many plain workflows parked in
+a 30-day timer, by a plain worker with the SDK's default cache (memory read the same way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, func
+from sqlmodel import select
+
+from activities.enrollment import START_CONCURRENCY, enroll
+from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
+from bench.common import (
+    RUN_TIMEOUT,
+    WORKER_PY_ACTIVITY_SLOTS,
+    BenchTimeout,
+    Options,
+    PartResult,
+    Server,
+    bounded,
+    deploy,
+    dev_server,
+    engine_activities,
+    gather_limited,
+    participant_worker,
+    progress,
+    rss_bytes,
+    seed_contacts,
+    smtp_inbox,
+    temp_database,
+)
+from models.database import session
+from models.engine import Participant
+from workflows.participant import ParticipantWorkflow
+
+NAME = "waiting"
+TITLE = "Waiting at scale: memory with participants parked (issue 7)"
+DEFAULT_COUNT = 2_000
+PARK_DAYS = 30
+QUIET_WINDOW = 1.0  # seconds
+QUIET_CORES = 0.05  # server CPU below this over the window: nothing left to do
+MIB = 2**20
+
+
+def wait_flow(flow_id: str) -> dict[str, Any]:
+    return {
+        "id": flow_id,
+        "name": "Bench: wait a month",
+        "start": "wait",
+        "steps": [
+            {
+                "id": "wait",
+                "type": "wait_time",
+                "amount": PARK_DAYS,
+                "unit": "days",
+                "next": "done",
+            },
+            {"id": "done", "type": "finish"},
+        ],
+    }
+
+
+def _parked(engine: Engine, flow_id: str) -> int:
+    with session(engine) as db:
+        query = select(func.count()).where(
+            Participant.flow_id == flow_id,
+            Participant.current_step == "wait",
+            Participant.wait_until.is_not(None),  # type: ignore[union-attr]
+        )
+        return int(db.exec(query).one())
+
+
+async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT.total_seconds()
+    while not await check():
+        if time.monotonic() > deadline:
+            raise BenchTimeout(f"{what}: not done after {RUN_TIMEOUT}")
+        await asyncio.sleep(0.5)
+
+
+async def _quiet(server: Server) -> None:
+    """Until the server has been (nearly) idle for a second: the last workflow tasks are done."""
+    deadline = time.monotonic() + RUN_TIMEOUT.total_seconds()
+    while time.monotonic() < deadline:
+        with server.meter.section() as usage:
+            await asyncio.sleep(QUIET_WINDOW)
+        if usage().server_cores < QUIET_CORES:
+            return
+    raise BenchTimeout(f"the server did not go quiet within {RUN_TIMEOUT}")
+
+
+def _memory(server: Server) -> tuple[float, float]:
+    """RSS of this process (the worker) and of the server, in MiB."""
+    gc.collect()
+    server_rss = rss_bytes(server.pid) if server.pid is not None else 0
+    return rss_bytes(os.getpid()) / MIB, server_rss / MIB
+
+
+def _record(
+    result: PartResult,
+    side: str,
+    count: int,
+    before: tuple[float, float],
+    after: tuple[float, float],
+    seconds: float,
+) -> None:
+    for metric, unit, value in (
+        ("worker process RSS before", "MiB", before[0]),
+        ("worker process RSS after", "MiB", after[0]),
+        ("worker process RSS per 1,000 parked", "MiB", (after[0] - before[0]) * 1000 / count),
+        ("server RSS before", "MiB", before[1]),
+        ("server RSS after", "MiB", after[1]),
+        ("server RSS per 1,000 parked", "MiB", (after[1] - before[1]) * 1000 / count),
+        ("time to park them all", "s", seconds),
+        ("parked/s", "participants/s", count / seconds),
+    ):
+        getattr(result.row(metric, unit), side).append(value)
+
+
+async def engine_side(
+    server: Server, engine: Engine, contact_ids: list[int], directory: Path, result: PartResult
+) -> None:
+    flow_id = "bench-waiting"
+    deploy(engine, wait_flow(flow_id))
+    task_queue = "bench-waiting"
+    with smtp_inbox(directory) as inbox:
+        activities = engine_activities(engine, inbox.settings)
+        async with participant_worker(server.client, engine, task_queue, activities):
+            await asyncio.sleep(1)
+            before = _memory(server)
+            with server.meter.section() as usage:
+                await bounded(
+                    enroll(server.client, engine, flow_id, contact_ids, task_queue=task_queue),
+                    "enrolling",
+                )
+
+                async def all_parked() -> bool:
+                    parked = await asyncio.to_thread(_parked, engine, flow_id)
+                    return parked >= len(contact_ids)
+
+                await _until(all_parked, "parking participants")
+            await _quiet(server)
+            after = _memory(server)
+    _record(result, "engine", len(contact_ids), before, after, usage().wall)
+    result.add_usage("engine", usage(), len(contact_ids), "parked participant")
+
+
+async def baseline_side(server: Server, count: int, result: PartResult) -> None:
+    task_queue = "bench-waiting-baseline"
+    plan = BaselinePlan(activities=0, sleeps=1, sleep_seconds=PARK_DAYS * 86400)
+    ids = [f"bench-park-{index}" for index in range(count)]
+    client = server.client
+
+    def starter(workflow_id: str) -> Callable[[], Awaitable[Any]]:
+        return lambda: client.start_workflow(
+            BaselineWorkflow.run, plan, id=workflow_id, task_queue=task_queue
+        )
+
+    async with baseline_worker(client, task_queue, WORKER_PY_ACTIVITY_SLOTS):
+        await asyncio.sleep(1)
+        before = _memory(server)
+        with server.meter.section() as usage:
+            await bounded(gather_limited(START_CONCURRENCY, map(starter, ids)), "starting")
+            # A plain workflow records nothing on the way: parked is when the server goes quiet
+            # (the figures include the one quiet second that tells).
+            await _quiet(server)
+        after = _memory(server)
+    _record(result, "baseline", count, before, after, usage().wall)
+    result.add_usage("baseline", usage(), count, "parked participant")
+
+
+async def run(options: Options) -> PartResult:
+    count = options.parked_count
+    result = PartResult(
+        NAME,
+        TITLE,
+        engine_label=f"{count:,} participants enrolled and parked in a {PARK_DAYS}-day wait step",
+        baseline_label=f"{count:,} plain workflows parked in a {PARK_DAYS}-day timer, same server",
+        parameters={"parked": count, "rounds": 1, "workflow": ParticipantWorkflow.__name__},
+    )
+    with tempfile.TemporaryDirectory(dir=options.workdir) as scratch:
+        directory = Path(scratch)
+        engine = temp_database(directory)
+        progress(f"waiting: seeding {count:,} contacts")
+        crm = seed_contacts(engine, count)
+        async with dev_server() as server:
+            progress(f"waiting: parking {count:,} participants")
+            await engine_side(server, engine, crm.contact_ids, directory, result)
+            progress(f"waiting: parking {count:,} plain workflows")
+            await baseline_side(server, count, result)
+        engine.dispose()
+    result.notes.append(
+        "One round: parking is the expensive part. The worker's cache holds at most "
+        "max_cached_workflows (SDK default 1,000) workflows; the rest are evicted and replayed "
+        "when their timer fires."
+    )
+    return result

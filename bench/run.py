@@ -1,0 +1,145 @@
+"""Run the benchmarks: ``python -m bench`` or ``python bench/run.py`` (same options).
+
+Every part starts the servers it needs and stops them again; all traffic stays on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from types import ModuleType
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import DEFAULT_TUNING, Options, PartResult, Tuning
+from bench.parts import email, enrollment, history, simulated, throughput, tuning, waiting
+from bench.report import PROJECT_ROOT, load_average, machine, part_markdown, write
+
+PARTS: dict[str, ModuleType] = {
+    module.NAME: module
+    for module in (email, throughput, tuning, history, enrollment, waiting, simulated)
+}
+
+TUNINGS: dict[str, Tuning] = {
+    tuning.name: tuning
+    for tuning in (
+        DEFAULT_TUNING,
+        Tuning("activities-32", max_concurrent_activities=32),
+        Tuning("activities-8", max_concurrent_activities=8),
+        Tuning("cache-50", max_cached_workflows=50),
+        Tuning("pollers-2", pollers=2),
+        Tuning("pollers-10", pollers=10),
+    )
+}
+DEFAULT_TUNINGS = "default,activities-32,cache-50,pollers-2"
+
+
+def _names(text: str, known: dict[str, object], what: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+    return names
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=(__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run (default: all: {','.join(PARTS)})",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per part (median)")
+    parser.add_argument(
+        "--participants",
+        type=int,
+        default=None,
+        help="participants in the email, throughput and tuning parts "
+        f"(defaults: {email.DEFAULT_PARTICIPANTS}, {throughput.DEFAULT_PARTICIPANTS}, "
+        f"{tuning.DEFAULT_PARTICIPANTS})",
+    )
+    parser.add_argument(
+        "--enroll-count",
+        type=int,
+        default=enrollment.DEFAULT_COUNT,
+        help="contacts in the selection enrolled by the enrollment part",
+    )
+    parser.add_argument(
+        "--parked",
+        type=int,
+        default=waiting.DEFAULT_COUNT,
+        help="participants parked in a wait step by the waiting part",
+    )
+    parser.add_argument(
+        "--tunings",
+        default=DEFAULT_TUNINGS,
+        help=f"worker settings the tuning part compares (known: {','.join(TUNINGS)})",
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=PROJECT_ROOT / "bench" / "results",
+        help="where the markdown and JSON results go",
+    )
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
+
+
+async def run_parts(names: list[str], options: Options) -> list[PartResult]:
+    """Every part in turn; a part that fails is reported as such and the others still run."""
+    results: list[PartResult] = []
+    for name in names:
+        module = PARTS[name]
+        print(f"== {module.TITLE}", flush=True)
+        started = time.perf_counter()
+        try:
+            result: PartResult = await module.run(options)
+        except Exception as error:
+            traceback.print_exc()
+            result = PartResult(name, module.TITLE, "-", "-", {}, failed=repr(error))
+        result.wall_seconds = time.perf_counter() - started
+        print(part_markdown(result), flush=True)
+        results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    names = _names(args.only, dict(PARTS), "part")
+    tunings = [TUNINGS[name] for name in _names(args.tunings, dict(TUNINGS), "tuning")]
+    command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    info = machine()
+    info["load average at start (1/5/15 min)"] = load_average()
+    started = time.perf_counter()
+    stamp = time.strftime("%Y-%m-%d-%H%M%S")
+    with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+        options = Options(
+            rounds=args.rounds,
+            participants=args.participants,
+            enroll_count=args.enroll_count,
+            parked_count=args.parked,
+            tunings=tunings,
+            workdir=Path(workdir),
+        )
+        results = asyncio.run(run_parts(names, options))
+    wall = time.perf_counter() - started
+    info["load average at end (1/5/15 min)"] = load_average()
+    md_path, json_path = write(results, info, command.strip(), wall, args.results_dir, stamp)
+    print(md_path.read_text(encoding="utf-8"))
+    print(f"Total wall time {wall:.0f} s; results in {md_path} and {json_path}")
+    return 1 if any(result.failed for result in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

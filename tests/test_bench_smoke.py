@@ -1,0 +1,59 @@
+"""The benchmark scripts still run: the tiniest email and history parts, figures not judged.
+
+Performance goals live in ``bench/`` (figures against a baseline measured in the same run); this
+test only keeps the scripts from rotting, so it checks what they report, never how fast.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_email_and_history_parts_run_and_report(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--only",
+            "email,history",
+            "--rounds",
+            "1",
+            "--participants",
+            "5",
+            "--results-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,  # a hang guard, not a performance goal
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    [results] = tmp_path.glob("*.json")
+    document = json.loads(results.read_text())
+    assert document["machine"]["nproc"] >= 1
+    parts = {part["part"]: part for part in document["parts"]}
+    assert set(parts) == {"email", "history"}
+    assert not any(part["failed"] for part in parts.values())
+
+    email = {row["metric"]: row for row in parts["email"]["rows"]}
+    assert len(email["messages/s"]["engine"]) == len(email["messages/s"]["baseline"]) == 1
+    assert email["messages/s"]["engine_median"] > 0 and email["messages/s"]["ratio"] > 0
+    assert parts["email"]["notes"] == []  # every participant's message was delivered
+
+    history = {row["metric"]: row for row in parts["history"]["rows"]}
+    for kind in ("send_email", "send_sms", "wait_time", "split", "add_to_list", "finish"):
+        assert history[f"{kind}: events"]["engine"][0] > 0
+    assert history["send_email: events"]["baseline"] == [6.0]  # one activity: 3 + 3 task events
+    assert history["plain workflow with one activity: events"]["baseline"] == [11.0]
+
+    [markdown] = tmp_path.glob("*.md")
+    assert "| messages/s | msg/s |" in markdown.read_text()

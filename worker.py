@@ -2,6 +2,9 @@
 
     python worker.py            # TEMPORAL_ADDRESS (localhost:7233), TEMPORAL_NAMESPACE (default)
 
+Prometheus metrics (temporalio's and the engine's ``flows_messages_total``) are served on
+http://localhost:9464/metrics (``METRICS_PORT``).
+
 Stops gracefully on Ctrl-C or SIGTERM: in-flight activities finish before it exits.
 """
 
@@ -18,11 +21,13 @@ from typing import Any
 from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
 from activities.crm import CrmActivities
 from activities.email import EmailActivities, SmtpSettings
 from activities.events import EventActivities
+from activities.metrics import metrics_runtime
 from activities.participants import ParticipantActivities
 from activities.sms import SmsActivities, TwilioSettings
 from models.database import create_tables, get_engine
@@ -84,18 +89,22 @@ def build_worker(
     )
 
 
-async def connect(address: str | None = None, namespace: str | None = None) -> Client:
+async def connect(
+    address: str | None = None, namespace: str | None = None, runtime: Runtime | None = None
+) -> Client:
+    """A client; a worker's passes ``runtime=metrics_runtime()`` to serve Prometheus metrics."""
     return await Client.connect(
         address or os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"),
         namespace=namespace or os.environ.get("TEMPORAL_NAMESPACE", "default"),
         data_converter=pydantic_data_converter,
+        runtime=runtime,
     )
 
 
 async def main() -> None:
     engine = get_engine()
     create_tables(engine)
-    client = await connect()
+    client = await connect(runtime=metrics_runtime())
     worker = build_worker(client, engine)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -38,6 +38,7 @@ from sqlalchemy import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.metrics import counts_messages
 from models.crm import Contact, contact_facts
 from models.database import PROJECT_ROOT, session
 from models.flow import EmailSettings, NotifyEmail, ReplyTo, SendEmail, Sender
@@ -258,6 +259,7 @@ class EmailActivities:
         self._after_handover = after_handover
 
     @activity.defn
+    @counts_messages
     def send_email(self, request: EmailSend) -> DeliveryOutcome:
         key = request.delivery_key
         with session(self._engine) as db:
@@ -278,6 +280,7 @@ class EmailActivities:
         return self._deliver(key, outgoing)
 
     @activity.defn
+    @counts_messages
     def notify_email(self, request: EmailNotify) -> list[DeliveryOutcome]:
         with session(self._engine) as db:
             facts = contact_facts(db, request.contact_id)

@@ -31,6 +31,7 @@ from models.engine import FlowStatus, Participant, ParticipantStatus
 from models.events import FlowEvent
 from models.flow import Flow
 from models.participant import Enrollment, participant_workflow_id
+from models.personal_data import short_name
 from models.validation import check_flow
 from workflows import search_attributes as sa
 from workflows.participant import ParticipantWorkflow
@@ -126,7 +127,10 @@ async def enroll(
         async with gate:
             reason = await asyncio.to_thread(_why_not, engine, stored, contact_id)
             if reason is None:
-                reason = await _start(client, stored, contact_id, task_queue, steps_per_run, event)
+                name = await asyncio.to_thread(_short_name, engine, contact_id)
+                reason = await _start(
+                    client, stored, contact_id, name, task_queue, steps_per_run, event
+                )
             if reason is None:
                 result.enrolled.append(contact_id)
                 removed = await _remove_from_other_flows(client, stored.flow, contact_id)
@@ -142,10 +146,17 @@ async def enroll(
     return result
 
 
+def _short_name(engine: Engine, contact_id: int) -> str:
+    with session(engine) as db:
+        contact = db.get(Contact, contact_id)
+        return short_name(contact.first_name, contact.last_name) if contact is not None else ""
+
+
 async def _start(
     client: Client,
     stored: StoredFlow,
     contact_id: int,
+    name: str,
     task_queue: str,
     steps_per_run: int | None,
     event: FlowEvent | None = None,
@@ -180,7 +191,9 @@ async def _start(
                     SearchAttributePair(sa.PARTICIPANT_STATUS, ParticipantStatus.active.value),
                 ]
             ),
-            static_summary=f"Contact {contact_id} in flow {flow.name!r} (v{stored.version})",
+            # Shown in the UI's workflow list: recognisable without exposing the full name.
+            static_summary=f"{name or 'Contact'} (contact {contact_id}) in {flow.name!r}"
+            f" v{stored.version}",
         )
     except WorkflowAlreadyStartedError:
         return "already active in this flow"

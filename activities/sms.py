@@ -32,6 +32,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
+from activities.metrics import counts_messages
 from models.crm import contact_facts
 from models.database import session
 from models.flow import NotifySms, Recipients, SendSms
@@ -159,6 +160,7 @@ class SmsActivities:
         return self._configured
 
     @activity.defn
+    @counts_messages
     async def send_sms(self, request: SmsSend) -> DeliveryOutcome:
         """Send the step's text to the participant; a missing or invalid number is a skip.
 
@@ -176,6 +178,7 @@ class SmsActivities:
         return await self._deliver(key, number, sender, request.step.text, facts)
 
     @activity.defn
+    @counts_messages
     async def notify_sms(self, request: SmsNotify) -> list[DeliveryOutcome]:
         """Send the step's text to each recipient; one without a usable number is a skip."""
         facts = await self._facts(request.contact_id)

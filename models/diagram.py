@@ -1,0 +1,222 @@
+"""A flow's graph as a picture: Graphviz (SVG or PNG, through the ``dot`` program) and Mermaid.
+
+Every step is a box with its name, its kind and two live counts: participants *at* it now
+(active participants whose current step it is, from the participants table) and participants
+that went *through* it (entered it at least once). The engine keeps no per-step table, so the
+second count comes from the participants' Temporal histories: every step entry upserts the
+``FlowStep`` search attribute, and each such event names the step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import graphviz
+from sqlalchemy import Engine
+from sqlmodel import select
+from temporalio.client import Client
+
+from models.database import session
+from models.engine import Participant, ParticipantStatus
+from models.flow import Flow, SendSms, Split, Step, WaitForAction, successors
+from workflows import search_attributes as sa
+
+# Fill colours by the product's five step groups (spec §3), plus finish.
+GROUP_COLOURS = {
+    "send_email": "#dbeafe",
+    "send_sms": "#dbeafe",
+    "wait_time": "#fef3c7",
+    "wait_for_action": "#fef3c7",
+    "split": "#fde68a",
+    "update_contact": "#dcfce7",
+    "add_to_list": "#dcfce7",
+    "remove_from_list": "#dcfce7",
+    "distribute_to_owner": "#dcfce7",
+    "create_follow_up": "#ede9fe",
+    "create_request": "#ede9fe",
+    "create_sale": "#ede9fe",
+    "run_script": "#e5e7eb",
+    "notify_email": "#e5e7eb",
+    "notify_sms": "#e5e7eb",
+    "finish": "#d1d5db",
+}
+START = "__start__"
+LEAVE = "__leave__"
+HISTORY_CONCURRENCY = 16
+FONT = "DejaVu Sans"
+
+
+@dataclass(frozen=True)
+class StepCounts:
+    at: Counter[str] = field(default_factory=Counter)
+    through: Counter[str] | None = None  # None: Temporal was not asked (or not reachable)
+
+
+def participants_at(engine: Engine, flow_id: str) -> Counter[str]:
+    """Active participants per current step, from the participants table."""
+    with session(engine) as db:
+        steps = db.exec(
+            select(Participant.current_step).where(
+                Participant.flow_id == flow_id,
+                Participant.status == ParticipantStatus.active.value,
+            )
+        ).all()
+    return Counter(step for step in steps if step is not None)
+
+
+async def participants_through(client: Client, flow_id: str) -> Counter[str]:
+    """Distinct participants (workflow ids) that entered each step, over every run of every
+    participant in the flow, from the FlowStep upserts in their histories."""
+    converter = client.data_converter.payload_converter
+    entered: dict[str, set[str]] = {}
+    gate = asyncio.Semaphore(HISTORY_CONCURRENCY)
+
+    async def scan(workflow_id: str, run_id: str) -> None:
+        async with gate:
+            handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+            async for event in handle.fetch_history_events():
+                if not event.HasField("upsert_workflow_search_attributes_event_attributes"):
+                    continue
+                fields = event.upsert_workflow_search_attributes_event_attributes
+                payload = fields.search_attributes.indexed_fields.get(sa.FLOW_STEP.name)
+                if payload is not None:
+                    step: str = converter.from_payload(payload, str)
+                    entered.setdefault(step, set()).add(workflow_id)
+
+    query = f"{sa.FLOW_ID.name}='{flow_id}'"
+    runs = [(w.id, w.run_id) async for w in client.list_workflows(query)]
+    await asyncio.gather(*(scan(workflow_id, run_id) for workflow_id, run_id in runs))
+    return Counter({step: len(ids) for step, ids in entered.items()})
+
+
+def _count_text(step_id: str, counts: StepCounts) -> str:
+    through = "?" if counts.through is None else str(counts.through[step_id])
+    return f"at {counts.at[step_id]} · through {through}"
+
+
+def _exits(step: Step) -> list[str]:
+    """Labels of the ways a step can leave the flow other than finish (spec §7)."""
+    if isinstance(step, Split) and step.everyone_else.next is None:
+        return ["everyone else"]
+    if isinstance(step, SendSms) and step.exit_if_no_mobile:
+        return ["no mobile"]
+    if isinstance(step, WaitForAction) and step.exit_on_timeout:
+        return ["no response"]
+    return []
+
+
+def _edges(step: Step) -> list[tuple[str, str]]:
+    """(target step id, label) for each way on from a step, in branch order."""
+    if isinstance(step, Split):
+        edges = [(branch.next, branch.name) for branch in step.branches]
+        if step.everyone_else.next is not None:
+            edges.append((step.everyone_else.next, "everyone else"))
+        return edges
+    return [(target, "") for target in successors(step)]
+
+
+def to_graphviz(flow: Flow, version: int, counts: StepCounts, note: str = "") -> graphviz.Digraph:
+    """The flow as a Graphviz graph: steps in flow order, branches labelled, exits dashed, and
+    the steps that hold participants now outlined in blue."""
+    graph = graphviz.Digraph(name=flow.id)
+    title = f"{flow.name} ({flow.id}) v{version}" + (f"\n{note}" if note else "")
+    graph.attr(label=title, labelloc="t", fontsize="18", fontname=FONT, rankdir="TB", dpi="110")
+    graph.attr("node", shape="box", style="rounded,filled", fontname=FONT, margin="0.2")
+    graph.attr("edge", fontname=FONT, fontsize="11", color="#4b5563")
+    graph.node(
+        START,
+        "start",
+        shape="circle",
+        style="filled",
+        fillcolor="#111827",
+        fontcolor="white",
+        fontsize="10",
+        width="0.5",
+        fixedsize="true",
+    )
+    graph.edge(START, flow.start)
+    leaves = False
+    for step in flow.steps:
+        held = counts.at[step.id] > 0
+        label = (
+            f"<<b>{html.escape(step.label)}</b><br/>"
+            f'<font point-size="10" color="#374151">{step.type}</font><br/>'
+            f'<font point-size="11">{html.escape(_count_text(step.id, counts))}</font>>'
+        )
+        graph.node(
+            step.id,
+            label,
+            fillcolor=GROUP_COLOURS.get(step.type, "#ffffff"),
+            penwidth="2.5" if held else "1",
+            color="#1d4ed8" if held else "#6b7280",
+        )
+        for target, edge_label in _edges(step):
+            graph.edge(step.id, target, label=f" {edge_label} " if edge_label else "")
+        for exit_label in _exits(step):
+            leaves = True
+            graph.edge(step.id, LEAVE, label=f" {exit_label} ", style="dashed")
+    if leaves:
+        graph.node(LEAVE, "leaves the flow", shape="box", style="dashed", fontsize="11")
+    return graph
+
+
+def _mermaid_text(text: str) -> str:
+    return html.escape(text).replace("|", "&#124;")
+
+
+def to_mermaid(flow: Flow, version: int, counts: StepCounts) -> str:
+    """Mermaid flowchart text (for a Markdown code block or any Mermaid renderer)."""
+    ids = {step.id: f"s{index}" for index, step in enumerate(flow.steps)}
+    lines = [
+        "---",
+        f"title: {_mermaid_text(flow.name)} ({flow.id}) v{version}",
+        "---",
+        "flowchart TD",
+        "  start((start))",
+        f"  start --> {ids[flow.start]}",
+    ]
+    leaves = False
+    for step in flow.steps:
+        node = ids[step.id]
+        label = (
+            f"<b>{_mermaid_text(step.label)}</b><br/>{step.type}<br/>"
+            f"{_mermaid_text(_count_text(step.id, counts))}"
+        )
+        lines.append(f'  {node}["{label}"]')
+        for target, edge_label in _edges(step):
+            arrow = f'-->|"{_mermaid_text(edge_label)}"|' if edge_label else "-->"
+            lines.append(f"  {node} {arrow} {ids.get(target, target)}")
+        for exit_label in _exits(step):
+            leaves = True
+            lines.append(f'  {node} -.->|"{exit_label}"| leave')
+    if leaves:
+        lines.append("  leave[/leaves the flow/]")
+    return "\n".join(lines) + "\n"
+
+
+class DrawingUnavailable(RuntimeError):
+    """Graphviz's ``dot`` program is not installed."""
+
+
+def live_note(flow: Flow) -> str:
+    now = datetime.now(ZoneInfo(flow.time_zone)).strftime("%Y-%m-%d %H:%M")
+    return f"participants at and through each step, {now} {flow.time_zone}"
+
+
+def write_picture(graph: graphviz.Digraph, path: Path) -> Path:
+    """Render to ``path`` in the format its suffix names (.svg, .png, .pdf)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        graph.render(outfile=path, format=path.suffix.lstrip("."), cleanup=True)
+    except graphviz.ExecutableNotFound:
+        raise DrawingUnavailable(
+            "drawing needs Graphviz's dot program (apt-get install graphviz); "
+            "--mermaid needs nothing"
+        ) from None
+    return path

@@ -1,0 +1,211 @@
+"""Flow statistics (spec §9), read from the engine's tables: participants, deliveries, events.
+
+Participants: the ``participants`` rows that mirror each participant workflow. Email steps: the
+delivery ledger (``deliveries``; a key is ``<participant id>/<step id>/<visit>``). Opens and clicks
+come from the ``crm_events`` table, and this is the contract the tracking service writes to:
+
+* one row per open or click, ``kind`` ``"email_opened"`` or ``"link_clicked"``;
+* ``contact_id`` set, and ``payload`` holding ``flow_id`` and ``step_id`` (the send_email step
+  whose pixel or link it was), as ``models.events.FlowEvent`` carries them.
+
+A contact counts once per email step however often it opens or clicks. While no such row exists
+for a flow, its statistics say tracking is not enabled rather than report 0 % as a fact.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, Field
+from sqlalchemy import Engine
+from sqlmodel import col, select
+
+from models.database import session
+from models.engine import CrmEvent, Delivery, Participant, ParticipantStatus
+from models.flow import Flow, SendEmail
+
+OPENED = "email_opened"
+CLICKED = "link_clicked"
+EMAIL = "email"
+SENT = "sent"
+
+
+class StepCount(BaseModel):
+    step_id: str
+    label: str
+    type: str
+    participants: int
+
+
+class EmailStepStatistics(BaseModel):
+    step_id: str
+    label: str
+    subject: str
+    recipients: int = Field(description="Contacts the email was handed to (ledger status sent)")
+    not_sent: dict[str, int] = Field(description="Other ledger outcomes: skipped, failed, …")
+    opens: int = Field(description="Contacts who opened it (tracked)")
+    clicks: int = Field(description="Contacts who clicked a tracked link in it")
+    open_rate: float | None = Field(description="opens / recipients; None without recipients")
+    click_through_rate: float | None = Field(description="clicks / recipients")
+
+
+class FlowStatistics(BaseModel):
+    flow_id: str
+    name: str
+    version: int
+    time_zone: str
+    enrolled: int = Field(description="Participants in any status")
+    in_progress: int = Field(description="Status Active")
+    completed: int = Field(description="Finished or Finished with success")
+    success_rate: float | None = Field(description="Finished with success / enrolled")
+    by_status: dict[str, int]
+    by_step: list[StepCount] = Field(description="Active participants at each step, flow order")
+    drop_out_reasons: dict[str, int]
+    enrolled_per_day: dict[date, int] = Field(description="Local dates in the flow's time zone")
+    email_steps: list[EmailStepStatistics]
+    tracking_enabled: bool = Field(description="Any open or click recorded for this flow")
+    best_by_click_through: list[str] = Field(description="Email step ids, best first")
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def flow_statistics(engine: Engine, flow: Flow, version: int) -> FlowStatistics:
+    """Statistics over every version's participants, labelled with ``flow``'s steps."""
+    with session(engine) as db:
+        participants = db.exec(select(Participant).where(Participant.flow_id == flow.id)).all()
+        run_ids = {p.id for p in participants}
+        # Ledger keys start with the participant id; a join on a LIKE prefix would not use an
+        # index either, so read the email rows and match the prefix here.
+        deliveries = [
+            d
+            for d in db.exec(select(Delivery).where(Delivery.channel == EMAIL)).all()
+            if d.key.split("/", 1)[0] in run_ids
+        ]
+        events = db.exec(select(CrmEvent).where(col(CrmEvent.kind).in_([OPENED, CLICKED]))).all()
+        tracked = [
+            (e.kind, e.payload.get("step_id"), e.contact_id)
+            for e in events
+            if e.payload.get("flow_id") == flow.id
+        ]
+        statuses = Counter(p.status for p in participants)
+        active = [p for p in participants if p.status == ParticipantStatus.active.value]
+        at_step = Counter(p.current_step for p in active)
+        zone = ZoneInfo(flow.time_zone)
+        per_day = Counter(p.enrolled_at.astimezone(zone).date() for p in participants)
+        reasons = Counter(p.drop_out_reason for p in participants if p.drop_out_reason)
+        enrolled = len(participants)
+
+    success = statuses[ParticipantStatus.finished_with_success.value]
+    completed = statuses[ParticipantStatus.finished.value] + success
+    by_step = [
+        StepCount(step_id=s.id, label=s.label, type=s.type, participants=at_step.pop(s.id, 0))
+        for s in flow.steps
+    ]
+    # Steps of older versions (or none yet: just enrolled) that still hold participants.
+    by_step += [
+        StepCount(step_id=step or "(starting)", label=step or "(starting)", type="", participants=n)
+        for step, n in sorted(at_step.items(), key=lambda item: str(item[0]))
+    ]
+
+    email_steps: list[EmailStepStatistics] = []
+    for step in flow.steps:
+        if not isinstance(step, SendEmail):
+            continue
+        outcomes = Counter(d.status for d in deliveries if d.key.split("/")[1] == step.id)
+        recipients = outcomes.pop(SENT, 0)
+        opens = len({c for kind, s, c in tracked if kind == OPENED and s == step.id})
+        clicks = len({c for kind, s, c in tracked if kind == CLICKED and s == step.id})
+        email_steps.append(
+            EmailStepStatistics(
+                step_id=step.id,
+                label=step.label,
+                subject=step.subject,
+                recipients=recipients,
+                not_sent=dict(outcomes.most_common()),
+                opens=opens,
+                clicks=clicks,
+                open_rate=_rate(opens, recipients),
+                click_through_rate=_rate(clicks, recipients),
+            )
+        )
+    best = sorted(
+        (s for s in email_steps if s.clicks),
+        key=lambda s: s.click_through_rate or 0.0,
+        reverse=True,
+    )
+    return FlowStatistics(
+        flow_id=flow.id,
+        name=flow.name,
+        version=version,
+        time_zone=flow.time_zone,
+        enrolled=enrolled,
+        in_progress=len(active),
+        completed=completed,
+        success_rate=_rate(success, enrolled),
+        by_status={status.value: statuses[status.value] for status in ParticipantStatus},
+        by_step=by_step,
+        drop_out_reasons=dict(reasons.most_common()),
+        enrolled_per_day=dict(sorted(per_day.items())),
+        email_steps=email_steps,
+        tracking_enabled=bool(tracked),
+        best_by_click_through=[s.step_id for s in best],
+    )
+
+
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.0%}"
+
+
+def render_table(stats: FlowStatistics) -> str:
+    """The statistics as the plain-text table ``starter.py stats`` prints."""
+    lines = [
+        f"{stats.name} ({stats.flow_id}), latest version {stats.version}",
+        "",
+        f"  enrolled     {stats.enrolled:>6}",
+        f"  in progress  {stats.in_progress:>6}",
+        f"  completed    {stats.completed:>6}",
+        f"  success rate {_percent(stats.success_rate):>6}",
+        "",
+        "participants by status",
+    ]
+    lines += [f"  {status:<38} {count:>6}" for status, count in stats.by_status.items()]
+    lines += ["", "active participants by step"]
+    lines += [
+        f"  {f'{s.label} ({s.type})' if s.type else s.label:<38} {s.participants:>6}"
+        for s in stats.by_step
+    ]
+    lines += ["", "drop-out reasons"]
+    lines += [f"  {reason:<38} {count:>6}" for reason, count in stats.drop_out_reasons.items()]
+    if not stats.drop_out_reasons:
+        lines.append("  (none)")
+    lines += ["", f"enrollment per day ({stats.time_zone})"]
+    peak = max(stats.enrolled_per_day.values(), default=0)
+    for day, count in stats.enrolled_per_day.items():
+        bar = "#" * max(1, round(30 * count / peak))
+        lines.append(f"  {day.isoformat()}  {count:>6}  {bar}")
+    if not stats.enrolled_per_day:
+        lines.append("  (none)")
+    note = "" if stats.tracking_enabled else "  (tracking not enabled: no opens or clicks recorded)"
+    lines += ["", "email steps" + note]
+    lines.append(
+        f"  {'step':<30} {'recipients':>10} {'opens':>6} {'clicks':>6} {'open':>5} {'CTR':>5}"
+    )
+    for s in stats.email_steps:
+        lines.append(
+            f"  {s.label[:30]:<30} {s.recipients:>10} {s.opens:>6} {s.clicks:>6} "
+            f"{_percent(s.open_rate):>5} {_percent(s.click_through_rate):>5}"
+        )
+        if s.not_sent:
+            not_sent = ", ".join(f"{count} {status}" for status, count in s.not_sent.items())
+            lines.append(f"  {'':<30} not sent: {not_sent}")
+    if not stats.email_steps:
+        lines.append("  (no email steps)")
+    if stats.best_by_click_through:
+        labels = {s.step_id: s.label for s in stats.email_steps}
+        best = ", ".join(labels[step] for step in stats.best_by_click_through[:3])
+        lines += ["", f"best emails by click-through: {best}"]
+    return "\n".join(lines)

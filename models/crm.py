@@ -2,8 +2,9 @@
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel
 from sqlalchemy import JSON, UniqueConstraint
 from sqlalchemy.ext.mutable import MutableDict, MutableList
 from sqlmodel import Field, Session, SQLModel, select
@@ -207,6 +208,79 @@ class Notification(SQLModel, table=True):
     text: str = ""
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     read: bool = False
+
+
+class OwnAction(BaseModel):
+    """One of a form's or tracked link's own actions (spec §5), run by the CRM when the form is
+    submitted or the link clicked, whatever flows do. Only the fields its kind needs are set."""
+
+    kind: Literal[
+        "add_to_selection",
+        "remove_from_selection",
+        "add_to_project",
+        "remove_from_project",
+        "add_interest",
+        "remove_interest",
+        "set_extra_field",
+        "send_reply_email",
+        "create_request",
+        "create_follow_up",
+        "run_script",
+    ]
+    selection_id: int | None = None
+    project_id: int | None = None
+    interest: str | None = None
+    field: str | None = None  # set_extra_field: "x_vip"
+    value: str | None = None
+    script: str | None = None
+
+
+class Form(SQLModel, table=True):
+    """A web form; its submissions arrive as form_submitted events."""
+
+    __tablename__ = "forms"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    actions: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON_LIST)  # OwnAction
+
+
+class TrackedLink(SQLModel, table=True):
+    """A link with actions of its own; flows name it by its URL (triggers, waits, splits)."""
+
+    __tablename__ = "tracked_links"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    url: str = Field(unique=True)
+    actions: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON_LIST)  # OwnAction
+
+
+class OwnActions(BaseModel):
+    name: str
+    actions: list[OwnAction] = []
+
+
+class ActionCatalogue(BaseModel):
+    """Every form's and tracked link's own actions, for validation's overlap warnings."""
+
+    forms: dict[int, OwnActions] = {}
+    links: dict[str, OwnActions] = {}  # by URL
+
+
+def _own(name: str, actions: list[dict[str, Any]]) -> OwnActions:
+    return OwnActions(name=name, actions=[OwnAction.model_validate(a) for a in actions])
+
+
+def action_catalogue(db: Session) -> ActionCatalogue:
+    return ActionCatalogue(
+        forms={
+            form.id: _own(form.name, form.actions)
+            for form in db.exec(select(Form))
+            if form.id is not None
+        },
+        links={link.url: _own(link.name, link.actions) for link in db.exec(select(TrackedLink))},
+    )
 
 
 # Field catalogue for criteria, merge tags and update rows: name -> value kind.

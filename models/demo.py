@@ -10,15 +10,19 @@ from models.crm import (
     Availability,
     Company,
     Contact,
+    Form,
     Project,
     Selection,
     SelectionMember,
+    TrackedLink,
     UserGroup,
 )
 
 DEMO_SELECTION_ID = 1
 VIP_SELECTION_ID = 2
 DEMO_PROJECT_ID = 1
+DEMO_FORM_ID = 1
+SPRING_OFFER_URL = "https://www.example.com/spring-offer"
 
 
 def _consent(source: str) -> dict[str, Any]:
@@ -228,6 +232,25 @@ def seed_demo(session: Session) -> None:
     session.flush()
     session.add(vip)
     session.add(Project(name="Spring campaign"))
+    session.flush()
+
+    # A form and a tracked link with actions of their own (spec §5), as flows may name them.
+    session.add(
+        Form(
+            name="Webinar sign-up",
+            actions=[
+                {"kind": "add_to_selection", "selection_id": VIP_SELECTION_ID},
+                {"kind": "add_interest", "interest": "Webinars"},
+            ],
+        )
+    )
+    session.add(
+        TrackedLink(
+            name="Spring offer",
+            url=SPRING_OFFER_URL,
+            actions=[{"kind": "add_to_project", "project_id": DEMO_PROJECT_ID}],
+        )
+    )
     session.flush()
 
     # Karin, Lars, Emily, Oliver (no mailings), Maja, Charlotte (no company, no mobile).

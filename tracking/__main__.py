@@ -1,0 +1,5 @@
+import asyncio
+
+from tracking.server import main
+
+asyncio.run(main())

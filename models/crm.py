@@ -5,9 +5,9 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import JSON, UniqueConstraint
+from sqlalchemy import JSON, UniqueConstraint, or_
 from sqlalchemy.ext.mutable import MutableDict, MutableList
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.database import UTCDateTime, utcnow
 
@@ -197,6 +197,47 @@ class Sale(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
+class RequestType(SQLModel, table=True):
+    """A request type limits the statuses and priorities a request of that type may have."""
+
+    __tablename__ = "request_types"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True)
+    statuses: list[str] = Field(default_factory=list, sa_type=JSON_LIST)
+    priorities: list[str] = Field(default_factory=list, sa_type=JSON_LIST)
+    # Requests in these statuses are done: they do not count as an associate's open requests.
+    closed_statuses: list[str] = Field(default_factory=list, sa_type=JSON_LIST)
+
+
+class RequestCategory(SQLModel, table=True):
+    """A request category; the members of its user group are responsible for its requests."""
+
+    __tablename__ = "request_categories"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True)
+    user_group_id: int | None = Field(default=None, foreign_key="user_groups.id")
+
+
+class SaleType(SQLModel, table=True):
+    """A sale type gives the stages a sale moves through, its default stage and its estimated
+    date (``estimate_amount`` ``estimate_unit`` after creation)."""
+
+    __tablename__ = "sale_types"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True)
+    stages: list[str] = Field(default_factory=list, sa_type=JSON_LIST)
+    default_stage: str | None = None  # None: the first stage
+    estimate_amount: int = 30
+    estimate_unit: str = "days"  # a models.schedule.IntervalUnit
+
+    @property
+    def first_stage(self) -> str | None:
+        return self.default_stage or (self.stages[0] if self.stages else None)
+
+
 class Notification(SQLModel, table=True):
     """An internal notification to an associate (new owner, new follow-up, ...)."""
 
@@ -322,6 +363,25 @@ COMPANY_FIELDS: dict[str, str] = {
 
 OPEN_FIELD_PREFIXES: tuple[str, ...] = ("user_defined.", "extra.")
 
+# The user-defined and extra fields this CRM defines, name -> value kind ("text", "number",
+# "decimal", "date" as ISO yyyy-mm-dd, "bool"). Criteria may name any such field; update rows may
+# only write the ones defined here, so a value of the wrong kind is caught before a flow runs.
+USER_DEFINED_FIELDS: dict[str, dict[str, str]] = {
+    "contact": {
+        "score": "number",
+        "lead_score": "number",
+        "lead_status": "text",
+        "birthday": "date",
+        "budget": "decimal",
+        "webinar_attended": "bool",
+    },
+    "company": {"segment": "text", "employees": "number"},
+}
+EXTRA_FIELDS: dict[str, dict[str, str]] = {
+    "contact": {"x_lead_source": "text", "x_last_webinar": "date", "x_vip": "bool"},
+    "company": {"x_org_number": "text"},
+}
+
 
 def _jsonable(value: object) -> object:
     if isinstance(value, datetime):
@@ -400,3 +460,40 @@ def contact_facts(session: Session, contact_id: int) -> dict[str, object] | None
         if associate_id is not None:
             facts.update(_associate_facts(prefix, session.get(Associate, associate_id)))
     return facts
+
+
+def group_members(db: Session, user_group_id: int) -> list[Associate]:
+    """The associates of a user group, primary or extra members, by id."""
+    extra = select(AssociateGroupMembership.associate_id).where(
+        AssociateGroupMembership.user_group_id == user_group_id
+    )
+    return list(
+        db.exec(
+            select(Associate)
+            .where(
+                or_(
+                    col(Associate.user_group_id) == user_group_id,
+                    col(Associate.id).in_(extra),
+                )
+            )
+            .order_by(col(Associate.id))
+        ).all()
+    )
+
+
+class CrmLists(BaseModel):
+    """The CRM's request and sale lists, for checking a flow's combinations before it runs."""
+
+    request_types: dict[str, tuple[list[str], list[str]]] = {}  # name -> (statuses, priorities)
+    request_categories: set[str] = set()
+    sale_types: dict[str, list[str]] = {}  # name -> stages
+
+
+def crm_lists(db: Session) -> CrmLists:
+    return CrmLists(
+        request_types={
+            t.name: (list(t.statuses), list(t.priorities)) for t in db.exec(select(RequestType))
+        },
+        request_categories={c.name for c in db.exec(select(RequestCategory))},
+        sale_types={t.name: list(t.stages) for t in db.exec(select(SaleType))},
+    )

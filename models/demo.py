@@ -12,6 +12,9 @@ from models.crm import (
     Contact,
     Form,
     Project,
+    RequestCategory,
+    RequestType,
+    SaleType,
     Selection,
     SelectionMember,
     TrackedLink,
@@ -252,6 +255,38 @@ def seed_demo(session: Session) -> None:
         )
     )
     session.flush()
+
+    session.add_all(
+        [
+            RequestType(
+                name="Customer success",
+                statuses=["Open", "In progress", "Waiting for customer", "Closed"],
+                priorities=["Low", "Medium", "High"],
+                closed_statuses=["Closed"],
+            ),
+            RequestType(
+                name="Support",
+                statuses=["New", "Open", "In progress", "Resolved", "Closed"],
+                priorities=["Low", "Medium", "High", "Critical"],
+                closed_statuses=["Resolved", "Closed"],
+            ),
+            RequestCategory(name="Account management", user_group_id=sales.id),
+            RequestCategory(name="General", user_group_id=support.id),
+            SaleType(
+                name="New business",
+                stages=["Lead", "Qualified", "Proposal", "Negotiation", "Won", "Lost"],
+                default_stage="Lead",
+                estimate_amount=30,
+                estimate_unit="days",
+            ),
+            SaleType(
+                name="Renewal",
+                stages=["Proposal", "Negotiation", "Won", "Lost"],
+                estimate_amount=8,
+                estimate_unit="weeks",
+            ),
+        ]
+    )
 
     # Karin, Lars, Emily, Oliver (no mailings), Maja, Charlotte (no company, no mobile).
     assert demo.id is not None

@@ -1,13 +1,19 @@
-"""The flow engine's own tables: flows and their versions, participants, deliveries, CRM events."""
+"""The flow engine's own tables: flows and their versions, participants, deliveries, CRM events,
+and the write locks and owner shares that keep concurrent steps exact."""
 
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Index, UniqueConstraint
-from sqlmodel import Field, SQLModel
+from sqlalchemy import JSON, Engine, Index, UniqueConstraint, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Field, Session, SQLModel, col, select
 
-from models.database import UTCDateTime, utcnow
+from models.database import UTCDateTime, session, utcnow
+from models.events import EventKind
+
+T = TypeVar("T")
 
 
 class FlowStatus(StrEnum):
@@ -101,7 +107,23 @@ class Delivery(SQLModel, table=True):
 
 
 class CrmEvent(SQLModel, table=True):
-    """Something that happened in the CRM or on a form/link; for triggers and success criteria."""
+    """Something that happened in the CRM or on a form/link; for triggers and success criteria.
+
+    ``kind`` is a ``models.events.EventKind``. Flow steps record the CRM changes they make here,
+    in the same transaction as the change, keyed by the step's delivery key (participant, step,
+    visit) so a retried step records, and changes, nothing twice. Their payloads use
+    ``FlowEvent``'s field names where one fits, plus what the change made:
+
+    - every step's: ``flow_id``, ``step_id``, ``outcome`` (the step's outcome text)
+    - contact_updated: ``fields`` (``title``, ``company.category``, ...); by distribute_to_owner
+      also ``our_contact_id`` and ``previous_our_contact_id``
+    - added_to_selection / added_to_project: ``selection_id`` / ``project_id`` (add_to_list and
+      exit hand-offs, which know no flow)
+    - follow_up_created: ``follow_up_id``, ``owner_id``, ``follow_up_kind`` (todo/meeting),
+      ``starts_at``
+    - request_created: ``request_id``, ``owner_id``, ``type``, ``category``
+    - sale_created: ``sale_id``, ``owner_id``, ``company_id``, ``type``, ``stage``
+    """
 
     __tablename__ = "crm_events"
 
@@ -113,3 +135,68 @@ class CrmEvent(SQLModel, table=True):
     occurred_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
     # When activities.events delivered it to participants and triggers; None: not (yet) done.
     delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+def find_event(db: Session, event_id: str) -> CrmEvent | None:
+    return db.exec(select(CrmEvent).where(CrmEvent.event_id == event_id)).first()
+
+
+def record_event(
+    db: Session, event_id: str, kind: EventKind, contact_id: int, **payload: Any
+) -> CrmEvent:
+    """Add an event to the caller's transaction: it commits with the change it describes, so the
+    event exists exactly when the change does. The unique ``event_id`` refuses a second copy."""
+    event = CrmEvent(event_id=event_id, kind=kind.value, contact_id=contact_id, payload=payload)
+    db.add(event)
+    return event
+
+
+class WriteLock(SQLModel, table=True):
+    """One row per named critical section; see ``serialize_on``."""
+
+    __tablename__ = "write_locks"
+
+    name: str = Field(primary_key=True)
+    taken: int = 0
+
+
+def serialize_on(db: Session, name: str) -> None:
+    """Make the rest of the caller's transaction run alone among transactions that name the same
+    lock: the first statement bumps the lock's row.
+
+    Writing first is what makes it portable. On PostgreSQL the UPDATE holds the row lock until
+    commit, and under READ COMMITTED every later statement sees what earlier holders committed.
+    On SQLite the UPDATE opens the write transaction (pysqlite begins one before the first write,
+    not before reads), which waits on busy_timeout while another writer holds it. A first use
+    inserts the row; two first uses racing on PostgreSQL end in an IntegrityError for one of them,
+    whose ``transact`` redoes the whole transaction.
+    """
+    bump = update(WriteLock).where(col(WriteLock.name) == name).values(taken=WriteLock.taken + 1)
+    if db.exec(bump).rowcount == 0:
+        db.add(WriteLock(name=name, taken=1))
+        db.flush()
+
+
+def transact(engine: Engine, work: Callable[[Session], T]) -> T:
+    """Run ``work`` in one transaction, redoing it once if it lost a race to insert a unique row
+    (a lock's first use, an event another attempt recorded meanwhile): the redo sees that row."""
+    for attempt in range(2):
+        try:
+            with session(engine) as db:
+                return work(db)
+        except IntegrityError:
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+class OwnerShare(SQLModel, table=True):
+    """How many contacts one distribute_to_owner pool (flow and step) has given an associate."""
+
+    __tablename__ = "owner_shares"
+    __table_args__ = (UniqueConstraint("pool", "associate_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    pool: str = Field(index=True)
+    associate_id: int = Field(index=True)
+    assigned: int = 0

@@ -27,6 +27,7 @@ __all__ = [
     "add_interval",
     "describe_instant",
     "is_workday",
+    "local_date",
     "local_to_instant",
     "next_window_opening",
 ]
@@ -88,6 +89,12 @@ def local_to_instant(local: datetime, time_zone: str) -> datetime:
     if local.tzinfo is not None:
         raise ValueError(f"local must be a naive datetime, got {local!r}")
     return _resolve(local, ZoneInfo(time_zone))
+
+
+def local_date(instant: datetime, time_zone: str) -> date:
+    """The calendar date in ``time_zone`` at ``instant``."""
+    _require_aware(instant, "instant")
+    return _wall_clock(instant, ZoneInfo(time_zone)).date()
 
 
 def add_interval(start: datetime, amount: int, unit: IntervalUnit, time_zone: str) -> datetime:

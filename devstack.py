@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -22,6 +23,8 @@ from activities.enrollment import enroll, selection_members
 from activities.flows import FlowRejected, deploy_flow, load_flow, read_document
 from models.database import PROJECT_ROOT, create_tables, get_engine, session
 from models.demo import DEMO_SELECTION_ID, seed_demo
+from tracking.app import TrackingSettings, create_app
+from tracking.server import serving
 from worker import TASK_QUEUE, build_worker, connect
 from workflows import search_attributes as sa
 
@@ -34,6 +37,7 @@ TEMPORAL_PORT = int(os.environ.get("TEMPORAL_PORT", "7233"))
 UI_PORT = int(os.environ.get("TEMPORAL_UI_PORT", "8233"))
 SMTP_PORT = int(os.environ.get("SMTP_PORT", "8025"))
 SMS_PORT = int(os.environ.get("SMS_PORT", "8026"))
+TRACKING_PORT = int(os.environ.get("TRACKING_PORT", "8027"))
 
 
 def _listening(port: int) -> bool:
@@ -119,6 +123,15 @@ def running_services() -> Iterator[None]:
         log.close()
 
 
+def _tracking_secret() -> str:
+    """One signing secret per dev stack, kept in .data/: links in mail already sent keep working
+    after a restart."""
+    path = DATA / "tracking-secret"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
 async def _wait_for_temporal() -> None:
     for _ in range(120):
         try:
@@ -139,6 +152,9 @@ async def main() -> None:
         "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
         "TWILIO_AUTH_TOKEN": "dev-stack",
         "TWILIO_API_BASE": f"http://127.0.0.1:{SMS_PORT}",
+        "TRACKING_BASE_URL": f"http://localhost:{TRACKING_PORT}",
+        "TRACKING_SECRET": _tracking_secret(),
+        "TRACKING_EVENTS_TOKEN": "dev-stack",
     }.items():
         os.environ.setdefault(name, value)
     print("Starting the marketing flows dev stack")
@@ -159,7 +175,11 @@ async def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with build_worker(client, engine):
+        tracking = create_app(engine, client, TrackingSettings.from_env(TASK_QUEUE))
+        async with (
+            build_worker(client, engine),
+            serving(tracking, host="127.0.0.1", port=TRACKING_PORT),
+        ):
             contacts = selection_members(engine, DEMO_SELECTION_ID)
             flow_id = deployed.flow.id
             report = await enroll(client, engine, flow_id, contacts, task_queue=TASK_QUEUE)
@@ -172,6 +192,7 @@ async def main() -> None:
   Temporal UI   http://localhost:{UI_PORT}/namespaces/default/workflows?query={query}
   Status        .venv/bin/python starter.py status {flow_id}
   Sent          .venv/bin/python starter.py outbox  (inbox :{SMTP_PORT}, SMS :{SMS_PORT})
+  Tracking      http://localhost:{TRACKING_PORT}  (links in sent mail; forms: POST /f/ID)
   Database      {engine.url}
 
   The worker is running. Ctrl-C stops everything; `make run` again resumes waiting participants.

@@ -70,6 +70,7 @@ RUNNABLE_STEP_TYPES = frozenset(
     }
 )
 
+
 @dataclass(frozen=True)
 class Problem:
     level: Level

@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlmodel import select
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from models.crm import Contact, SelectionMember
+from models.crm import SelectionMember
 from models.database import session
 from models.demo import VIP_SELECTION_ID
 from models.engine import ParticipantStatus
@@ -85,11 +86,8 @@ async def test_no_action_within_the_maximum_time_exits_with_the_hand_offs(
     assert state.finished_at is not None
     assert state.finished_at - state.enrolled_at >= timedelta(days=7)
     with session(engine) as db:
-        assert db.get(Contact, contact) is not None
         members = db.exec(
-            SelectionMember.__table__.select().where(  # type: ignore[attr-defined]
-                SelectionMember.contact_id == contact
-            )
+            select(SelectionMember).where(SelectionMember.contact_id == contact)
         ).all()
     assert any(m.selection_id == VIP_SELECTION_ID for m in members)
 

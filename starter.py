@@ -27,7 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Engine
 from sqlmodel import select
 
-from activities.dry_run import UnknownContact, dry_run, render_timeline
+from activities.dry_run import PlannedEvent, UnknownContact, dry_run, render_timeline
 from activities.enrollment import enroll, selection_members
 from activities.events import ingest
 from activities.flows import FlowRejected, UnknownFlow, deploy_flow, load_flow, read_document
@@ -305,7 +305,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     engine = _engine()
     try:
         run = asyncio.run(
-            dry_run(engine, args.flow, args.contact, version=args.version, start_at=args.at)
+            dry_run(
+                engine,
+                args.flow,
+                args.contact,
+                version=args.version,
+                start_at=args.at,
+                events=args.event,
+            )
         )
     except UnknownContact as exc:
         raise CommandError(str(exc)) from None
@@ -342,6 +349,15 @@ def _observability_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
         type=datetime.fromisoformat,
         metavar="YYYY-MM-DDTHH:MM",
         help="enroll at this future local time, in the flow's time zone (default: now)",
+    )
+    simulate.add_argument(
+        "--event",
+        action="append",
+        default=[],
+        type=PlannedEvent.parse,
+        metavar="KIND@OFFSET[,key=value]",
+        help="what the contact does and when, e.g. link_clicked@2d,step=welcome or "
+        "form_submitted@3h,form=1,data.topic=pricing (repeatable)",
     )
     simulate.add_argument("--json", action="store_true", help="print JSON instead of a timeline")
 

@@ -11,12 +11,14 @@ sending windows and branches behave exactly as in production while months pass i
   reaches one dynamic stand-in that decodes and records its input with the real activity's types
   and returns a plausible value of the real return type. Nothing is written anywhere.
 
-The timeline is read back from the run's history: step entries (the ``FlowStep`` upserts), timers
-with their summaries, captured calls, and the end, in the flow's time zone.
+Events (a link clicked, a form submitted) can be planned at offsets after enrollment
+(``--event link_clicked@2d,step=welcome``): the run skips time to each and signals it to the
+participant as the events service would, so waits for an action and event-based splits take the
+path the contact's behaviour decides. Child workflows a step starts (``run_script``) run too, their
+activities captured like the participant's.
 
-Extension point: events (a form submitted, a link clicked at some moment of the run) are to be
-signalled to the participant at simulated times, once the participant workflow takes them; until
-then a dry run follows the path a contact takes without any.
+The timeline is read back from the histories: step entries (the ``FlowStep`` upserts), timers with
+their summaries, events, captured calls, and the end, in the flow's time zone.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from temporalio import activity
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.common import RawValue, SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
@@ -56,6 +58,7 @@ from models import schedule
 from models.crm import Contact, contact_facts
 from models.database import session
 from models.engine import ParticipantStatus
+from models.events import EventKind, FlowEvent
 from models.flow import Flow, Recipients
 from models.ledger import DeliveryOutcome, DeliveryStatus
 from models.merge_tags import MergeTagError, render, render_header
@@ -68,7 +71,8 @@ from workflows import search_attributes as sa
 from workflows.participant import ParticipantWorkflow
 
 # Activities that only read: the real ones run (on the real CRM) so decisions match production.
-READ_ONLY = frozenset({"choose_split_branch"})
+READ_ONLY = frozenset({"choose_split_branch", "prepare_script"})
+EVENT_SIGNAL = "event"  # the participant workflow's signal for a FlowEvent
 MESSAGE_ACTIVITIES = frozenset({"send_email", "send_sms", "notify_email", "notify_sms"})
 # Captured, but not worth a line in the timeline.
 BOOKKEEPING = frozenset({"record_participant"})
@@ -105,6 +109,7 @@ class Captured(BaseModel):
 
     activity: str
     activity_id: str
+    workflow_id: str
     run_id: str
     at: datetime
     description: str
@@ -114,11 +119,60 @@ class Captured(BaseModel):
 
 class TimelineEntry(BaseModel):
     at: datetime
-    kind: typing.Literal["enrolled", "step", "wait", "action", "end"]
+    kind: typing.Literal["enrolled", "step", "wait", "event", "action", "end"]
     text: str
     step_id: str | None = None
     outcome: str = ""
     until: datetime | None = None  # waits: when the timer fires
+
+
+class PlannedEvent(BaseModel):
+    """An event to happen ``after`` enrollment: ``KIND@OFFSET[,key=value…]``, e.g.
+    ``link_clicked@2d,step=welcome``, ``form_submitted@3h,form=1,data.topic=pricing``.
+    Offsets take m, h, d or w. Keys: step (a send_email step of the flow), link, form,
+    selection, project, sale, and data.NAME for form fields."""
+
+    after: timedelta
+    kind: EventKind
+    step_id: str | None = None
+    link: str | None = None
+    form_id: int | None = None
+    selection_id: int | None = None
+    project_id: int | None = None
+    sale_id: int | None = None
+    data: dict[str, str] = {}
+
+    @classmethod
+    def parse(cls, spec: str) -> PlannedEvent:
+        head, *pairs = spec.split(",")
+        kind, at, offset = head.partition("@")
+        units = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+        if not at or offset[-1:] not in units or not offset[:-1].isdigit():
+            raise ValueError(f"{spec!r}: write KIND@OFFSET, e.g. link_clicked@2d")
+        fields: dict[str, Any] = {"after": timedelta(**{units[offset[-1]]: int(offset[:-1])})}
+        names = {"step": "step_id", "link": "link", "form": "form_id", "selection": "selection_id"}
+        names |= {"project": "project_id", "sale": "sale_id"}
+        data: dict[str, str] = {}
+        for pair in pairs:
+            key, equals, value = pair.partition("=")
+            if key.startswith("data.") and equals:
+                data[key.removeprefix("data.")] = value
+            elif key in names and equals:
+                fields[names[key]] = value
+            else:
+                raise ValueError(f"{spec!r}: unknown part {pair!r}")
+        return cls.model_validate({**fields, "kind": kind, "data": data})
+
+    def event(self, flow_id: str, contact_id: int, at: datetime) -> FlowEvent:
+        tracked = self.kind in (EventKind.link_clicked, EventKind.email_opened)
+        return FlowEvent(
+            event_id=f"dry-run-{uuid.uuid4()}",
+            kind=self.kind,
+            contact_id=contact_id,
+            occurred_at=at,
+            flow_id=flow_id if tracked else None,
+            **self.model_dump(exclude={"after", "kind"}),
+        )
 
 
 class DryRun(BaseModel):
@@ -226,6 +280,7 @@ class Capture:
             Captured(
                 activity=info.activity_type,
                 activity_id=info.activity_id,
+                workflow_id=info.workflow_id or "",
                 run_id=info.workflow_run_id or "",
                 at=info.current_attempt_scheduled_time or info.scheduled_time,
                 description=description,
@@ -261,6 +316,8 @@ class Capture:
         key, step = request.delivery_key, request.step
         contact, facts = self._facts(request.contact_id)
         subject = step.subject
+        with contextlib.suppress(ValueError):
+            subject = render_header(step.subject, facts or {}, links=DRY_RUN_LINKS)
         if contact is None or facts is None:
             outcome = _outcome(key, "email", "", DeliveryStatus.skipped, "contact not found")
         elif request.settings is None:
@@ -405,13 +462,14 @@ async def dry_run(
     *,
     version: int | None = None,
     start_at: datetime | None = None,
+    events: Sequence[PlannedEvent] = (),
     env: WorkflowEnvironment | None = None,
 ) -> DryRun:
     """Run the flow for one contact on a time-skipping server and return its timeline.
 
     ``start_at``: enroll at this (future) instant rather than now; a naive one is a local time
-    in the flow's time zone. ``env``: an already running time-skipping environment; by default
-    one is started from the venv and stopped after."""
+    in the flow's time zone. ``events``: what the contact does, and when. ``env``: an already
+    running time-skipping environment; by default one is started from the venv and stopped."""
     stored = load_flow(engine, flow_id, version)
     if start_at is not None and start_at.tzinfo is None:
         start_at = schedule.local_to_instant(start_at, stored.flow.time_zone)
@@ -454,15 +512,18 @@ async def dry_run(
                 static_summary=f"Dry run: {name} (contact {contact_id}) in {stored.flow.name!r}",
             )
             try:
-                state: ParticipantState = await asyncio.wait_for(handle.result(), WALL_LIMIT)
+                state: ParticipantState = await asyncio.wait_for(
+                    _run(env, handle, flow_id, contact_id, events), WALL_LIMIT
+                )
             except TimeoutError:
                 # E.g. an activity failing without end: skipped time makes every retry instant.
                 await handle.terminate("the dry run took too long")
                 raise DryRunStuck(
                     f"the dry run did not finish within {WALL_LIMIT:.0f} s of wall time"
                 ) from None
-            events = await _history(env.client, handle.id, handle.result_run_id or "")
-        timeline = build_timeline(stored.flow, events, state, capture.calls, env.client)
+            history = await _history(env.client, handle.id, handle.result_run_id or "")
+            await _children_done(env.client, history)
+        timeline = build_timeline(stored.flow, history, state, capture.calls, env.client)
     finally:
         if own:
             await env.shutdown()
@@ -480,6 +541,38 @@ async def dry_run(
         captured=capture.calls,
         wall_seconds=time.monotonic() - wall,
     )
+
+
+async def _run(
+    env: WorkflowEnvironment,
+    handle: WorkflowHandle[Any, ParticipantState],
+    flow_id: str,
+    contact_id: int,
+    events: Sequence[PlannedEvent],
+) -> ParticipantState:
+    """Let the participant run, skipping time to each planned event and signalling it."""
+    enrolled = await env.get_current_time()
+    for planned in sorted(events, key=lambda e: e.after):
+        ahead = enrolled + planned.after - await env.get_current_time()
+        if ahead > timedelta(0):
+            await env.sleep(ahead)
+        event = planned.event(flow_id, contact_id, await env.get_current_time())
+        try:
+            await handle.signal(EVENT_SIGNAL, event)
+        except RPCError:
+            break  # the participant has left: later events find nobody either
+    state: ParticipantState = await handle.result()
+    return state
+
+
+async def _children_done(client: Client, history: list[HistoryEvent]) -> None:
+    """Wait for the child workflows the participant started (scripts), so that their captured
+    calls are on the timeline; a child's failure is its own business."""
+    for event in history:
+        if event.HasField("start_child_workflow_execution_initiated_event_attributes"):
+            child = event.start_child_workflow_execution_initiated_event_attributes.workflow_id
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.get_workflow_handle(child).result(), WALL_LIMIT)
 
 
 async def _history(client: Client, workflow_id: str, first_run: str) -> list[HistoryEvent]:
@@ -507,6 +600,29 @@ def _summary(event: HistoryEvent, client: Client) -> str:
         event.user_metadata.summary, str
     )
     return text
+
+
+def _call_text(call: Captured, summary: str = "") -> str:
+    if call.description.endswith("(not performed)") and summary:
+        return f"{summary} ({call.activity}, not performed)"
+    return call.description
+
+
+def _event_text(event: FlowEvent) -> str:
+    where = [
+        f"{name} {value}"
+        for name, value in (
+            ("step", event.step_id),
+            ("link", event.link),
+            ("form", event.form_id),
+            ("selection", event.selection_id),
+            ("project", event.project_id),
+            ("sale", event.sale_id),
+        )
+        if value is not None
+    ]
+    where += [f"{name}={value!r}" for name, value in event.data.items()]
+    return f"⚡ {event.kind.value}" + (f" ({', '.join(where)})" if where else "")
 
 
 def build_timeline(
@@ -543,15 +659,28 @@ def build_timeline(
             timeout = event.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
             text = _summary(event, client) or "wait"
             entries.append(TimelineEntry(at=at, kind="wait", text=text, until=at + timeout))
+        elif event.HasField("workflow_execution_signaled_event_attributes"):
+            signal = event.workflow_execution_signaled_event_attributes
+            if signal.signal_name == EVENT_SIGNAL and signal.input.payloads:
+                received = converter.from_payload(signal.input.payloads[0], FlowEvent)
+                entries.append(TimelineEntry(at=at, kind="event", text=_event_text(received)))
+        elif event.HasField("start_child_workflow_execution_initiated_event_attributes"):
+            child = event.start_child_workflow_execution_initiated_event_attributes
+            summary = _summary(event, client) or f"workflow {child.workflow_type.name}"
+            text = f"starts {summary} ({child.workflow_id})"
+            entries.append(TimelineEntry(at=at, kind="action", text=text))
+            # The child's own captured calls (a script's), in order.
+            entries += [
+                TimelineEntry(at=c.at, kind="action", text=f"  {_call_text(c)}")
+                for c in captured
+                if c.workflow_id == child.workflow_id and c.activity not in READ_ONLY
+            ]
         elif event.HasField("activity_task_scheduled_event_attributes"):
             attributes = event.activity_task_scheduled_event_attributes
             call = by_activity.get((run_id, attributes.activity_id))
             if attributes.activity_type.name in READ_ONLY or call is None:
                 continue
-            summary = _summary(event, client)
-            text = call.description
-            if text.endswith("(not performed)") and summary:
-                text = f"{summary} ({call.activity}, not performed)"
+            text = _call_text(call, _summary(event, client))
             entries.append(TimelineEntry(at=call.at, kind="action", text=text))
     # The trail keeps the newest visits: line them up with the last step entries.
     if state.trail:
@@ -573,27 +702,20 @@ def _duration(delta: timedelta) -> str:
     return " ".join(part for part in parts if part) or "0 min"
 
 
-def _has_action(rest: list[TimelineEntry]) -> bool:
-    """Whether a captured call follows before the next step or the end."""
-    for entry in rest:
-        if entry.kind == "action":
-            return True
-        if entry.kind in ("step", "end"):
-            return False
-    return False
-
-
 def render_timeline(run: DryRun) -> str:
-    """The timeline as text: each step as it is entered, then what happened there. A time is
-    printed when it differs from the line above."""
+    """The timeline as text: each step as it is entered, what happened there, and the outcome
+    where it says more than the lines above (a branch taken, no response). A time is printed
+    when it differs from the line above."""
     zone = run.time_zone
     sends = sum(1 for c in run.captured if c.activity in MESSAGE_ACTIVITIES)
-    changes = sum(1 for c in run.captured if c.activity not in MESSAGE_ACTIVITIES | BOOKKEEPING)
+    changes = sum(
+        1 for c in run.captured if c.activity not in MESSAGE_ACTIVITIES | BOOKKEEPING | READ_ONLY
+    )
     lines = [
         f"Dry run of {run.flow_name!r} ({run.flow_id} v{run.version}) for {run.contact} "
         f"(contact {run.contact_id})",
         f"Times in {zone}. Nothing was sent and nothing changed: {sends} message(s) and "
-        f"{changes} CRM change(s) were captured.",
+        f"{changes} other change(s) were captured.",
         "",
     ]
 
@@ -602,24 +724,33 @@ def render_timeline(run: DryRun) -> str:
 
     width = max(len(local(entry.at)) for entry in run.timeline)
     previous = ""
-    for index, entry in enumerate(run.timeline):
-        stamp = local(entry.at)
-        shown, previous = (stamp if stamp != previous else ""), stamp
-        prefix = f"  {shown:<{width}}  "
+    pending = ""  # the outcome of the step being told, printed when its block ends
+
+    def stamp(instant: datetime) -> str:
+        nonlocal previous
+        text = local(instant)
+        shown, previous = (text if text != previous else ""), text
+        return f"  {shown:<{width}}  "
+
+    for entry in run.timeline:
+        if entry.kind in ("step", "end") and pending:
+            lines.append(f"  {'':<{width}}      → {pending}")
+            pending = ""
         if entry.kind == "enrolled":
-            lines.append(f"{prefix}enrolled")
+            lines.append(f"{stamp(entry.at)}enrolled")
         elif entry.kind == "step":
-            lines.append(f"{prefix}▶ {entry.text}")
-            # Outcomes worth a line: a branch taken, a drop-out. Captured calls speak for sends.
-            quiet = not entry.outcome or entry.outcome.startswith(("waited until", "finished"))
-            if not quiet and not _has_action(run.timeline[index + 1 :]):
-                lines.append(f"  {'':<{width}}      {entry.outcome}")
+            lines.append(f"{stamp(entry.at)}▶ {entry.text}")
+            # Sends and changes speak in their captured lines, waits in their timer lines.
+            quiet = ("waited until", "finished", "email", "sms", "not performed", "script")
+            if entry.outcome and not entry.outcome.startswith(quiet):
+                pending = entry.outcome
         elif entry.kind == "wait" and entry.until is not None:
-            lines.append(f"{prefix}    ⏸ {entry.text} ({_duration(entry.until - entry.at)})")
-        elif entry.kind == "action":
-            lines.append(f"{prefix}    {entry.text}")
+            duration = _duration(entry.until - entry.at)
+            lines.append(f"{stamp(entry.at)}    ⏸ {entry.text} ({duration})")
+        elif entry.kind in ("event", "action"):
+            lines.append(f"{stamp(entry.at)}    {entry.text}")
         elif entry.kind == "end":
-            lines.append(f"{prefix}■ {entry.text}")
+            lines.append(f"{stamp(entry.at)}■ {entry.text}")
     span = _duration(run.ended_at - run.started_at)
     lines += ["", f"{span} of flow time simulated in {run.wall_seconds:.1f} s."]
     return "\n".join(lines)

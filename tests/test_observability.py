@@ -21,7 +21,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 import starter
-from activities.dry_run import DryRun, render_timeline
+from activities.dry_run import DryRun, PlannedEvent, dry_run, render_timeline
 from activities.enrollment import enroll, selection_members
 from activities.flows import deploy_flow, load_flow
 from activities.metrics import metrics_runtime
@@ -486,3 +486,69 @@ async def test_the_worker_serves_engine_counters_to_prometheus(
     assert sent and counts[sent[0]] == "1", metrics
     assert skipped and counts[skipped[0]] == "1", metrics  # Oliver: no mailings
     assert "temporal_" in metrics  # the SDK's own metrics on the same endpoint
+
+
+def test_planned_events_are_parsed_from_the_command_line() -> None:
+    planned = PlannedEvent.parse("form_submitted@3h,form=1,data.topic=pricing")
+    assert (planned.after, planned.kind, planned.form_id) == (
+        timedelta(hours=3),
+        "form_submitted",
+        1,
+    )
+    assert planned.data == {"topic": "pricing"}
+    clicked = PlannedEvent.parse("link_clicked@2d,step=mail,link=https://x.example/a")
+    event = clicked.event("f", 1, datetime(2026, 1, 1, tzinfo=STOCKHOLM))
+    assert (event.flow_id, event.step_id, event.link) == ("f", "mail", "https://x.example/a")
+    for wrong in ("link_clicked", "link_clicked@2y", "link_clicked@2d,colour=red", "nope@1d"):
+        with pytest.raises(ValueError):
+            PlannedEvent.parse(wrong)
+
+
+def waiting_flow(flow_id: str) -> dict[str, Any]:
+    return {
+        "id": flow_id,
+        "name": "Waits for a click",
+        "time_zone": "Europe/Stockholm",
+        "email": EMAIL,
+        "start": "mail",
+        "steps": [
+            {"id": "mail", "type": "send_email", "subject": "Hi", "text": "Hi", "next": "click"},
+            {
+                "id": "click",
+                "type": "wait_for_action",
+                "actions": [{"kind": "link_clicked", "email_step": "mail"}],
+                "exit_on_timeout": True,
+                "next": "thanks",
+            },
+            {"id": "thanks", "type": "add_to_list", "selection_id": 2, "next": "done"},
+            {"id": "done", "type": "finish"},
+        ],
+    }
+
+
+async def test_planned_events_steer_the_dry_run(
+    time_skipping_env: WorkflowEnvironment, engine: Engine
+) -> None:
+    flow_id = f"dry-{uuid.uuid4().hex[:6]}"
+    deploy_flow(engine, waiting_flow(flow_id))
+
+    clicked = await dry_run(
+        engine,
+        flow_id,
+        1,
+        events=[PlannedEvent.parse("link_clicked@1d,step=mail")],
+        env=time_skipping_env,
+    )
+    (visit,) = [v for v in clicked.state.trail if v.step == "click"]
+    assert visit.outcome.startswith("link clicked")
+    assert [v.step for v in clicked.state.trail] == ["mail", "click", "thanks", "done"]
+    text = render_timeline(clicked)
+    assert "⚡ link_clicked (step mail)" in text
+    assert "Add to selection 2 (add_to_list, not performed)" in text
+
+    silent = await dry_run(engine, flow_id, 1, env=time_skipping_env)
+    assert (silent.state.status.value, silent.state.drop_out_reason) == (
+        "Dropped out",
+        "no response",
+    )
+    assert silent.ended_at - silent.started_at >= timedelta(days=7)

@@ -162,6 +162,8 @@ def _percent(rate: float | None) -> str:
 
 def render_table(stats: FlowStatistics) -> str:
     """The statistics as the plain-text table ``starter.py stats`` prints."""
+    labels = [f"{s.label} ({s.type})" if s.type else s.label for s in stats.by_step]
+    width = max([38, *map(len, labels), *map(len, stats.drop_out_reasons)])
     lines = [
         f"{stats.name} ({stats.flow_id}), latest version {stats.version}",
         "",
@@ -172,14 +174,14 @@ def render_table(stats: FlowStatistics) -> str:
         "",
         "participants by status",
     ]
-    lines += [f"  {status:<38} {count:>6}" for status, count in stats.by_status.items()]
+    lines += [f"  {status:<{width}} {count:>6}" for status, count in stats.by_status.items()]
     lines += ["", "active participants by step"]
     lines += [
-        f"  {f'{s.label} ({s.type})' if s.type else s.label:<38} {s.participants:>6}"
-        for s in stats.by_step
+        f"  {label:<{width}} {step.participants:>6}"
+        for label, step in zip(labels, stats.by_step, strict=True)
     ]
     lines += ["", "drop-out reasons"]
-    lines += [f"  {reason:<38} {count:>6}" for reason, count in stats.drop_out_reasons.items()]
+    lines += [f"  {reason:<{width}} {n:>6}" for reason, n in stats.drop_out_reasons.items()]
     if not stats.drop_out_reasons:
         lines.append("  (none)")
     lines += ["", f"enrollment per day ({stats.time_zone})"]
@@ -205,7 +207,7 @@ def render_table(stats: FlowStatistics) -> str:
     if not stats.email_steps:
         lines.append("  (no email steps)")
     if stats.best_by_click_through:
-        labels = {s.step_id: s.label for s in stats.email_steps}
-        best = ", ".join(labels[step] for step in stats.best_by_click_through[:3])
+        names = {s.step_id: s.label for s in stats.email_steps}
+        best = ", ".join(names[step] for step in stats.best_by_click_through[:3])
         lines += ["", f"best emails by click-through: {best}"]
     return "\n".join(lines)

@@ -6,7 +6,9 @@ sending windows and branches behave exactly as in production while months pass i
 * read-only activities (``READ_ONLY``: the split decision) are the real ones, on the real CRM;
 * the message activities are stand-ins that make the real checks on the real contact (address,
   consent, subscription, mobile number, merge tags) and capture the message instead of sending
-  it, so a participant without a mobile number leaves at an SMS step as it would for real;
+  it, so a participant without a mobile number leaves at an SMS step as it would for real; the
+  participant's bookkeeping makes the checks before every step (former employee, exclusion
+  list) and writes nothing;
 * every other activity (participant bookkeeping, list changes, and CRM step kinds added later)
   reaches one dynamic stand-in that decodes and records its input with the real activity's types
   and returns a plausible value of the real return type. Nothing is written anywhere.
@@ -52,6 +54,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.email import EmailNotify, EmailSend, _marketing_recipient, _Refused
 from activities.flows import FlowRejected, load_flow
+from activities.participants import ParticipantRecord, _leave_reason
 from activities.sms import CHANNEL as SMS
 from activities.sms import INVALID_MOBILE, NO_MOBILE, SmsNotify, SmsSend, TwilioSettings
 from models import schedule
@@ -62,7 +65,7 @@ from models.events import EventKind, FlowEvent
 from models.flow import Flow, Recipients
 from models.ledger import DeliveryOutcome, DeliveryStatus
 from models.merge_tags import MergeTagError, render, render_header
-from models.participant import Enrollment, ParticipantState
+from models.participant import Enrollment, ParticipantState, Standing
 from models.personal_data import mask_email, mask_phone, short_name
 from models.sms import normalise_number, segments
 from models.validation import check_flow
@@ -84,12 +87,6 @@ DRY_RUN_LINKS = {
     name: f"https://dry-run.invalid/{name}"
     for name in ("unsubscribe", "subscription", "webversion")
 }
-# The test server is no production server: keep the SDK's warnings about that off the timeline.
-QUIET_RUNTIME = Runtime(
-    telemetry=TelemetryConfig(
-        logging=LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))
-    )
-)
 _INDEXED = {
     "KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
     "INT": IndexedValueType.INDEXED_VALUE_TYPE_INT,
@@ -266,6 +263,7 @@ class Capture:
             if definition.name in READ_ONLY:
                 kept.append(fn)
         standing_in: list[Callable[..., Any]] = [
+            self.record_participant,
             self.send_email,
             self.send_sms,
             self.notify_email,
@@ -310,6 +308,15 @@ class Capture:
             f"{name} (not performed)", decoded[0] if len(decoded) == 1 else decoded, result
         )
         return result
+
+    @activity.defn(name="record_participant")
+    async def record_participant(self, record: ParticipantRecord) -> Standing:
+        """Writes nothing, but makes the checks before every step on the real CRM, so a former
+        employee or an excluded contact leaves here as it would for real."""
+        with session(self.engine) as db:
+            standing = Standing(leave_reason=_leave_reason(db, record))
+        self._record("record participant (not written)", record, standing)
+        return standing
 
     @activity.defn(name="send_email")
     async def send_email(self, request: EmailSend) -> DeliveryOutcome:
@@ -483,7 +490,15 @@ async def dry_run(
         env = await WorkflowEnvironment.start_time_skipping(
             data_converter=pydantic_data_converter,
             test_server_existing_path=str(TEST_SERVER),
-            runtime=QUIET_RUNTIME,
+            # The test server is no production server: keep the SDK's warnings about that off
+            # the timeline. (Made here, not at import: a runtime starts threads.)
+            runtime=Runtime(
+                telemetry=TelemetryConfig(
+                    logging=LoggingConfig(
+                        filter=TelemetryFilter(core_level="ERROR", other_level="ERROR")
+                    )
+                )
+            ),
         )
     try:
         await register_search_attributes(env.client)

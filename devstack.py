@@ -21,6 +21,7 @@ from pathlib import Path
 
 from activities.enrollment import enroll, selection_members
 from activities.flows import FlowRejected, deploy_flow, load_flow, read_document
+from activities.metrics import metrics_runtime
 from models.database import PROJECT_ROOT, create_tables, get_engine, session
 from models.demo import DEMO_SELECTION_ID, seed_demo
 from tracking.app import TrackingSettings, create_app
@@ -170,7 +171,7 @@ async def main() -> None:
         except FlowRejected as refused:  # e.g. edited while running: keep the deployed version
             print(f"  {DEMO_FLOW.name} not deployed: {str(refused).splitlines()[0]}")
         deployed = load_flow(engine, str(document["id"]))
-        client = await connect()
+        client = await connect(runtime=metrics_runtime())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -190,7 +191,12 @@ async def main() -> None:
 {len(report.refused)} not ({", ".join(sorted(set(report.refused.values()))) or "-"})
 
   Temporal UI   http://localhost:{UI_PORT}/namespaces/default/workflows?query={query}
+  Waiting       http://localhost:{UI_PORT}/namespaces/default/workflows?query=FlowId%3D'{flow_id}'%20AND%20FlowStep%3D'nurture-wait'
   Status        .venv/bin/python starter.py status {flow_id}
+  Stats         .venv/bin/python starter.py stats {flow_id}
+  Diagram       .venv/bin/python starter.py diagram {flow_id}
+  Dry run       .venv/bin/python starter.py simulate {flow_id} --contact 1
+  Metrics       http://localhost:{os.environ.get("METRICS_PORT", "9464")}/metrics
   Sent          .venv/bin/python starter.py outbox  (inbox :{SMTP_PORT}, SMS :{SMS_PORT})
   Tracking      http://localhost:{TRACKING_PORT}  (links in sent mail; forms: POST /f/ID)
   Database      {engine.url}

@@ -24,14 +24,18 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
+from activities.contacts import ContactActivities
 from activities.crm import CrmActivities
 from activities.email import EmailActivities, SmtpSettings
 from activities.events import EventActivities
 from activities.metrics import metrics_runtime
 from activities.participants import ParticipantActivities
+from activities.records import RecordActivities
+from activities.scripts import ScriptActivities
 from activities.sms import SmsActivities, TwilioSettings
 from models.database import create_tables, get_engine
 from workflows.participant import ParticipantWorkflow
+from workflows.script import ScriptWorkflow
 
 TASK_QUEUE = os.environ.get("TASK_QUEUE", "marketing-flows")
 
@@ -50,6 +54,9 @@ def activities_for(
     """Every activity the engine's steps call, bound to one database and the mail/SMS peers
     (taken from the environment when not given)."""
     crm = CrmActivities(engine)
+    contacts = ContactActivities(engine)
+    records = RecordActivities(engine)
+    scripts = ScriptActivities(engine)
     participants = ParticipantActivities(engine)
     email = EmailActivities(engine, smtp or SmtpSettings.from_env())
     sms = SmsActivities(engine, twilio or twilio_from_env())
@@ -58,6 +65,13 @@ def activities_for(
         crm.add_to_list,
         crm.remove_from_list,
         crm.choose_split_branch,
+        contacts.update_contact,
+        contacts.distribute_to_owner,
+        records.create_follow_up,
+        records.create_request,
+        records.create_sale,
+        scripts.prepare_script,
+        scripts.run_script,
         participants.record_participant,
         email.send_email,
         email.notify_email,
@@ -80,7 +94,8 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[ParticipantWorkflow],
+        # Script runs are children of participants: same worker, same task queue.
+        workflows=[ParticipantWorkflow, ScriptWorkflow],
         activities=list(activities if activities is not None else activities_for(engine)),
         # Database activities are synchronous: they run on this pool, not the event loop.
         activity_executor=executor or ThreadPoolExecutor(max_workers=16),

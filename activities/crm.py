@@ -1,10 +1,13 @@
 """Steps that read or change the CRM: list membership and data splits.
 
 Each activity is idempotent, so Temporal may retry it freely: adding a member that is already
-there, or removing one that is gone, is a no-op that reports what it found.
+there, or removing one that is gone, is a no-op that reports what it found. Joining a selection
+or project records an ``added_to_selection`` / ``added_to_project`` event.
 """
 
 from __future__ import annotations
+
+import uuid
 
 from pydantic import BaseModel
 from sqlalchemy import Engine
@@ -14,7 +17,9 @@ from temporalio.exceptions import ApplicationError
 
 from models.criteria import evaluate
 from models.crm import Contact, Project, ProjectMember, Selection, SelectionMember, contact_facts
-from models.database import session
+from models.database import session, utcnow
+from models.engine import record_event
+from models.events import EventKind, FlowEvent
 from models.flow import Split, SplitBasis
 
 
@@ -41,6 +46,7 @@ class CrmActivities:
             for name, member, existing in _memberships(db, change):
                 if existing is None:
                     db.add(member)
+                    _record_joining(db, member)
                 outcome.append(f"{name}: {'already member' if existing else 'added'}")
             return "; ".join(outcome)
 
@@ -62,7 +68,7 @@ class CrmActivities:
         with session(self._engine) as db:
             facts = contact_facts(db, question.contact_id)
         if facts is None:
-            raise _missing_contact(question.contact_id)
+            raise missing_contact(question.contact_id)
         for index, branch in enumerate(split.branches):
             if split.basis in (SplitBasis.data,) and branch.criteria is not None:
                 if evaluate(branch.criteria, facts):
@@ -113,7 +119,24 @@ def _memberships(
     return found
 
 
-def _missing_contact(contact_id: int) -> ApplicationError:
+def _record_joining(db: Session, member: Membership) -> None:
+    # The membership row is the idempotency here: the event commits with it, and a retry that
+    # finds the member adds neither. So the event id only needs to be unique.
+    if isinstance(member, SelectionMember):
+        kind, where = EventKind.added_to_selection, {"selection_id": member.selection_id}
+    else:
+        kind, where = EventKind.added_to_project, {"project_id": member.project_id}
+    event = FlowEvent(
+        event_id=f"{kind.value}/{uuid.uuid4()}",
+        kind=kind,
+        contact_id=member.contact_id,
+        occurred_at=utcnow(),
+        **where,
+    )
+    record_event(db, event)
+
+
+def missing_contact(contact_id: int) -> ApplicationError:
     # Non-retryable: retrying cannot make a deleted contact reappear; the participant drops out.
     return ApplicationError(
         f"contact {contact_id} does not exist", type="MissingContact", non_retryable=True
@@ -122,7 +145,7 @@ def _missing_contact(contact_id: int) -> ApplicationError:
 
 def _require(db: Session, change: ListChange) -> None:
     if db.get(Contact, change.contact_id) is None:
-        raise _missing_contact(change.contact_id)
+        raise missing_contact(change.contact_id)
     if change.selection_id is not None and db.get(Selection, change.selection_id) is None:
         raise ApplicationError(
             f"selection {change.selection_id} does not exist",

@@ -6,12 +6,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from sqlalchemy import JSON, Engine, Index, UniqueConstraint, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.database import UTCDateTime, session, utcnow
-from models.events import EventKind
+from models.events import FlowEvent
 
 T = TypeVar("T")
 
@@ -109,20 +110,23 @@ class Delivery(SQLModel, table=True):
 class CrmEvent(SQLModel, table=True):
     """Something that happened in the CRM or on a form/link; for triggers and success criteria.
 
-    ``kind`` is a ``models.events.EventKind``. Flow steps record the CRM changes they make here,
-    in the same transaction as the change, keyed by the step's delivery key (participant, step,
-    visit) so a retried step records, and changes, nothing twice. Their payloads use
-    ``FlowEvent``'s field names where one fits, plus what the change made:
+    ``kind`` is a ``models.events.EventKind`` and ``payload`` the ``FlowEvent``'s JSON. Flow
+    steps record the CRM changes they make here, in the same transaction as the change, keyed by
+    the step's delivery key (participant, step, visit) so a retried step records, and changes,
+    nothing twice; then they announce it through ``emit_event`` (participants, triggers). Their
+    payloads carry ``flow_id`` and ``step_id`` (the step that made the change), and, beyond the
+    ``FlowEvent`` fields:
 
-    - every step's: ``flow_id``, ``step_id``, ``outcome`` (the step's outcome text)
+    - every step's: ``outcome`` (the step's outcome text)
     - contact_updated: ``fields`` (``title``, ``company.category``, ...); by distribute_to_owner
       also ``our_contact_id`` and ``previous_our_contact_id``
     - added_to_selection / added_to_project: ``selection_id`` / ``project_id`` (add_to_list and
-      exit hand-offs, which know no flow)
+      exit hand-offs record them; they know no flow and announce nothing)
     - follow_up_created: ``follow_up_id``, ``owner_id``, ``follow_up_kind`` (todo/meeting),
       ``starts_at``
     - request_created: ``request_id``, ``owner_id``, ``type``, ``category``
-    - sale_created: ``sale_id``, ``owner_id``, ``company_id``, ``type``, ``stage``
+    - sale_created: ``sale_id`` (a FlowEvent field), ``owner_id``, ``company_id``, ``type``,
+      ``stage``
     """
 
     __tablename__ = "crm_events"
@@ -141,14 +145,37 @@ def find_event(db: Session, event_id: str) -> CrmEvent | None:
     return db.exec(select(CrmEvent).where(CrmEvent.event_id == event_id)).first()
 
 
-def record_event(
-    db: Session, event_id: str, kind: EventKind, contact_id: int, **payload: Any
-) -> CrmEvent:
+def record_event(db: Session, event: FlowEvent, **details: Any) -> FlowEvent:
     """Add an event to the caller's transaction: it commits with the change it describes, so the
-    event exists exactly when the change does. The unique ``event_id`` refuses a second copy."""
-    event = CrmEvent(event_id=event_id, kind=kind.value, contact_id=contact_id, payload=payload)
-    db.add(event)
+    event exists exactly when the change does. The unique ``event_id`` refuses a second copy.
+    The payload is the event's JSON, as ``activities.events`` records it, plus ``details``."""
+    db.add(
+        CrmEvent(
+            event_id=event.event_id,
+            kind=event.kind.value,
+            contact_id=event.contact_id,
+            payload={**event.model_dump(mode="json"), **details},
+            occurred_at=event.occurred_at,
+        )
+    )
     return event
+
+
+class StepChange(BaseModel):
+    """What the activity of a step that changes the CRM reports: its outcome, and the event it
+    recorded (None when it changed nothing), which the step then announces (``emit_event``)."""
+
+    outcome: str
+    event: FlowEvent | None = None
+
+
+def change_made_before(db: Session, event_id: str) -> StepChange | None:
+    """What an earlier attempt of the same step visit did, if it committed."""
+    row = find_event(db, event_id)
+    if row is None:
+        return None
+    outcome = str(row.payload.get("outcome", "done before"))
+    return StepChange(outcome=outcome, event=FlowEvent.model_validate(row.payload))
 
 
 class WriteLock(SQLModel, table=True):

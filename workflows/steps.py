@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.scripts import ScriptStart
     from activities.sms import INVALID_MOBILE, NO_MOBILE, SmsNotify, SmsSend
     from models import schedule
-    from models.engine import ParticipantStatus
+    from models.engine import ParticipantStatus, StepChange
     from models.events import EVENT_SPLIT_BASES, FlowEvent, answers, choose_by_events
     from models.flow import (
         AddToList,
@@ -307,6 +307,31 @@ def _lists(change: ListChange) -> str:
     return " and ".join(parts)
 
 
+# Announcing is an ingest (activities.events): signals and perhaps enrollments, each quick;
+# retried like a CRM write, since the event is recorded and ingesting it again is harmless.
+ANNOUNCE_ACTIVITY: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=1),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(minutes=1),
+    ),
+}
+
+
+async def announce(change: StepChange) -> None:
+    """Let the contact's participants (this one too: its success criteria may be met) and the
+    flows whose triggers match know what the step changed. Recording happened with the change."""
+    if change.event is None:
+        return
+    await workflow.execute_activity(
+        "emit_event",
+        change.event,
+        summary=f"Announce {change.event.kind.value} for contact {change.event.contact_id}",
+        **ANNOUNCE_ACTIVITY,
+    )
+
+
 async def update_contact(participant: Participant, step: UpdateContact) -> Outcome:
     update = ContactUpdate(
         event_key=participant.delivery_key(step),
@@ -316,14 +341,15 @@ async def update_contact(participant: Participant, step: UpdateContact) -> Outco
         rows=step.rows,
     )
     ticked = sum(row.enabled for row in step.rows)
-    outcome: str = await workflow.execute_activity(
+    change: StepChange = await workflow.execute_activity(
         "update_contact",
         update,
-        result_type=str,
+        result_type=StepChange,
         summary=f"Update contact {participant.contact_id}: {ticked} rows",
         **CRM_ACTIVITY,
     )
-    return Continue(step.next, outcome)
+    await announce(change)
+    return Continue(step.next, change.outcome)
 
 
 async def distribute_to_owner(participant: Participant, step: DistributeToOwner) -> Outcome:
@@ -339,14 +365,15 @@ async def distribute_to_owner(participant: Participant, step: DistributeToOwner)
         if step.user_group_id is not None
         else f"associates {', '.join(map(str, step.associate_ids))}"
     )
-    outcome: str = await workflow.execute_activity(
+    change: StepChange = await workflow.execute_activity(
         "distribute_to_owner",
         distribution,
-        result_type=str,
+        result_type=StepChange,
         summary=f"Give contact {participant.contact_id} an owner from {pool}",
         **CRM_ACTIVITY,
     )
-    return Continue(step.next, outcome)
+    await announce(change)
+    return Continue(step.next, change.outcome)
 
 
 # --- Create activity ---------------------------------------------------------------------------
@@ -368,36 +395,39 @@ def _creation(participant: Participant, step: Step) -> dict[str, Any]:
 
 async def create_follow_up(participant: Participant, step: CreateFollowUp) -> Outcome:
     what = "meeting" if step.kind == "meeting" else "to-do"
-    outcome: str = await workflow.execute_activity(
+    change: StepChange = await workflow.execute_activity(
         "create_follow_up",
         FollowUpCreation(step=step, **_creation(participant, step)),
-        result_type=str,
+        result_type=StepChange,
         summary=f"Create {what} {step.title!r} for contact {participant.contact_id}",
         **CRM_ACTIVITY,
     )
-    return Continue(step.next, outcome)
+    await announce(change)
+    return Continue(step.next, change.outcome)
 
 
 async def create_request(participant: Participant, step: CreateRequest) -> Outcome:
-    outcome: str = await workflow.execute_activity(
+    change: StepChange = await workflow.execute_activity(
         "create_request",
         RequestCreation(step=step, **_creation(participant, step)),
-        result_type=str,
+        result_type=StepChange,
         summary=f"Create request {step.title!r} for contact {participant.contact_id}",
         **CRM_ACTIVITY,
     )
-    return Continue(step.next, outcome)
+    await announce(change)
+    return Continue(step.next, change.outcome)
 
 
 async def create_sale(participant: Participant, step: CreateSale) -> Outcome:
-    outcome: str = await workflow.execute_activity(
+    change: StepChange = await workflow.execute_activity(
         "create_sale",
         SaleCreation(step=step, **_creation(participant, step)),
-        result_type=str,
+        result_type=StepChange,
         summary=f"Create sale {step.title!r} for contact {participant.contact_id}",
         **CRM_ACTIVITY,
     )
-    return Continue(step.next, outcome)
+    await announce(change)
+    return Continue(step.next, change.outcome)
 
 
 # --- Internal action ---------------------------------------------------------------------------

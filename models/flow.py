@@ -468,6 +468,15 @@ class SendingWindow(Definition):
             return WEEKDAY_PRESETS[value]
         return value
 
+    @field_validator("start", "end")
+    @classmethod
+    def _local(cls, value: time) -> time:
+        # A wall-clock time in the flow's time zone. (An offset also made start and end
+        # incomparable when only one had it: the validator crashed instead of answering.)
+        if value.tzinfo is not None:
+            raise ValueError("a local time of day in the flow's time zone, like '08:00': no offset")
+        return value
+
     @model_validator(mode="after")
     def _range(self) -> SendingWindow:
         if self.start >= self.end:

@@ -82,8 +82,14 @@ class Problem:
         tag = {"error": "error", "not_ready": "not ready to run", "warning": "warning"}[self.level]
         where = f"step {self.step!r}" if self.step else "flow"
         if self.field:
-            where = f"{where}, {self.field}"
-        return f"{tag}: {where}: {self.message}"
+            where = f"{where}, {_printable(self.field)}"
+        return f"{tag}: {where}: {_printable(self.message)}"
+
+
+def _printable(text: str) -> str:
+    """One line whatever the document held: a key or value with a line break (or another
+    control character) is shown escaped, as in a repr, so a report stays one problem a line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass

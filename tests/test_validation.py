@@ -892,6 +892,33 @@ def test_problems_read_well() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "window",
+    [
+        {"start": 0, "end": "17:00"},  # found by the fuzz: 0 parses as midnight UTC
+        {"start": "08:00+02:00", "end": "17:00+02:00"},
+    ],
+)
+def test_a_sending_window_is_in_local_time(window: dict[str, object]) -> None:
+    document = {**copy.deepcopy(BASE), "sending_window": window}
+    report = check_flow(document)
+    assert not report.can_save
+    assert any(
+        p.field.startswith("sending_window.") and "no offset" in p.message for p in report.errors
+    )
+
+
+def test_a_problem_is_one_line_whatever_the_document_holds() -> None:
+    # Found by the validator fuzz (tests/chaos): an unknown key with a line break in it.
+    document = copy.deepcopy(BASE)
+    document["bad\nkey"] = 1
+    document["steps"][0]["note\u2028"] = 2
+    lines = [str(p) for p in check_flow(document).problems]
+    assert "error: flow, bad\\nkey: Extra inputs are not permitted" in lines
+    assert "error: step 'pause', note\\u2028: Extra inputs are not permitted" in lines
+    assert all(len(line.splitlines()) == 1 for line in lines)
+
+
 # --- the example flows -------------------------------------------------------------------------
 
 ALL_STEP_TYPES = {

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 from sqlmodel import select
+from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import (
     SearchAttributePair,
@@ -22,7 +23,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.flows import FlowRejected, StoredFlow, load_flow, set_flow_status
+from activities.flows import FlowRejected, StoredFlow, UnknownFlow, load_flow, set_flow_status
 from models import schedule
 from models.criteria import evaluate
 from models.crm import Contact, SelectionMember, contact_facts
@@ -30,7 +31,7 @@ from models.database import session
 from models.engine import FlowStatus, Participant, ParticipantStatus
 from models.events import FlowEvent
 from models.flow import Flow
-from models.participant import Enrollment, participant_workflow_id
+from models.participant import Enrollment, Suggestion, participant_workflow_id
 from models.personal_data import short_name
 from models.validation import check_flow
 from workflows import search_attributes as sa
@@ -118,7 +119,7 @@ async def enroll(
         if datetime.now(UTC) >= end:
             result.refused = {c: "enrollment has ended" for c in candidates}
             return result
-    if stored.status is not FlowStatus.running:
+    if stored.status is FlowStatus.not_running:
         set_flow_status(engine, flow_id, FlowStatus.running)
 
     gate = asyncio.Semaphore(START_CONCURRENCY)
@@ -167,7 +168,11 @@ async def _start(
     # first step. That call signals a running participant instead of refusing it: look first.
     if event is not None and await _running(client, workflow_id):
         return "already active in this flow"
-    enrollment = Enrollment(flow=flow, flow_version=stored.version, contact_id=contact_id)
+    # Enrolled while the flow is paused: the participant queues before the first step.
+    paused = stored.status is FlowStatus.paused
+    enrollment = Enrollment(
+        flow=flow, flow_version=stored.version, contact_id=contact_id, paused=paused
+    )
     if steps_per_run is not None:
         enrollment.steps_per_run = steps_per_run
     try:
@@ -226,3 +231,28 @@ async def _remove_from_other_flows(client: Client, flow: Flow, contact_id: int) 
             raise
         removed.append(other)
     return removed
+
+
+class EnrollmentActivities:
+    """Enrollment as a step's activity: the hand-off that suggests a contact for another flow."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @activity.defn
+    async def suggest_contact(self, suggestion: Suggestion) -> str:
+        """Enroll through the other flow's own rules; a refusal is an outcome, not an error."""
+        try:
+            report = await enroll(
+                activity.client(),
+                self._engine,
+                suggestion.flow_id,
+                [suggestion.contact_id],
+                task_queue=activity.info().task_queue,
+            )
+        except (FlowRejected, UnknownFlow) as refused:
+            return f"not enrolled in {suggestion.flow_id!r}: {str(refused).splitlines()[0]}"
+        if report.enrolled:
+            return f"enrolled in {suggestion.flow_id!r}"
+        reason = report.refused.get(suggestion.contact_id, "refused")
+        return f"not enrolled in {suggestion.flow_id!r}: {reason}"

@@ -12,12 +12,13 @@ from sqlmodel import select
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
+from activities.flows import deploy_flow
 from models.crm import SelectionMember
 from models.database import session
 from models.demo import VIP_SELECTION_ID
 from models.engine import ParticipantStatus
 from models.events import EventKind, FlowEvent
-from models.participant import ParticipantState, Resume
+from models.participant import ParticipantState, Resume, participant_workflow_id
 from tests.test_participant import first_contact, flow_of, start
 from worker import build_worker
 from workflows.participant import ParticipantWorkflow
@@ -281,3 +282,25 @@ async def test_leave_and_the_checks_before_every_step(
         "on the exclusion list",
     )
     assert [v.step for v in dropped.trail] == ["wait", "done"]
+
+
+async def test_finish_suggests_the_contact_for_another_flow(
+    time_skipping_env: WorkflowEnvironment, engine: Engine, task_queue: str
+) -> None:
+    contact = first_contact(engine)
+    other = {
+        "id": "next-flow",
+        "name": "Next flow",
+        "start": "done",
+        "steps": [{"id": "done", "type": "finish"}],
+    }
+    deploy_flow(engine, other)
+    flow = flow_of([{"id": "done", "type": "finish", "suggest_flow_otherwise": "next-flow"}])
+    async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
+        state = await (await start(time_skipping_env, task_queue, flow, contact)).result()
+        handle = time_skipping_env.client.get_workflow_handle_for(
+            ParticipantWorkflow.run, participant_workflow_id("next-flow", contact)
+        )
+        suggested = await handle.result()
+    assert state.status is ParticipantStatus.finished
+    assert (suggested.flow_id, suggested.status) == ("next-flow", ParticipantStatus.finished)

@@ -27,6 +27,7 @@ from temporalio.worker import Worker
 from activities.contacts import ContactActivities
 from activities.crm import CrmActivities
 from activities.email import EmailActivities, SmtpSettings
+from activities.enrollment import EnrollmentActivities
 from activities.events import EventActivities
 from activities.metrics import metrics_runtime
 from activities.participants import ParticipantActivities
@@ -60,6 +61,7 @@ def activities_for(
     participants = ParticipantActivities(engine)
     email = EmailActivities(engine, smtp or SmtpSettings.from_env())
     sms = SmsActivities(engine, twilio or twilio_from_env())
+    enrollment = EnrollmentActivities(engine)
     events = EventActivities(engine)
     return [
         crm.add_to_list,
@@ -77,6 +79,7 @@ def activities_for(
         email.notify_email,
         sms.send_sms,
         sms.notify_sms,
+        enrollment.suggest_contact,
         events.emit_event,
     ]
 

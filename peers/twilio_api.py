@@ -6,9 +6,10 @@ basic auth) like Twilio: 201 with the message resource, or an error document
 (newest first, optional ``To``/``From`` filters) and ``GET …/Messages/{MessageSid}.json`` fetches
 one message. Nothing is ever delivered anywhere.
 
-Tests script it: ``fail_next`` queues error answers for the next POSTs, ``reject_number`` makes a
-number always fail (21211, 21610, …), and ``drop_next`` accepts a message but closes the
-connection without answering, the case where the sender cannot know whether it went out.
+Tests script it: ``fail_next`` queues error answers for the next POSTs, ``fail_for`` answers every
+POST with an error for a while (an outage: 429 for 30 s), ``reject_number`` makes a number always
+fail (21211, 21610, …), and ``drop_next`` accepts a message but closes the connection without
+answering, the case where the sender cannot know whether it went out.
 
 For the dev stack::
 
@@ -28,6 +29,7 @@ import os
 import re
 import signal
 import threading
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -122,6 +124,7 @@ class TwilioApiServer:
         self._lock = threading.Lock()
         self._messages: list[Message] = []
         self._failures: deque[ScriptedError] = deque()
+        self._outage: tuple[float, ScriptedError] | None = None  # (until, answer)
         self._drops = 0
         self._rejections: dict[str, ScriptedError] = {}
         self._attempts = 0
@@ -201,6 +204,13 @@ class TwilioApiServer:
         with self._lock:
             self._failures.extend([ScriptedError(status, code, message)] * times)
 
+    def fail_for(
+        self, seconds: float, status: int = 429, code: int = 20429, message: str | None = None
+    ) -> None:
+        """Answer every POST with this error for the next ``seconds`` (after queued scripts)."""
+        with self._lock:
+            self._outage = (time.monotonic() + seconds, ScriptedError(status, code, message))
+
     def drop_next(self, times: int = 1) -> None:
         """Accept the next ``times`` messages, then close the connection without answering."""
         with self._lock:
@@ -218,6 +228,7 @@ class TwilioApiServer:
         with self._lock:
             self._messages.clear()
             self._failures.clear()
+            self._outage = None
             self._rejections.clear()
             self._drops = self._attempts = 0
 
@@ -247,6 +258,9 @@ class TwilioApiServer:
             self._attempts += 1
             if self._failures:
                 scripted = self._failures.popleft()
+                raise TwilioApiError(scripted.status, scripted.code, scripted.message, to)
+            if self._outage is not None and time.monotonic() < self._outage[0]:
+                scripted = self._outage[1]
                 raise TwilioApiError(scripted.status, scripted.code, scripted.message, to)
             if not to:
                 raise TwilioApiError(400, 21604)

@@ -488,6 +488,18 @@ def test_peer_lists_messages_through_the_twilio_client(twilio: TwilioApiServer) 
     assert client.messages(created["sid"]).fetch().body == "Hej"
 
 
+async def test_peer_outage_answers_429_until_it_ends(
+    sms: SmsActivities, twilio: TwilioApiServer, contacts: dict[str, int]
+) -> None:
+    twilio.fail_for(2.0)
+    request = send_request(contacts["Karin"], "Hej")
+    with pytest.raises(ApplicationError, match="20429"):
+        await send(sms, request)
+    time.sleep(2.1)
+    assert (await send(sms, request)).status is DeliveryStatus.sent
+    assert twilio.attempts == 2 and len(twilio.messages) == 1
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -8,10 +8,15 @@ hand over, then settle or release. What each kind of trouble becomes:
   oversized attachment, no email settings) → a ``failed`` outcome, returned. Retrying cannot fix
   it, and the participant should move on with the reason on record, as after a bounce;
 - a 5xx reply to RCPT → ``bounced``; a 5xx reply to MAIL or DATA → ``failed`` (both final);
-- a 4xx reply, or connection/TLS/AUTH trouble before DATA → ``release`` and raise, so Temporal
-  retries with backoff (the server accepted nothing);
-- the connection lost during DATA → ``unconfirmed``: the server may hold the message and a
-  duplicate is worse than an unconfirmed send (the ledger's at-most-once rule).
+- a 4xx reply, or connection/TLS/AUTH trouble before the end of DATA → ``release`` and raise, so
+  Temporal retries with backoff (the server accepted nothing);
+- the connection lost after the final dot of DATA → ``unconfirmed``: the server may hold the
+  message and a duplicate is worse than an unconfirmed send (the ledger's at-most-once rule).
+
+The point of no return (``mark_sending``) is between the message and the line with the final dot,
+the line that makes the server take it: a worker killed before it has handed over nothing (the
+server drops an unfinished message) and the retry sends; one killed after it leaves the key
+``sending``, which the retry reads as ``unconfirmed`` — and the server has the message.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import contextlib
 import hashlib
 import mimetypes
 import os
+import re
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from email.headerregistry import Address
@@ -42,7 +49,15 @@ from activities.metrics import counts_messages
 from models.crm import Contact, contact_facts
 from models.database import PROJECT_ROOT, session
 from models.flow import EmailSettings, NotifyEmail, ReplyTo, SendEmail, Sender
-from models.ledger import DeliveryOutcome, DeliveryStatus, claim, record_skip, release, settle
+from models.ledger import (
+    DeliveryOutcome,
+    DeliveryStatus,
+    claim,
+    mark_sending,
+    record_skip,
+    release,
+    settle,
+)
 from models.merge_tags import MergeTagError, render, render_header
 from models.tracking_links import (
     Claims,
@@ -55,6 +70,9 @@ from models.tracking_links import (
 CHANNEL = "email"
 MARKETING_PURPOSE = "emarketing"  # the consent purpose that allows marketing email
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024  # spec §3: at most 25 MB in total
+# RFC 5321 §4.5.2: a line of the message that starts with a dot gets one more.
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
 
 _ASSOCIATE_FACTS = {
     "our_contact": "contact.our_contact",
@@ -160,6 +178,10 @@ class _Transient(Exception):
 
 class _Unconfirmed(Exception):
     """The connection broke while the message was being handed over."""
+
+
+class _Superseded(Exception):
+    """Another attempt passed the point of no return for this send first."""
 
 
 @dataclass(frozen=True)
@@ -455,7 +477,10 @@ class EmailActivities:
         if claimed is not None:
             return claimed  # handled by an earlier attempt: never send twice
         try:
-            reply = asyncio.run(self._hand_over(outgoing))
+            reply = asyncio.run(self._hand_over(outgoing, lambda: mark_sending(self._engine, key)))
+        except _Superseded as superseded:
+            # Retried later, this attempt finds the other one's outcome.
+            raise ApplicationError(str(superseded), type="SendInProgress") from None
         except _Final as final:
             return settle(self._engine, key, final.status, detail=final.detail)
         except _Unsendable as problem:
@@ -476,8 +501,11 @@ class EmailActivities:
             self._after_handover(key)
         return outcome
 
-    async def _hand_over(self, outgoing: _Outgoing) -> str:
-        """One SMTP conversation for one message; returns the server's reply to DATA."""
+    async def _hand_over(self, outgoing: _Outgoing, point_of_no_return: Callable[[], bool]) -> str:
+        """One SMTP conversation for one message; returns the server's reply to DATA.
+
+        ``point_of_no_return()`` is called once the whole message but its final dot is on its
+        way; False stops there, and the server, never sent the dot, keeps nothing."""
         smtp = self._smtp
         client = aiosmtplib.SMTP(
             hostname=smtp.host,
@@ -509,19 +537,67 @@ class EmailActivities:
                 raise _Unsendable(f"cannot hand over: {error}") from None
 
             try:
-                response = await client.data(payload)
+                await _send_message_data(client, payload)
             except aiosmtplib.SMTPResponseException as error:
                 if error.code >= 500:
                     raise _Final(DeliveryStatus.failed, f"{error.code} {error.message}") from None
                 raise _Transient(f"message deferred: {error.code} {error.message}") from error
             except (aiosmtplib.SMTPException, OSError) as error:
-                raise _Unconfirmed(f"connection lost during DATA: {error!r}") from error
+                # Without the final dot the server keeps nothing.
+                raise _Transient(f"connection lost before the end of DATA: {error!r}") from error
+
+            if not point_of_no_return():
+                raise _Superseded("another attempt is handing this message over")
+            try:
+                response = await _end_message_data(client, smtp.timeout)
+            except aiosmtplib.SMTPResponseException as error:
+                if error.code >= 500:
+                    raise _Final(DeliveryStatus.failed, f"{error.code} {error.message}") from None
+                raise _Transient(f"message deferred: {error.code} {error.message}") from error
+            except (aiosmtplib.SMTPException, OSError) as error:
+                raise _Unconfirmed(f"connection lost at the end of DATA: {error!r}") from error
             return f"{response.code} {response.message}"
         finally:
             if client.is_connected:
                 with contextlib.suppress(aiosmtplib.SMTPException, OSError):
                     await client.quit()
             client.close()
+
+
+async def _send_message_data(client: aiosmtplib.SMTP, payload: bytes) -> None:
+    """DATA, then the message without the line that ends it (aiosmtplib's ``data`` sends both
+    at once: the ledger's point of no return has to sit between them)."""
+    start = await client.execute_command(b"DATA")
+    if start.code != aiosmtplib.SMTPStatus.start_input:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    protocol = client.protocol
+    if protocol is None or protocol.transport is None:
+        raise aiosmtplib.SMTPServerDisconnected("connection lost")
+    body = _LEADING_DOT.sub(b"..", _LINE_ENDS.sub(b"\r\n", payload))
+    protocol.write(body if body.endswith(b"\r\n") else body + b"\r\n")
+    # Everything but the dot out of our process before the point of no return, so that the dot
+    # is all that a kill after it could hold back.
+    transport = protocol.transport
+    assert isinstance(transport, asyncio.WriteTransport)
+    deadline = time.monotonic() + client.timeout if client.timeout else None
+    while transport.get_write_buffer_size() > 0:
+        if transport.is_closing():
+            raise aiosmtplib.SMTPServerDisconnected("connection lost during DATA")
+        if deadline is not None and time.monotonic() > deadline:
+            raise aiosmtplib.SMTPTimeoutError("timed out sending the message")
+        await asyncio.sleep(0.001)
+
+
+async def _end_message_data(client: aiosmtplib.SMTP, timeout: float) -> aiosmtplib.SMTPResponse:
+    """The final dot, which makes the server take the message, and its answer."""
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("connection lost")
+    protocol.write(b".\r\n")
+    response = await protocol.read_response(timeout=timeout)
+    if response.code != aiosmtplib.SMTPStatus.completed:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    return response
 
 
 def _tracked(

@@ -13,6 +13,11 @@ Twilio's answers map onto the ledger like this:
   code, returned: sending again would get the same answer;
 * the connection broke after the request went out (timeout, disconnect) → ``unconfirmed``,
   returned: Twilio may have the message, and a duplicate is worse than a missing one.
+
+A worker that died after the request may have gone out leaves the key ``sending``. The retry
+asks Twilio (its list of messages to that number) instead of guessing: a message with this text
+accepted since then → ``sent`` with its SID; none → the request never arrived, and it is sent now.
+It asks only once the earlier request's timeout has passed, when no answer can still be on its way.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import asyncio
 import base64
 import os
 from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, SecretStr
@@ -34,9 +40,19 @@ from twilio.rest import Client
 
 from activities.metrics import counts_messages
 from models.crm import contact_facts
-from models.database import session
+from models.database import session, utcnow
 from models.flow import NotifySms, Recipients, SendSms
-from models.ledger import DeliveryOutcome, DeliveryStatus, claim, record_skip, release, settle
+from models.ledger import (
+    DeliveryOutcome,
+    DeliveryStatus,
+    claim,
+    interrupted,
+    mark_sending,
+    record_skip,
+    release,
+    reopen,
+    settle,
+)
 from models.merge_tags import MergeTagError, render
 from models.sms import normalise_number, segments
 
@@ -48,6 +64,10 @@ TWILIO_API = "https://api.twilio.com"
 # Safe to send again: Twilio said it accepted nothing and the cause may pass.
 RETRYABLE_CODES = frozenset({20429})
 RETRYABLE_STATUSES = frozenset({401, 429})  # 401: our credentials, not the recipient
+# Looking up an interrupted send: Twilio's clock and ours may differ a little, and its dates
+# have whole seconds; the newest messages to one number are enough to find it.
+CLOCK_SLACK = timedelta(seconds=60)
+LOOKUP_LIMIT = 50
 
 
 class TwilioSettings(BaseModel):
@@ -73,6 +93,7 @@ class TwilioSettings(BaseModel):
             auth_token=SecretStr(env["TWILIO_AUTH_TOKEN"]),
             api_base=env.get("TWILIO_API_BASE") or None,
             default_region=env.get("SMS_DEFAULT_REGION") or "SE",
+            timeout=float(env.get("TWILIO_TIMEOUT") or 30),
         )
 
 
@@ -221,12 +242,20 @@ class SmsActivities:
             problem = "no SMS sender: set the step's sender or the flow's SMS sender"
         length = segments(text)
 
+        if problem is None and sender is not None:
+            since = await asyncio.to_thread(interrupted, self._engine, key)
+            if since is not None:
+                found = await self._reconcile(key, since, to, text, length.segments)
+                if found is not None:
+                    return found
         claimed = await asyncio.to_thread(claim, self._engine, key, CHANNEL, to)
         if claimed is not None:
             return claimed  # settled by an earlier attempt: send nothing
         if problem is not None or sender is None:
             return await self._settle(key, DeliveryStatus.failed, detail=problem)
 
+        if not await asyncio.to_thread(mark_sending, self._engine, key):
+            raise ApplicationError("another attempt is sending this SMS", type="SendInProgress")
         try:
             accepted = await self._hand_over(to, _sender(sender, self._twilio.default_region), text)
         except TwilioException as error:
@@ -250,6 +279,50 @@ class SmsActivities:
         if self._after_handover is not None:
             self._after_handover(key)
         return outcome
+
+    async def _reconcile(
+        self, key: str, since: datetime, to: str, text: str, parts: int
+    ) -> DeliveryOutcome | None:
+        """An earlier attempt stopped after its request may have gone out (at ``since``): settle
+        the send as Twilio has it, or reopen it (None) when Twilio never got it."""
+        if utcnow() < since + timedelta(seconds=self._twilio.timeout + 5):
+            # That request may still be on its way: ask once it can no longer arrive.
+            raise ApplicationError(
+                "an earlier attempt may still be sending this SMS", type="SendInProgress"
+            )
+        try:
+            sid = await self._find(to, text, since)
+        except (TwilioException, aiohttp.ClientError, TimeoutError) as error:
+            raise ApplicationError(
+                f"cannot ask Twilio about an interrupted send: {error}", type="SmsNotHandedOver"
+            ) from error
+        if sid is not None:
+            detail = f"{parts}; found at Twilio after the sending attempt was interrupted"
+            return await self._settle(key, DeliveryStatus.sent, provider_id=sid, detail=detail)
+        note = "not at Twilio after an interrupted attempt: sent again"
+        if not await asyncio.to_thread(reopen, self._engine, key, since, note):
+            raise ApplicationError("another attempt is sending this SMS", type="SendInProgress")
+        return None
+
+    async def _find(self, to: str, text: str, since: datetime) -> str | None:
+        """The SID of a message with this text that Twilio accepted for ``to`` since ``since``."""
+        http = RoutedTwilioHttpClient(self._twilio.api_base, self._twilio.timeout)
+        try:
+            client = Client(
+                self._twilio.account_sid,
+                self._twilio.auth_token.get_secret_value(),
+                http_client=http,
+            )
+            # Newest first. Not filtered by From: a messaging service picks its own number.
+            messages = await client.messages.list_async(to=to, limit=LOOKUP_LIMIT)
+        finally:
+            await http.close()
+        earliest = since - CLOCK_SLACK
+        for message in messages:
+            created = message.date_created
+            if message.body == text and (created is None or created >= earliest):
+                return str(message.sid)
+        return None
 
     async def _hand_over(self, to: str, sender: str, text: str) -> _Accepted:
         # A client per call: its aiohttp session belongs to the running event loop.

@@ -4,27 +4,33 @@ A send's key is stable across activity retries and continue-as-new (participant,
 The protocol around one hand-over to a provider (SMTP server, SMS API):
 
 1. ``claim`` — if the key already holds a final outcome, return it and send nothing. Otherwise
-   mark it ``sending`` and go ahead.
-2. Hand the message over.
+   the key is ``pending`` (reserved; nothing handed over yet) and the caller prepares the send.
+2. ``mark_sending`` — at the point of no return (just before the SMTP server can accept the
+   message: the end of DATA; just before the SMS API request), the key becomes ``sending``. Only
+   one attempt can make that move, so two attempts running at once never both send.
 3. ``settle`` with the final outcome (sent, bounced, failed, skipped), or ``release`` if the
    hand-over failed in a way that is safe to retry (nothing was accepted).
 
-If a worker dies between 2 and 3 the key stays ``sending``: the provider may or may not have the
-message. We then prefer at most once: the next claim returns ``unconfirmed`` and sends nothing,
-because a duplicate marketing email or SMS is worse than an unconfirmed one (it is visible in
-the ledger and the participant's history).
+A worker that dies before step 2 leaves the key ``pending``: nothing reached the provider and the
+retry sends. One that dies between 2 and 3 leaves it ``sending``: the provider may or may not
+have the message. Where the provider can be asked (the SMS API lists what it accepted), the retry
+asks it (``interrupted``, ``reopen``); where it cannot (SMTP), we prefer at most once: the next
+claim returns ``unconfirmed`` and sends nothing, because a duplicate marketing email is worse than
+an unconfirmed one (it is visible in the ledger and the participant's history). Step 2 sits so
+close to the hand-over that this window is a few microseconds wide.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 
-from models.database import session
+from models.database import session, utcnow
 from models.engine import Delivery
 
 
@@ -72,14 +78,15 @@ def _outcome(row: Delivery, already_settled: bool = False) -> DeliveryOutcome:
 
 
 def claim(engine: Engine, key: str, channel: str, recipient: str) -> DeliveryOutcome | None:
-    """Reserve a send. None means: go ahead and send. An outcome means: it was handled before."""
+    """Reserve a send. None means: go ahead and prepare it (then ``mark_sending`` before the
+    hand-over). An outcome means: it was handled before; send nothing."""
     for _ in range(2):  # a concurrent first claim of the same key loses the insert race once
         try:
             with session(engine) as db:
                 row = db.exec(select(Delivery).where(Delivery.key == key)).first()
                 if row is None:
                     db.add(
-                        Delivery(key=key, channel=channel, recipient=recipient, status="sending")
+                        Delivery(key=key, channel=channel, recipient=recipient, status="pending")
                     )
                     return None
                 if row.status == DeliveryStatus.sending:
@@ -89,12 +96,51 @@ def claim(engine: Engine, key: str, channel: str, recipient: str) -> DeliveryOut
                     return _outcome(row, already_settled=True)
                 if row.status in FINAL:
                     return _outcome(row, already_settled=True)
-                row.status, row.recipient = DeliveryStatus.sending, recipient
+                row.recipient = recipient
                 db.add(row)
                 return None
         except IntegrityError:
             continue
     raise RuntimeError(f"could not claim delivery {key!r}")
+
+
+def mark_sending(engine: Engine, key: str) -> bool:
+    """The point of no return of a claimed send: True if this attempt may hand it over now.
+
+    False when another attempt got there first (or settled it): send nothing then."""
+    with session(engine) as db:
+        moved = db.exec(
+            update(Delivery)
+            .where(col(Delivery.key) == key, col(Delivery.status) == DeliveryStatus.pending)
+            .values(status=DeliveryStatus.sending, updated_at=utcnow())
+        )
+        return bool(moved.rowcount == 1)
+
+
+def interrupted(engine: Engine, key: str) -> datetime | None:
+    """When an attempt that never settled passed the point of no return for this send (the key
+    is still ``sending``); None otherwise."""
+    with session(engine) as db:
+        row = db.exec(select(Delivery).where(Delivery.key == key)).first()
+    if row is None or row.status != DeliveryStatus.sending:
+        return None
+    return row.updated_at
+
+
+def reopen(engine: Engine, key: str, since: datetime, detail: str) -> bool:
+    """The provider says an interrupted send (``interrupted`` returned ``since``) never reached
+    it: make the key ``pending`` again. False if another attempt changed it meanwhile."""
+    with session(engine) as db:
+        moved = db.exec(
+            update(Delivery)
+            .where(
+                col(Delivery.key) == key,
+                col(Delivery.status) == DeliveryStatus.sending,
+                col(Delivery.updated_at) == since,
+            )
+            .values(status=DeliveryStatus.pending, detail=detail, updated_at=utcnow())
+        )
+        return bool(moved.rowcount == 1)
 
 
 def settle(

@@ -40,7 +40,7 @@ from models.crm import Associate, Company, Contact
 from models.database import session
 from models.engine import Delivery
 from models.flow import EmailSettings, NotifyEmail, SendEmail
-from models.ledger import DeliveryStatus, claim
+from models.ledger import DeliveryStatus, claim, mark_sending
 from models.merge_tags import MergeTagError, render, render_header
 from peers.smtp_inbox import inbox_controller, read_inbox
 
@@ -538,17 +538,66 @@ async def test_failure_after_handover_does_not_send_twice(
     assert len(handler.accepted) == 1
 
 
-async def test_send_interrupted_before_settle_is_unconfirmed(
+async def test_lines_starting_with_a_dot_arrive_as_written(
     engine: Engine,
     contact_id: int,
     smtp: SmtpSettings,
     smtp_server: tuple[RecordingHandler, int],
 ) -> None:
-    # A worker that died mid-send leaves the key claimed ("sending") and never settled.
+    # The message goes out in two writes around the ledger's point of no return; dot-stuffing
+    # must still make a line that is just "." part of the text, not the end of the message.
+    text = ".\n.. two dots\n.net is a framework\nlast line"
+    step = _step(text=text, html=None, attachments=[])
+    await asyncio.to_thread(EmailActivities(engine, smtp).send_email, _send(contact_id, step))
+    [accepted] = smtp_server[0].accepted
+    assert _text(accepted.message.get_body(preferencelist=("plain",))) == text + "\n"
+
+
+async def test_a_claim_that_never_reached_the_point_of_no_return_is_sent_by_the_retry(
+    engine: Engine,
+    contact_id: int,
+    smtp: SmtpSettings,
+    smtp_server: tuple[RecordingHandler, int],
+) -> None:
+    # A worker that died while connecting leaves the key claimed ("pending"): nothing went out.
     assert claim(engine, KEY, "email", "anna@brodsalt.example.com") is None
+    outcome = await asyncio.to_thread(EmailActivities(engine, smtp).send_email, _send(contact_id))
+    assert outcome.status is DeliveryStatus.sent and not outcome.already_settled
+    assert len(smtp_server[0].accepted) == 1
+
+
+async def test_send_interrupted_past_the_point_of_no_return_is_unconfirmed(
+    engine: Engine,
+    contact_id: int,
+    smtp: SmtpSettings,
+    smtp_server: tuple[RecordingHandler, int],
+) -> None:
+    # A worker that died after the final dot of DATA went out leaves the key "sending".
+    assert claim(engine, KEY, "email", "anna@brodsalt.example.com") is None
+    assert mark_sending(engine, KEY)
     outcome = await asyncio.to_thread(EmailActivities(engine, smtp).send_email, _send(contact_id))
     assert outcome.status is DeliveryStatus.unconfirmed
     assert smtp_server[0].rcpt_attempts == 0
+
+
+async def test_of_two_attempts_at_once_only_the_first_past_the_point_of_no_return_sends(
+    engine: Engine,
+    contact_id: int,
+    smtp: SmtpSettings,
+    smtp_server: tuple[RecordingHandler, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def other_attempt_first(engine: Engine, key: str) -> bool:
+        assert mark_sending(engine, key)  # the other attempt, a moment earlier
+        return mark_sending(engine, key)
+
+    monkeypatch.setattr(email_activities, "mark_sending", other_attempt_first)
+    with pytest.raises(ApplicationError) as raised:
+        await asyncio.to_thread(EmailActivities(engine, smtp).send_email, _send(contact_id))
+    assert raised.value.type == "SendInProgress"
+    # This attempt stopped before the final dot: the server kept nothing of it.
+    assert smtp_server[0].rcpt_attempts == 1 and smtp_server[0].accepted == []
+    assert _ledger(engine).status == "sending"
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from base64 import b64encode
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -345,16 +346,58 @@ async def test_lost_answer_is_unconfirmed_and_never_resent(
     assert len(twilio.messages) == 1 and twilio.attempts == 1
 
 
-async def test_an_attempt_that_died_mid_send_is_unconfirmed(
+def died_mid_send(engine: Engine, request: SmsSend, ago: timedelta) -> None:
+    """The ledger as a worker that died after its request may have gone out leaves it."""
+    with session(engine) as db:
+        db.add(
+            Delivery(
+                key=request.delivery_key,
+                channel="sms",
+                recipient=KARIN,
+                status="sending",
+                updated_at=datetime.now(UTC) - ago,
+            )
+        )
+
+
+async def test_an_interrupted_send_that_twilio_has_is_settled_without_sending(
     sms: SmsActivities, twilio: TwilioApiServer, contacts: dict[str, int], engine: Engine
 ) -> None:
     request = send_request(contacts["Karin"], "Hej")
-    with session(engine) as db:  # as a worker that died between claim and settle leaves it
-        db.add(Delivery(key=request.delivery_key, channel="sms", recipient=KARIN, status="sending"))
+    died_mid_send(engine, request, ago=timedelta(minutes=2))
+    accepted, _ = twilio.create(SID, {"To": KARIN, "From": DEFAULT_SENDER, "Body": "Hej"})
+    attempts = twilio.attempts
 
     outcome = await send(sms, request)
-    assert outcome.status is DeliveryStatus.unconfirmed
-    assert twilio.attempts == 0
+    assert outcome.status is DeliveryStatus.sent and outcome.provider_id == accepted["sid"]
+    assert twilio.attempts == attempts and len(twilio.messages) == 1
+
+
+async def test_an_interrupted_send_that_never_reached_twilio_is_sent_once(
+    sms: SmsActivities, twilio: TwilioApiServer, contacts: dict[str, int], engine: Engine
+) -> None:
+    request = send_request(contacts["Karin"], "Hej")
+    died_mid_send(engine, request, ago=timedelta(minutes=2))
+    # Another text to the same number is not this send.
+    twilio.create(SID, {"To": KARIN, "From": DEFAULT_SENDER, "Body": "Hej då"})
+
+    outcome = await send(sms, request)
+    assert outcome.status is DeliveryStatus.sent and not outcome.already_settled
+    assert [m["body"] for m in twilio.messages] == ["Hej då", "Hej"]
+    again = await send(sms, request)
+    assert again.already_settled and len(twilio.messages) == 2
+
+
+async def test_an_interrupted_send_is_not_looked_up_while_its_request_may_be_in_flight(
+    sms: SmsActivities, twilio: TwilioApiServer, contacts: dict[str, int], engine: Engine
+) -> None:
+    request = send_request(contacts["Karin"], "Hej")
+    died_mid_send(engine, request, ago=timedelta(seconds=1))
+
+    with pytest.raises(ApplicationError) as raised:
+        await send(sms, request)
+    assert raised.value.type == "SendInProgress" and not raised.value.non_retryable
+    assert twilio.attempts == 0 and ledger_status(engine, request.delivery_key) == "sending"
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,7 @@ from sqlalchemy import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeat import heartbeating
 from activities.metrics import counts_messages
 from models.crm import Contact, contact_facts
 from models.database import PROJECT_ROOT, session
@@ -506,6 +507,10 @@ class EmailActivities:
 
         ``point_of_no_return()`` is called once the whole message but its final dot is on its
         way; False stops there, and the server, never sent the dot, keeps nothing."""
+        async with heartbeating():  # a worker that dies here is noticed within seconds
+            return await self._converse(outgoing, point_of_no_return)
+
+    async def _converse(self, outgoing: _Outgoing, point_of_no_return: Callable[[], bool]) -> str:
         smtp = self._smtp
         client = aiosmtplib.SMTP(
             hostname=smtp.host,

@@ -38,6 +38,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
+from activities.heartbeat import heartbeating
 from activities.metrics import counts_messages
 from models.crm import contact_facts
 from models.database import session, utcnow
@@ -227,6 +228,12 @@ class SmsActivities:
     # --- one recipient ----------------------------------------------------------------------------
 
     async def _deliver(
+        self, key: str, to: str, sender: str | None, template: str, facts: dict[str, object]
+    ) -> DeliveryOutcome:
+        async with heartbeating():  # a worker that dies here is noticed within seconds
+            return await self._deliver_once(key, to, sender, template, facts)
+
+    async def _deliver_once(
         self, key: str, to: str, sender: str | None, template: str, facts: dict[str, object]
     ) -> DeliveryOutcome:
         # Everything that can fail without sending is worked out before the claim, so that an

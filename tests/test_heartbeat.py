@@ -1,0 +1,56 @@
+"""Send activities heartbeat while they work, so that a dead worker is noticed within the
+activity's heartbeat timeout (activities.heartbeat)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import timedelta
+
+from temporalio import activity
+from temporalio.testing import ActivityEnvironment
+
+from activities.heartbeat import heartbeating
+
+
+def environment(heartbeat_timeout: timedelta | None) -> tuple[ActivityEnvironment, list[object]]:
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, heartbeat_timeout=heartbeat_timeout)
+    beats: list[object] = []
+    env.on_heartbeat = lambda *details: beats.append(details)
+    return env, beats
+
+
+async def working(seconds: float) -> None:
+    async with heartbeating():
+        await asyncio.sleep(seconds)
+
+
+@activity.defn
+async def async_send() -> None:
+    await working(0.5)
+
+
+@activity.defn
+def sync_send() -> None:
+    # As the email activity does: its own event loop inside the worker's thread.
+    asyncio.run(working(0.5))
+
+
+async def test_an_async_activity_heartbeats_three_times_per_timeout() -> None:
+    env, beats = environment(timedelta(seconds=0.3))
+    await env.run(async_send)
+    assert 4 <= len(beats) <= 7  # every 0.1 s for 0.5 s
+
+
+async def test_a_sync_activity_heartbeats_from_its_own_loop() -> None:
+    env, beats = environment(timedelta(seconds=0.3))
+    await asyncio.to_thread(env.run, sync_send)
+    assert 4 <= len(beats) <= 7
+
+
+async def test_no_heartbeat_timeout_no_heartbeats() -> None:
+    env, beats = environment(None)
+    await env.run(async_send)
+    assert beats == []
+    await working(0.01)  # outside any activity it just runs

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,14 @@ KEYS = sorted(
     }
 )
 
-# Bounded: about 20 s for the whole module on a 2-core machine.
+# Bounded: about 20 s for the whole module on a 2-core machine. New examples on every local run;
+# in CI (CI=true) the same ones every time, so a submission is never failed by the draw.
 FUZZ = settings(
     max_examples=400,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     database=None,  # no .hypothesis folder in the work tree; failures print their example
+    derandomize=os.environ.get("CI") == "true",
 )
 
 scalars = st.one_of(

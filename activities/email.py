@@ -39,6 +39,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import aiosmtplib
+from aiosmtplib.protocol import SMTPProtocol
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel
 from sqlalchemy import Engine
@@ -553,8 +554,12 @@ class EmailActivities:
 
             if not point_of_no_return():
                 raise _Superseded("another attempt is handing this message over")
+            protocol = client.protocol
+            if protocol is None or not protocol.is_connected:
+                # Lost before the final dot went out: the server has nothing.
+                raise _Transient("connection lost before the end of DATA")
             try:
-                response = await _end_message_data(client, smtp.timeout)
+                response = await _end_message_data(protocol, smtp.timeout)
             except aiosmtplib.SMTPResponseException as error:
                 if error.code >= 500:
                     raise _Final(DeliveryStatus.failed, f"{error.code} {error.message}") from None
@@ -593,11 +598,8 @@ async def _send_message_data(client: aiosmtplib.SMTP, payload: bytes) -> None:
         await asyncio.sleep(0.001)
 
 
-async def _end_message_data(client: aiosmtplib.SMTP, timeout: float) -> aiosmtplib.SMTPResponse:
+async def _end_message_data(protocol: SMTPProtocol, timeout: float) -> aiosmtplib.SMTPResponse:
     """The final dot, which makes the server take the message, and its answer."""
-    protocol = client.protocol
-    if protocol is None:
-        raise aiosmtplib.SMTPServerDisconnected("connection lost")
     protocol.write(b".\r\n")
     response = await protocol.read_response(timeout=timeout)
     if response.code != aiosmtplib.SMTPStatus.completed:

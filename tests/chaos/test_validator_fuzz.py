@@ -109,7 +109,7 @@ flow_like = st.fixed_dictionaries(
 )
 
 
-@FUZZ
+@settings(FUZZ, max_examples=150)  # the slowest kind to draw and to check
 @given(flow_like)
 def test_flow_shaped_documents_get_a_report(document: dict[str, Any]) -> None:
     assert_clear(check_flow(document))
@@ -178,7 +178,7 @@ def mutated(draw: st.DrawFn) -> dict[str, Any]:
     return document
 
 
-@FUZZ
+@settings(FUZZ, max_examples=800)  # the kind that found the crashes
 @given(mutated())
 def test_mutated_example_flows_get_a_report(document: dict[str, Any]) -> None:
     assert_clear(check_flow(document))

@@ -184,6 +184,7 @@ class Usage:
     slow_tasks: int = 0  # workflow tasks that took over 5 s (the SDK's TMPRL1104 warning)
     lost_tasks: int = 0  # workflow task completions the server refused: it had timed them out
     machine_cpu: float = 0.0  # every process on the machine, these two included
+    python_threads: dict[str, float] = field(default_factory=dict)  # CPU s by kind of thread
 
     @property
     def other_cores(self) -> float:
@@ -217,6 +218,7 @@ class Meter:
         start_slow = CORE_WARNINGS.counts[SLOW_TASK]
         start_lost = CORE_WARNINGS.counts[TASK_NOT_FOUND]
         start_machine = machine_busy_seconds()
+        start_threads = thread_cpu()
         result: list[Usage] = []
         try:
             yield lambda: result[0]
@@ -229,8 +231,47 @@ class Meter:
                     slow_tasks=CORE_WARNINGS.counts[SLOW_TASK] - start_slow,
                     lost_tasks=CORE_WARNINGS.counts[TASK_NOT_FOUND] - start_lost,
                     machine_cpu=machine_busy_seconds() - start_machine,
+                    python_threads=_thread_split(start_threads, thread_cpu()),
                 )
             )
+
+
+EVENT_LOOP = "event loop thread (workflow code, SDK Python side, client)"
+CORE_THREADS = "SDK core threads (Rust: gRPC, workflow state machines)"
+OTHER_THREADS = "other threads (sync activities and local activities, SMTP inbox)"
+
+
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds of each thread of this process, with its kernel name."""
+    threads: dict[int, tuple[str, float]] = {}
+    base = f"/proc/{os.getpid()}/task"
+    for entry in os.listdir(base):
+        try:
+            with open(f"{base}/{entry}/comm", encoding="utf-8") as handle:
+                name = handle.read().strip()
+            with open(f"{base}/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        threads[int(entry)] = (name, (int(fields[11]) + int(fields[12])) / _TICK)
+    return threads
+
+
+def _thread_split(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds by kind of thread (threads that ended during the section are not counted)."""
+    split = dict.fromkeys((EVENT_LOOP, CORE_THREADS, OTHER_THREADS), 0.0)
+    for tid, (name, seconds) in after.items():
+        spent = seconds - before.get(tid, (name, 0.0))[1]
+        if tid == os.getpid():
+            split[EVENT_LOOP] += spent
+        elif name.startswith("tokio"):
+            split[CORE_THREADS] += spent
+        else:
+            split[OTHER_THREADS] += spent
+    return split
 
 
 def machine_busy_seconds() -> float:
@@ -648,6 +689,10 @@ class PartResult:
             figures += [
                 (f"server CPU per {what}", "CPU ms", usage.server_cpu * 1000 / count),
                 (f"Python CPU per {what}", "CPU ms", usage.python_cpu * 1000 / count),
+            ]
+            figures += [
+                (f"  of which {kind}", "CPU ms", seconds * 1000 / count)
+                for kind, seconds in usage.python_threads.items()
             ]
         figures += [
             ("workflow tasks over 5 s", "SDK warnings", float(usage.slow_tasks)),

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -96,8 +97,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-async def run_parts(names: list[str], options: Options) -> list[PartResult]:
-    """Every part in turn; a part that fails is reported as such and the others still run."""
+async def run_parts(
+    names: list[str], options: Options, save: Callable[[list[PartResult]], object]
+) -> list[PartResult]:
+    """Every part in turn; a part that fails is reported as such and the others still run.
+    Results are saved after each part, so an interrupted run keeps what it measured."""
     results: list[PartResult] = []
     for name in names:
         module = PARTS[name]
@@ -111,6 +115,7 @@ async def run_parts(names: list[str], options: Options) -> list[PartResult]:
         result.wall_seconds = time.perf_counter() - started
         print(part_markdown(result), flush=True)
         results.append(result)
+        save(results)
     return results
 
 
@@ -118,11 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     names = _names(args.only, dict(PARTS), "part")
     tunings = [TUNINGS[name] for name in _names(args.tunings, dict(TUNINGS), "tuning")]
-    command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python -m bench", shlex.join(sys.argv[1:] if argv is None else argv)])
+    command = command.strip()
     info = machine()
     info["load average at start (1/5/15 min)"] = load_average()
     started = time.perf_counter()
     stamp = time.strftime("%Y-%m-%d-%H%M%S")
+
+    def save(results: list[PartResult], final: bool = False) -> tuple[Path, Path]:
+        wall = time.perf_counter() - started
+        if final:
+            info["load average at end (1/5/15 min)"] = load_average()
+        shown = command if final else f"{command}  (partial: {len(results)} of {len(names)} parts)"
+        return write(results, info, shown, wall, args.results_dir, stamp)
+
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
         options = Options(
             rounds=args.rounds,
@@ -132,10 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             tunings=tunings,
             workdir=Path(workdir),
         )
-        results = asyncio.run(run_parts(names, options))
+        results = asyncio.run(run_parts(names, options, save))
+    md_path, json_path = save(results, final=True)
     wall = time.perf_counter() - started
-    info["load average at end (1/5/15 min)"] = load_average()
-    md_path, json_path = write(results, info, command.strip(), wall, args.results_dir, stamp)
     print(md_path.read_text(encoding="utf-8"))
     print(f"Total wall time {wall:.0f} s; results in {md_path} and {json_path}")
     return 1 if any(result.failed for result in results) else 0

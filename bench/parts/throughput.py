@@ -32,7 +32,7 @@ from bench.common import (
 
 NAME = "throughput"
 TITLE = "Throughput: five action steps (issue 7)"
-DEFAULT_PARTICIPANTS = 500
+DEFAULT_PARTICIPANTS = 200
 ACTION_STEPS = 5
 
 

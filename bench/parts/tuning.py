@@ -25,7 +25,7 @@ from bench.parts.throughput import ACTION_STEPS, five_step_flow
 
 NAME = "tuning"
 TITLE = "Worker tuning: five action steps under other worker settings"
-DEFAULT_PARTICIPANTS = 100
+DEFAULT_PARTICIPANTS = 60
 
 
 async def run(options: Options) -> PartResult:

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint worker record-histories migration clean
+.PHONY: run test lint worker record-histories migration bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ migration: $(VENV)/.installed
 	DATABASE_URL=sqlite:///.data/migration-scratch.db $(VENV)/bin/alembic upgrade head
 	DATABASE_URL=sqlite:///.data/migration-scratch.db $(VENV)/bin/alembic revision --autogenerate -m "$(m)"
 	rm -f .data/migration-scratch.db
+
+# Benchmarks: figures against baselines measured in the same run (bench/README.md).
+bench: $(VENV)/.installed
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf .data

@@ -3,6 +3,7 @@ resume, leaving on request, and the checks before every step (time-skipping serv
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,11 +37,14 @@ def event(kind: EventKind, contact_id: int, **fields: Any) -> FlowEvent:
 
 async def at_step(handle: WorkflowHandle[Any, ParticipantState], step_id: str) -> ParticipantState:
     """Poll until the participant waits at a step (time does not skip while we poll)."""
-    for _ in range(200):
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
         state = await handle.query(ParticipantWorkflow.current_state)
         if state.current_step == step_id and state.wait_until is not None:
             return state
-    raise AssertionError(f"never reached {step_id}: {state}")
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"never reached {step_id}: {state}")
+        await asyncio.sleep(0.05)
 
 
 WAIT_FOR_FORM = {

@@ -118,6 +118,9 @@ CRM_ACTIVITY: dict[str, Any] = {
 # answers (hard bounce, invalid number, opted out) come back as outcomes, not errors.
 SEND_ACTIVITY: dict[str, Any] = {
     "start_to_close_timeout": timedelta(minutes=2),
+    # A worker that dies mid-send is noticed within this, not the 2 minutes above
+    # (the send activities heartbeat every third of it: activities/heartbeat.py).
+    "heartbeat_timeout": timedelta(seconds=20),
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=5),
         backoff_coefficient=2.0,

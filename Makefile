@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint worker record-histories migration bench clean
+.PHONY: run test chaos lint worker record-histories migration bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# The fault suite alone (tests/chaos): worker SIGKILLs, a Temporal restart, SMTP and Twilio
+# outages, final answers, the validator fuzz. `make test` runs it too.
+chaos: $(VENV)/.installed
+	$(PY) -m pytest -m chaos
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -17,16 +17,15 @@ from temporalio.exceptions import ApplicationError
 from activities.crm import missing_contact
 from models.contact_update import apply_row, field_spec
 from models.crm import Associate, Availability, Company, Contact, Notification, group_members
-from models.database import utcnow
 from models.engine import (
     OwnerShare,
     StepChange,
     change_made_before,
-    record_event,
+    record_step_event,
     serialize_on,
     transact,
 )
-from models.events import EventKind, FlowEvent
+from models.events import EventKind
 from models.flow import DistributeToOwner, UpdateRow
 
 
@@ -102,15 +101,16 @@ class ContactActivities:
             if company is not None:
                 db.add(company)
             outcome = "; ".join(changes + notes)
-            event = FlowEvent(
+            event = record_step_event(
+                db,
+                EventKind.contact_updated,
                 event_id=event_id,
-                kind=EventKind.contact_updated,
                 contact_id=update.contact_id,
-                occurred_at=utcnow(),
                 flow_id=update.flow_id,
                 step_id=update.step_id,
+                fields=fields,
+                outcome=outcome,
             )
-            record_event(db, event, fields=fields, outcome=outcome)
             return StepChange(outcome=outcome, event=event)
 
         return transact(self._engine, work)
@@ -170,17 +170,13 @@ class ContactActivities:
                 )
             )
             outcome = f"owner {owner.name} ({how})"
-            event = FlowEvent(
+            event = record_step_event(
+                db,
+                EventKind.contact_updated,
                 event_id=event_id,
-                kind=EventKind.contact_updated,
                 contact_id=request.contact_id,
-                occurred_at=utcnow(),
                 flow_id=request.flow_id,
                 step_id=step.id,
-            )
-            record_event(
-                db,
-                event,
                 fields=["our_contact_id"],
                 our_contact_id=owner.id,
                 previous_our_contact_id=previous,

@@ -42,6 +42,9 @@ from models.engine import (
     Participant,
     ParticipantStatus,
 )
+from models.engine import (
+    record_event as record_in,
+)
 from models.events import EventKind, FlowEvent
 from models.flow import Flow, Trigger
 
@@ -61,16 +64,9 @@ class IngestReport(BaseModel):
 
 def record_event(engine: Engine, event: FlowEvent) -> bool:
     """Store the event; True if it is new, False if its id was recorded before."""
-    row = CrmEvent(
-        event_id=event.event_id,
-        kind=event.kind.value,
-        contact_id=event.contact_id,
-        payload=event.model_dump(mode="json"),
-        occurred_at=event.occurred_at,
-    )
     try:
         with session(engine) as db:
-            db.add(row)
+            record_in(db, event)
     except IntegrityError:
         return False  # the unique event_id: recorded already
     return True

@@ -44,9 +44,8 @@ from models.crm import (
     contact_facts,
     group_members,
 )
-from models.database import utcnow
-from models.engine import StepChange, change_made_before, record_event, serialize_on, transact
-from models.events import EventKind, FlowEvent
+from models.engine import StepChange, change_made_before, record_step_event, serialize_on, transact
+from models.events import EventKind
 from models.flow import CreateFollowUp, CreateRequest, CreateSale, Interval, Owner
 from models.merge_tags import MergeTagError, render, render_header
 
@@ -177,17 +176,13 @@ class RecordActivities:
                 )
             )
             outcome = f"{what} {title!r} for {owner.name} {when}"
-            event = FlowEvent(
+            event = record_step_event(
+                db,
+                EventKind.follow_up_created,
                 event_id=event_id,
-                kind=EventKind.follow_up_created,
                 contact_id=request.contact_id,
-                occurred_at=utcnow(),
                 flow_id=request.flow_id,
                 step_id=step.id,
-            )
-            record_event(
-                db,
-                event,
                 follow_up_id=follow_up.id,
                 owner_id=owner.id,
                 follow_up_kind=step.kind,
@@ -269,17 +264,13 @@ class RecordActivities:
             db.flush()
             whose = f"assigned to {owner.name}" if owner else f"unassigned{note}"
             outcome = f"request {request_row.title!r} ({step.category}, {step.priority}) {whose}"
-            event = FlowEvent(
+            event = record_step_event(
+                db,
+                EventKind.request_created,
                 event_id=event_id,
-                kind=EventKind.request_created,
                 contact_id=request.contact_id,
-                occurred_at=utcnow(),
                 flow_id=request.flow_id,
                 step_id=step.id,
-            )
-            record_event(
-                db,
-                event,
                 request_id=request_row.id,
                 owner_id=request_row.owner_id,
                 type=step.request_type,
@@ -338,18 +329,14 @@ class RecordActivities:
                 f"sale {sale.title!r} {sale.amount:g} {sale.currency}, {stage}, "
                 f"estimated {day.isoformat()}, {whose}"
             )
-            event = FlowEvent(
+            event = record_step_event(
+                db,
+                EventKind.sale_created,
                 event_id=event_id,
-                kind=EventKind.sale_created,
                 contact_id=request.contact_id,
-                occurred_at=utcnow(),
                 flow_id=request.flow_id,
                 step_id=step.id,
                 sale_id=sale.id,
-            )
-            record_event(
-                db,
-                event,
                 owner_id=sale.owner_id,
                 company_id=sale.company_id,
                 type=step.sale_type,

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.database import UTCDateTime, session, utcnow
-from models.events import FlowEvent
+from models.events import EventKind, FlowEvent
 
 T = TypeVar("T")
 
@@ -159,6 +159,30 @@ def record_event(db: Session, event: FlowEvent, **details: Any) -> FlowEvent:
         )
     )
     return event
+
+
+def record_step_event(
+    db: Session,
+    kind: EventKind,
+    *,
+    event_id: str,
+    contact_id: int,
+    flow_id: str,
+    step_id: str,
+    sale_id: int | None = None,
+    **details: Any,
+) -> FlowEvent:
+    """The event a CRM-changing step records about its own change, in the change's transaction."""
+    event = FlowEvent(
+        event_id=event_id,
+        kind=kind,
+        contact_id=contact_id,
+        occurred_at=utcnow(),
+        flow_id=flow_id,
+        step_id=step_id,
+        sale_id=sale_id,
+    )
+    return record_event(db, event, **details)
 
 
 class StepChange(BaseModel):

@@ -29,13 +29,9 @@ from sqlmodel import select
 from temporalio.exceptions import ApplicationError
 
 import activities.email as email_activities
-from activities.email import (
-    EmailActivities,
-    EmailNotify,
-    EmailSend,
-    SmtpSettings,
-    message_id,
-)
+import activities.mime as mime
+from activities.email import EmailActivities, EmailNotify, EmailSend, SmtpSettings
+from activities.mime import message_id
 from models.crm import Associate, Company, Contact
 from models.database import session
 from models.engine import Delivery
@@ -697,7 +693,7 @@ async def test_attachments_over_the_limit_fail(
     smtp_server: tuple[RecordingHandler, int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(email_activities, "MAX_ATTACHMENT_BYTES", 10)
+    monkeypatch.setattr(mime, "MAX_ATTACHMENT_BYTES", 10)
     outcome = await asyncio.to_thread(EmailActivities(engine, smtp).send_email, _send(contact_id))
     assert outcome.status is DeliveryStatus.failed
     assert outcome.detail is not None and "attachments exceed" in outcome.detail

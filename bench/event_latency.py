@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
+import functools
 import statistics
 import sys
 import tempfile
@@ -28,8 +28,6 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 from activities.enrollment import enroll
 from activities.flows import deploy_flow
@@ -37,10 +35,11 @@ from models.database import get_engine, migrate, session
 from models.demo import SPRING_OFFER_URL, seed_demo
 from models.participant import participant_workflow_id
 from models.tracking_links import Claims, TrackingLinks
+from testkit.servers import free_port, start_dev_server
+from testkit.waiting import assert_eventually
 from tracking.app import TrackingSettings, create_app
 from tracking.server import serving
 from worker import build_worker
-from workflows import search_attributes as sa
 
 CONTACT = 1
 FLOW = {
@@ -63,11 +62,8 @@ async def _signal_times(client: Client, workflow_id: str) -> list[float]:
     return times
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+def _has_signals(count: int, times: list[float]) -> bool:
+    return len(times) >= count
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -88,16 +84,11 @@ async def measure(clicks: int, database_url: str | None, folder: Path) -> None:
     migrate(engine)
     with session(engine) as db:
         seed_demo(db)
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
-        search_attributes=list(sa.ALL),
-        ui=False,
-    )
+    env = await start_dev_server()
     try:
         client = env.client
         task_queue = f"latency-{uuid.uuid4()}"
-        port = _free_port()
+        port = free_port()
         links = TrackingLinks(base_url=f"http://127.0.0.1:{port}", secret=uuid.uuid4().hex)
         settings = TrackingSettings(links=links, task_queue=task_queue, port=port)
         flow_id = deploy_flow(engine, dict(FLOW)).flow_id
@@ -119,11 +110,13 @@ async def measure(clicks: int, database_url: str | None, folder: Path) -> None:
                 response = await http.get(url)
                 to_redirect.append(time.time() - started)
                 assert response.status_code == 302, response.text
-                times: list[float] = []
-                while len(times) <= index:
-                    times = await _signal_times(client, workflow_id)
-                    if len(times) <= index:
-                        await asyncio.sleep(0.005)
+                times = await assert_eventually(
+                    lambda: _signal_times(client, workflow_id),
+                    timeout=60,
+                    interval=0.005,
+                    until=functools.partial(_has_signals, index + 1),
+                    what=f"click {index + 1}'s signal in the history",
+                )
                 to_signal.append(times[index] - started)
         print(f"{clicks} clicks, one participant, {engine.url.get_backend_name()}")
         print(_describe("click -> signal in the participant's history", to_signal))

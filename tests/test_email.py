@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import shutil
-import socket
 import ssl
 import subprocess
 from collections.abc import Callable, Iterator
@@ -39,7 +38,8 @@ from models.flow import EmailSettings, NotifyEmail, SendEmail
 from models.ledger import DeliveryStatus, claim, mark_sending
 from models.merge_tags import MergeTagError, render, render_header
 from models.settings import Settings
-from peers.smtp_inbox import inbox_controller, read_inbox
+from testkit.peers import running_inbox
+from testkit.servers import free_port
 
 USER, PASSWORD = "flows", "s3cret"
 KEY = "participant-1/step-mail/1"
@@ -169,13 +169,6 @@ def _authenticate(
     return AuthResult(success=False, handled=False)  # handled=True would hang the client
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
@@ -200,7 +193,7 @@ def smtp_server(certificate: tuple[Path, Path]) -> Iterator[tuple[RecordingHandl
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(cert, key)
     handler = RecordingHandler()
-    port = _free_port()
+    port = free_port()
     controller = Controller(
         handler,
         hostname="127.0.0.1",
@@ -811,25 +804,18 @@ def test_smtp_settings_from_the_environment(
 async def test_dev_inbox_stores_what_the_activity_sends(
     engine: Engine, contact_id: int, content_root: Path, tmp_path: Path
 ) -> None:
-    maildir = tmp_path / "outbox" / "mail"
-    assert read_inbox(maildir) == []
-    port = _free_port()
-    controller = inbox_controller("127.0.0.1", port, maildir)
-    controller.start()
-    try:
-        smtp = SmtpSettings(
-            host="127.0.0.1",
-            port=port,
+    with running_inbox(tmp_path / "outbox") as inbox:
+        assert inbox.messages() == []
+        smtp = replace(
+            inbox.settings,
             content_root=content_root,
             list_unsubscribe_url="https://flows.example.com/u/{contact_id}",
         )
         outcome = await asyncio.to_thread(
             EmailActivities(engine, smtp).send_email, _send(contact_id)
         )
-    finally:
-        controller.stop()
     assert outcome.status is DeliveryStatus.sent
-    [stored] = read_inbox(maildir)
+    [stored] = inbox.messages()
     assert stored.sender == "Olle Säljare <olle@ourco.example.com>"
     assert stored.recipients == "Anna Svensson <anna@brodsalt.example.com>"
     assert stored.subject == "Hej Anna från Bröd & Salt AB"

@@ -18,6 +18,7 @@ from activities.flows import deploy_flow
 from models.demo import DEMO_SELECTION_ID
 from models.engine import Participant
 from models.settings import Settings
+from testkit.waiting import assert_eventually
 from worker import build_worker
 
 FLOW = {
@@ -98,12 +99,11 @@ async def test_deploy_start_and_status_through_the_starter(
         )
         out = capsys.readouterr().out
         assert "enrolled 6 of 6" in out
-        for _ in range(100):
-            statuses = await _statuses(engine, "e2e")
-            if len(statuses) == 6 and set(statuses.values()) == {"Finished"}:
-                break
-            await asyncio.sleep(0.1)
-        assert set(statuses.values()) == {"Finished"}, statuses
+        await assert_eventually(
+            lambda: _statuses(engine, "e2e"),
+            until=lambda statuses: len(statuses) == 6 and set(statuses.values()) == {"Finished"},
+            what="all six finished",
+        )
 
     assert await asyncio.to_thread(starter.main, ["status", "e2e"]) == 0
     out = capsys.readouterr().out
@@ -129,12 +129,12 @@ async def test_participants_are_found_by_flow_and_step_and_never_enrolled_twice(
         assert again.refused == {3: "already active in this flow"}
 
         query = f"FlowId='{deployed.flow_id}' AND FlowStep='pause' AND ExecutionStatus='Running'"
-        found: list[str] = []
-        for _ in range(100):  # visibility is eventually consistent
-            found = sorted([w.id async for w in dev_env.client.list_workflows(query)])
-            if len(found) == 4:
-                break
-            await asyncio.sleep(0.1)
-        assert found == [f"flow-e2e-visibility-contact-{c}" for c in (1, 2, 3, 4)]
-        for workflow_id in found:
+        expected = [f"flow-e2e-visibility-contact-{c}" for c in (1, 2, 3, 4)]
+
+        async def found() -> list[str]:
+            return sorted([w.id async for w in dev_env.client.list_workflows(query)])
+
+        # Visibility is eventually consistent.
+        await assert_eventually(found, until=expected.__eq__, what="the four by flow and step")
+        for workflow_id in expected:
             await dev_env.client.get_workflow_handle(workflow_id).terminate("test over")

@@ -3,7 +3,6 @@ resume, leaving on request, and the checks before every step (time-skipping serv
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +19,7 @@ from models.demo import VIP_SELECTION_ID
 from models.engine import ParticipantStatus
 from models.events import EventKind, FlowEvent
 from models.participant import ParticipantState, Resume, participant_workflow_id
+from testkit.waiting import assert_eventually
 from tests.test_participant import first_contact, flow_of, start
 from worker import build_worker
 from workflows.participant import ParticipantWorkflow
@@ -37,14 +37,13 @@ def event(kind: EventKind, contact_id: int, **fields: Any) -> FlowEvent:
 
 async def at_step(handle: WorkflowHandle[Any, ParticipantState], step_id: str) -> ParticipantState:
     """Poll until the participant waits at a step (time does not skip while we poll)."""
-    deadline = asyncio.get_running_loop().time() + 30
-    while True:
-        state = await handle.query(ParticipantWorkflow.current_state)
-        if state.current_step == step_id and state.wait_until is not None:
-            return state
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"never reached {step_id}: {state}")
-        await asyncio.sleep(0.05)
+    return await assert_eventually(
+        lambda: handle.query(ParticipantWorkflow.current_state),
+        timeout=30,
+        interval=0.05,
+        until=lambda state: state.current_step == step_id and state.wait_until is not None,
+        what=f"waiting at {step_id}",
+    )
 
 
 WAIT_FOR_FORM = {

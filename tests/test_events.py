@@ -31,6 +31,7 @@ from models.events import EventKind, FlowEvent
 from models.flow import Trigger
 from models.participant import participant_workflow_id
 from models.settings import Settings
+from testkit.waiting import assert_eventually
 from worker import build_worker
 
 KARIN, LARS, EMILY = 1, 2, 3
@@ -82,13 +83,12 @@ async def participant_status(engine: Engine, flow_id: str, contact_id: int, want
             ).first()
         return None if row is None else row.status
 
-    status = None
-    for _ in range(200):
-        status = await asyncio.to_thread(read)
-        if status == wanted:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"contact {contact_id} in {flow_id}: {status}, not {wanted}")
+    await assert_eventually(
+        lambda: asyncio.to_thread(read),
+        interval=0.05,
+        until=lambda status: status == wanted,
+        what=f"contact {contact_id} {wanted} in {flow_id}",
+    )
 
 
 async def signals(client: Client, workflow_id: str) -> list[tuple[str, str]]:
@@ -108,13 +108,13 @@ async def signals(client: Client, workflow_id: str) -> list[tuple[str, str]]:
 async def signalled(client: Client, workflow_id: str, expected: list[tuple[str, str]]) -> None:
     """Wait for exactly these signals: a signal that arrives while a workflow task is running is
     buffered, and shows in the history once that task completes."""
-    found: list[tuple[str, str]] = []
-    for _ in range(100):
-        found = await signals(client, workflow_id)
-        if found == expected:
-            return
-        await asyncio.sleep(0.05)
-    assert found == expected
+    await assert_eventually(
+        lambda: signals(client, workflow_id),
+        timeout=5,
+        interval=0.05,
+        until=lambda found: found == expected,
+        what=f"signals {expected}",
+    )
 
 
 def crm_events(engine: Engine) -> list[CrmEvent]:

@@ -25,6 +25,7 @@ from activities.lifecycle import (
 from models.database import session
 from models.engine import FlowStatus, Participant
 from models.participant import ParticipantState
+from testkit.waiting import assert_eventually
 from worker import build_worker
 from workflows.participant import ParticipantWorkflow
 
@@ -65,14 +66,6 @@ async def states(
     ]
 
 
-async def eventually(check: Any, attempts: int = 100) -> None:
-    for _ in range(attempts):
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not reached")
-
-
 async def test_pause_edit_resume_and_end(
     dev_env: WorkflowEnvironment, engine: Engine, task_queue: str
 ) -> None:
@@ -94,7 +87,7 @@ async def test_pause_edit_resume_and_end(
             ]
             return len(found) == len(contacts)
 
-        await eventually(all_waiting)
+        await assert_eventually(all_waiting, what="every participant waiting at 'long'")
         with pytest.raises(FlowRejected, match="running: pause it to edit"):
             deploy_flow(engine, dict(document, name="Edited while running"))
 
@@ -137,6 +130,6 @@ async def test_pause_edit_resume_and_end(
         async def all_cancelled() -> bool:
             return await asyncio.to_thread(cancelled) == {"Cancelled"}
 
-        await eventually(all_cancelled)
+        await assert_eventually(all_cancelled, what="every participant cancelled")
     assert load_flow(engine, flow_id).status is FlowStatus.not_running
     delete_flow(engine, flow_id)

@@ -18,7 +18,7 @@ from models.database import session
 from models.demo import VIP_SELECTION_ID
 from models.engine import Delivery, ParticipantStatus
 from peers.twilio_api import TwilioApiServer
-from tests.conftest import Inbox, twilio_settings
+from testkit.peers import Inbox, twilio_settings
 from tests.test_participant import STOCKHOLM, entered, flow_of, next_weekday, start
 from worker import activities_for, build_worker
 

@@ -34,7 +34,9 @@ from models.participant import Enrollment, ParticipantState
 from models.personal_data import mask_email, mask_phone, short_name
 from models.settings import Settings
 from peers.twilio_api import TwilioApiServer
-from tests.conftest import Inbox, free_port, twilio_settings
+from testkit.peers import Inbox, twilio_settings
+from testkit.servers import free_port
+from testkit.waiting import assert_eventually
 from tests.test_participant import STOCKHOLM
 from worker import activities_for, build_worker
 from workflows.participant import ParticipantWorkflow
@@ -126,13 +128,12 @@ async def _settled(engine: Engine, flow_id: str, count: int) -> list[Participant
         with session(engine) as db:
             return list(db.exec(select(Participant).where(Participant.flow_id == flow_id)).all())
 
-    rows: list[Participant] = []
-    for _ in range(200):
-        rows = await asyncio.to_thread(read)
-        if len(rows) == count and all(r.status != "Active" or r.wait_until for r in rows):
-            return rows
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"participants did not settle: {rows}")
+    def settled(rows: list[Participant]) -> bool:
+        return len(rows) == count and all(r.status != "Active" or r.wait_until for r in rows)
+
+    return await assert_eventually(
+        lambda: asyncio.to_thread(read), timeout=30, until=settled, what="participants settled"
+    )
 
 
 def _summaries(events: list[HistoryEvent]) -> list[str]:
@@ -173,13 +174,13 @@ async def test_participants_carry_search_attributes_and_summaries(
         f"FlowId='{deployed.flow_id}' AND FlowStep='customer-wait' "
         "AND ParticipantStatus='Active' AND ExecutionStatus='Running'"
     )
-    found: list[str] = []
-    for _ in range(100):  # visibility is eventually consistent
-        found = sorted([w.id async for w in dev_env.client.list_workflows(query)])
-        if len(found) == len(waiting):
-            break
-        await asyncio.sleep(0.1)
-    assert found == sorted(f"flow-{deployed.flow_id}-contact-{c}" for c in waiting)
+    expected = sorted(f"flow-{deployed.flow_id}-contact-{c}" for c in waiting)
+
+    async def found() -> list[str]:
+        return sorted([w.id async for w in dev_env.client.list_workflows(query)])
+
+    # Visibility is eventually consistent.
+    await assert_eventually(found, until=expected.__eq__, what="the UI's query")
 
     events = [e async for e in karin.fetch_history_events()]
     summaries = _summaries(events)

@@ -18,6 +18,7 @@ from models.demo import DEMO_SELECTION_ID, VIP_SELECTION_ID
 from models.engine import Participant, ParticipantStatus
 from models.flow import Flow
 from models.participant import Enrollment, ParticipantState
+from testkit.waiting import assert_eventually
 from worker import build_worker
 from workflows.participant import ParticipantWorkflow
 
@@ -272,13 +273,17 @@ async def test_cancelling_records_cancelled(
     )
     async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
         handle = await start(time_skipping_env, task_queue, flow, first_contact(engine))
-        state = await handle.query(ParticipantWorkflow.current_state)
-        while state.wait_until is None:
-            state = await handle.query(ParticipantWorkflow.current_state)
+        state = await assert_eventually(
+            lambda: handle.query(ParticipantWorkflow.current_state),
+            until=lambda state: state.wait_until is not None,
+            what="the participant on its timer",
+        )
         await handle.cancel()
-        description = await handle.describe()
-        while description.status is WorkflowExecutionStatus.RUNNING:
-            description = await handle.describe()
+        description = await assert_eventually(
+            handle.describe,
+            until=lambda description: description.status is not WorkflowExecutionStatus.RUNNING,
+            what="the participant closed",
+        )
     assert description.status is WorkflowExecutionStatus.CANCELED
     with session(engine) as db:
         row = db.get(Participant, state.participant_id)

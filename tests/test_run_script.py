@@ -23,7 +23,8 @@ from models.engine import ParticipantStatus
 from models.participant import ParticipantState
 from models.validation import check_flow
 from scripts import Script, ScriptContext, register, registered_scripts, unregister, webhook
-from tests.conftest import free_port
+from testkit.servers import free_port
+from testkit.waiting import assert_eventually
 from tests.test_message_steps import contact_named
 from tests.test_participant import flow_of, start
 from worker import build_worker
@@ -75,14 +76,6 @@ def script_handle(env: WorkflowEnvironment, state: ParticipantState) -> Workflow
     return env.client.get_workflow_handle(script_id, result_type=str)
 
 
-async def eventually(condition: Any, what: str) -> None:
-    for _ in range(200):
-        if await condition():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_the_participant_finishes_while_the_script_still_runs(
     dev_env: WorkflowEnvironment, engine: Engine, task_queue: str, gate: Gate
 ) -> None:
@@ -98,7 +91,7 @@ async def test_the_participant_finishes_while_the_script_still_runs(
         async def script_is_running() -> bool:
             return bool(gate.contexts)
 
-        await eventually(script_is_running, "the script to start")
+        await assert_eventually(script_is_running, timeout=20, what="the script to start")
         # The participant is done; the script is still inside its callable, waiting.
         assert (await participant.describe()).status is WorkflowExecutionStatus.COMPLETED
         description = await script.describe()

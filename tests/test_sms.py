@@ -36,6 +36,7 @@ from models.ledger import DeliveryOutcome, DeliveryStatus
 from models.settings import Settings
 from models.sms import normalise_number, segments
 from peers.twilio_api import TwilioApiServer, read_sms_outbox
+from testkit.servers import free_port
 
 SID = "AC" + "1" * 32
 TOKEN = "test-token"
@@ -544,12 +545,6 @@ async def test_peer_outage_answers_429_until_it_ends(
     time.sleep(2.1)
     assert (await send(sms, request)).status is DeliveryStatus.sent
     assert twilio.attempts == 2 and len(twilio.messages) == 1
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_peer_command_stores_messages_and_stops_on_sigterm(tmp_path: Path) -> None:

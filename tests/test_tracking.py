@@ -30,7 +30,9 @@ from models.engine import ParticipantStatus
 from models.events import EventKind, FlowEvent
 from models.participant import participant_workflow_id
 from models.tracking_links import Claims, Purpose, TrackingLinks
-from tests.conftest import Inbox, free_port
+from testkit.peers import Inbox
+from testkit.servers import free_port
+from testkit.waiting import assert_eventually
 from tests.test_events import (
     DONE,
     KARIN,
@@ -98,10 +100,7 @@ class _Links(HTMLParser):
 
 
 async def received(inbox: Inbox) -> EmailMessage:
-    for _ in range(200):
-        if inbox.messages():
-            break
-        await asyncio.sleep(0.05)
+    await assert_eventually(lambda: asyncio.to_thread(inbox.count), what="a message in the inbox")
     box = mailbox.Maildir(inbox.maildir, factory=None, create=False)
     [key] = list(box.iterkeys())
     message = BytesParser(policy=default_policy).parsebytes(box.get_bytes(key))

@@ -30,7 +30,7 @@ from models.tracking_links import (
     rewrite_text,
     with_open_pixel,
 )
-from tests.conftest import Inbox
+from testkit.peers import Inbox
 
 LINKS = TrackingLinks(base_url="https://t.example.com", secret="s" * 32)
 CLAIMS = Claims(

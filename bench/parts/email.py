@@ -23,7 +23,6 @@ from bench.common import (
     EMAIL_SETTINGS,
     WORKER_PY_ACTIVITY_SLOTS,
     Crm,
-    Inbox,
     Options,
     PartResult,
     Server,
@@ -37,6 +36,7 @@ from bench.common import (
     smtp_inbox,
     temp_database,
 )
+from testkit.peers import Inbox
 
 NAME = "email"
 TITLE = "Email throughput (issue 3)"

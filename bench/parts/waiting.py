@@ -44,6 +44,7 @@ from bench.common import (
 )
 from models.database import session
 from models.engine import Participant
+from testkit.waiting import assert_eventually
 from workflows.participant import ParticipantWorkflow
 
 NAME = "waiting"
@@ -84,11 +85,10 @@ def _parked(engine: Engine, flow_id: str) -> int:
 
 
 async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + RUN_TIMEOUT.total_seconds()
-    while not await check():
-        if time.monotonic() > deadline:
-            raise BenchTimeout(f"{what}: not done after {RUN_TIMEOUT}")
-        await asyncio.sleep(0.5)
+    try:
+        await assert_eventually(check, timeout=RUN_TIMEOUT.total_seconds(), interval=0.5, what=what)
+    except AssertionError:
+        raise BenchTimeout(f"{what}: not done after {RUN_TIMEOUT}") from None
 
 
 async def _quiet(server: Server) -> None:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,8 +27,9 @@ from models.database import get_engine, session
 from models.engine import Delivery, Participant, ParticipantStatus
 from models.participant import ParticipantState, participant_workflow_id
 from peers.twilio_api import TwilioApiServer
+from testkit.peers import TWILIO_SID, TWILIO_TOKEN, Inbox
+from testkit.waiting import assert_eventually
 from tests.chaos.processes import TemporalServer, WorkerProcess
-from tests.conftest import TWILIO_SID, TWILIO_TOKEN, Inbox
 
 SENDER = "news@example.com"
 
@@ -198,15 +198,6 @@ def waiting_at(engine: Engine, flow_id: str, step_id: str) -> int:
     return int(count)
 
 
-async def eventually(check: Callable[[], bool], what: str, timeout: float) -> None:
-    """Poll ``check`` (run in a thread: it may read the database) until true, or fail."""
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(check):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        await asyncio.sleep(0.2)
-
-
 def ledger(engine: Engine) -> Counter[tuple[str, str]]:
     """Deliveries by (channel, status): for the failure message, never the verdict."""
     with session(engine) as db:
@@ -216,17 +207,21 @@ def ledger(engine: Engine) -> Counter[tuple[str, str]]:
 
 async def all_left(engine: Engine, flow_id: str, expected: int, timeout: float) -> None:
     """Wait until ``expected`` participants of the flow have left it (no one Active)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await asyncio.to_thread(statuses, engine, flow_id)
-        if sum(found.values()) == expected and not found[ParticipantStatus.active.value]:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"after {timeout:.0f} s, participants of {flow_id!r}: {dict(found)}; "
-                f"ledger: {dict(await asyncio.to_thread(ledger, engine))}"
-            )
-        await asyncio.sleep(0.5)
+
+    def left(found: Counter[str]) -> bool:
+        return sum(found.values()) == expected and not found[ParticipantStatus.active.value]
+
+    try:
+        await assert_eventually(
+            lambda: asyncio.to_thread(statuses, engine, flow_id),
+            timeout=timeout,
+            interval=0.5,
+            until=left,
+            what=f"{expected} participants of {flow_id!r} left",
+        )
+    except AssertionError as stuck:
+        ledger_now = dict(await asyncio.to_thread(ledger, engine))
+        raise AssertionError(f"{stuck}; ledger: {ledger_now}") from None
 
 
 async def final_states(

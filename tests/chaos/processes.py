@@ -18,7 +18,7 @@ from typing import IO
 from temporalio.client import Client
 
 from models.database import PROJECT_ROOT
-from tests.conftest import TEMPORAL_CLI, free_port
+from testkit.servers import TEMPORAL_CLI, free_port
 from worker import connect
 from workflows import search_attributes as sa
 

@@ -21,6 +21,8 @@ from models.database import session
 from models.engine import Delivery, ParticipantStatus
 from peers.smtp_inbox import MaildirHandler
 from peers.twilio_api import TwilioApiServer
+from testkit.peers import Inbox
+from testkit.servers import free_port
 from tests.chaos.conftest import (
     SENDER,
     Database,
@@ -34,7 +36,6 @@ from tests.chaos.conftest import (
     worker_settings,
 )
 from tests.chaos.processes import WorkerProcess
-from tests.conftest import Inbox, free_port
 
 pytestmark = pytest.mark.chaos
 

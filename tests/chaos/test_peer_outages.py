@@ -16,6 +16,8 @@ from models.engine import ParticipantStatus
 from models.participant import participant_workflow_id
 from peers.smtp_inbox import inbox_controller
 from peers.twilio_api import TwilioApiServer
+from testkit.peers import Inbox
+from testkit.servers import free_port
 from tests.chaos.conftest import (
     SENDER,
     Database,
@@ -29,7 +31,6 @@ from tests.chaos.conftest import (
     worker_settings,
 )
 from tests.chaos.processes import WorkerProcess
-from tests.conftest import Inbox, free_port
 
 pytestmark = pytest.mark.chaos
 

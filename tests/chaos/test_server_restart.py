@@ -17,6 +17,8 @@ import pytest
 from activities.enrollment import enroll
 from models.engine import ParticipantStatus
 from peers.twilio_api import TwilioApiServer
+from testkit.peers import Inbox
+from testkit.waiting import assert_eventually
 from tests.chaos.conftest import (
     Database,
     add_contacts,
@@ -24,7 +26,6 @@ from tests.chaos.conftest import (
     contact_addresses,
     deploy,
     email_recipients,
-    eventually,
     final_states,
     local_time,
     message_flow,
@@ -33,7 +34,6 @@ from tests.chaos.conftest import (
     worker_settings,
 )
 from tests.chaos.processes import TemporalServer, WorkerProcess
-from tests.conftest import Inbox
 
 pytestmark = pytest.mark.chaos
 
@@ -67,10 +67,12 @@ async def test_participants_waiting_through_a_server_restart_resume(
         assert sorted(report.enrolled) == sorted(contacts), report.refused
 
         # Everyone has had the email and waits on its timer: now the server goes away.
-        await eventually(
-            lambda: waiting_at(engine, flow_id, "pause") == PARTICIPANTS,
-            "every participant waiting at 'pause'",
+        await assert_eventually(
+            lambda: asyncio.to_thread(waiting_at, engine, flow_id, "pause"),
             timeout=60,
+            interval=0.2,
+            until=lambda waiting: waiting == PARTICIPANTS,
+            what="every participant waiting at 'pause'",
         )
         server.stop()
         stopped = time.monotonic()

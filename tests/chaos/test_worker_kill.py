@@ -17,6 +17,7 @@ from temporalio.client import Client
 from activities.enrollment import enroll
 from models.engine import ParticipantStatus
 from peers.twilio_api import TwilioApiServer
+from testkit.peers import Inbox
 from tests.chaos.conftest import (
     Database,
     add_contacts,
@@ -31,7 +32,6 @@ from tests.chaos.conftest import (
     sms_recipients,
 )
 from tests.chaos.processes import WorkerProcess
-from tests.conftest import Inbox
 
 pytestmark = pytest.mark.chaos
 
@@ -65,8 +65,7 @@ async def test_sigkilled_workers_lose_and_duplicate_no_message(
 
     def delivered() -> int:
         # Maildir files counted, not parsed: this runs every 50 ms on the machine under test.
-        stored = sum(len(list((smtp_inbox.maildir / part).iterdir())) for part in ("new", "cur"))
-        return stored + len(twilio_api.messages)
+        return smtp_inbox.count() + len(twilio_api.messages)
 
     started = time.monotonic()
     enrolling = asyncio.create_task(

@@ -1,0 +1,63 @@
+"""The engine's peers, running on loopback for a test or a benchmark: a real SMTP server that
+keeps what it accepts in a Maildir, and the local Twilio-compatible Messages API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from activities.email import SmtpSettings
+from activities.sms import TwilioSettings
+from peers.smtp_inbox import InboxMessage, inbox_controller, read_inbox
+from peers.twilio_api import TwilioApiServer
+from testkit.servers import LOOPBACK, free_port
+
+TWILIO_SID = "AC" + "0" * 32
+TWILIO_TOKEN = "test-token"
+
+
+@dataclass(frozen=True)
+class Inbox:
+    """A real SMTP server on loopback (aiosmtpd, in a thread of this process)."""
+
+    port: int
+    maildir: Path
+    smtp_timeout: float = SmtpSettings.timeout  # what a sender to it waits per command
+
+    @property
+    def settings(self) -> SmtpSettings:
+        """Settings that send to this inbox."""
+        return SmtpSettings(host=LOOPBACK, port=self.port, timeout=self.smtp_timeout)
+
+    def messages(self) -> list[InboxMessage]:
+        return read_inbox(self.maildir)
+
+    def count(self) -> int:
+        """How many messages it holds, without parsing them."""
+        return sum(1 for folder in ("new", "cur") for _ in (self.maildir / folder).glob("*"))
+
+
+@contextmanager
+def running_inbox(directory: Path, smtp_timeout: float = SmtpSettings.timeout) -> Iterator[Inbox]:
+    """An inbox on a free port, its Maildir under ``directory``; stopped on the way out."""
+    inbox = Inbox(free_port(), directory / "mail", smtp_timeout)
+    controller = inbox_controller(LOOPBACK, inbox.port, inbox.maildir)
+    controller.start()
+    try:
+        yield inbox
+    finally:
+        controller.stop()
+
+
+@contextmanager
+def running_twilio_api() -> Iterator[TwilioApiServer]:
+    """The Twilio-compatible API on a free port, taking the kit's credentials."""
+    with TwilioApiServer(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN) as server:
+        yield server
+
+
+def twilio_settings(server: TwilioApiServer) -> TwilioSettings:
+    """Settings that send to ``server``."""
+    return TwilioSettings(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN, api_base=server.url)

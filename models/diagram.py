@@ -22,10 +22,10 @@ from sqlalchemy import Engine
 from sqlmodel import select
 from temporalio.client import Client
 
+from models import search_attributes as sa
 from models.database import session
 from models.engine import Participant, ParticipantStatus
 from models.flow import Flow, SendSms, Split, Step, WaitForAction, successors
-from workflows import search_attributes as sa
 
 # Fill colours by the product's five step groups (spec §3), plus finish.
 GROUP_COLOURS = {

@@ -22,6 +22,7 @@ from models.database import create_tables, get_engine, session
 from models.demo import seed_demo
 from models.flow import Flow
 from models.participant import Enrollment
+from models.search_attributes import register_search_attributes
 from worker import build_worker
 from workflows.participant import ParticipantWorkflow
 
@@ -72,12 +73,10 @@ RECORDED: dict[str, dict[str, object]] = {
 
 
 async def record(name: str, document: dict[str, object]) -> Path:
-    from tests.conftest import register_search_attributes
-
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter, test_server_existing_path=str(TEST_SERVER)
     )
-    await register_search_attributes(env)
+    await register_search_attributes(env.client)
     with tempfile.TemporaryDirectory() as folder:
         engine = get_engine(f"sqlite:///{folder}/record.db")
         create_tables(engine)

@@ -21,11 +21,11 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.participants import ParticipantRecord
     from models import schedule
+    from models import search_attributes as sa
     from models.engine import ParticipantStatus
     from models.events import FlowEvent, meets
     from models.flow import Flow, Step
     from models.participant import Enrollment, ParticipantState, Resume, Standing, Visit
-    from workflows import search_attributes as sa
     from workflows.steps import Continue, Leave, Leaving, Outcome, hand_off, run_step
 
 TRAIL_LENGTH = 50

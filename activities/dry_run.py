@@ -42,9 +42,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
 from temporalio import activity
-from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import RawValue, SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -58,6 +56,7 @@ from activities.participants import ParticipantRecord, _leave_reason
 from activities.sms import CHANNEL as SMS
 from activities.sms import INVALID_MOBILE, NO_MOBILE, SmsNotify, SmsSend, TwilioSettings
 from models import schedule
+from models import search_attributes as sa
 from models.crm import Contact, contact_facts
 from models.database import session
 from models.engine import ParticipantStatus
@@ -70,7 +69,6 @@ from models.personal_data import mask_email, mask_phone, short_name
 from models.sms import normalise_number, segments
 from models.validation import check_flow
 from worker import activities_for, build_worker
-from workflows import search_attributes as sa
 from workflows.participant import ParticipantWorkflow
 
 # Activities that only read: the real ones run (on the real CRM) so decisions match production.
@@ -86,10 +84,6 @@ WALL_LIMIT = 120.0  # seconds; a 90-day flow takes a few
 DRY_RUN_LINKS = {
     name: f"https://dry-run.invalid/{name}"
     for name in ("unsubscribe", "subscription", "webversion")
-}
-_INDEXED = {
-    "KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-    "INT": IndexedValueType.INDEXED_VALUE_TYPE_INT,
 }
 
 
@@ -440,20 +434,6 @@ def _message_text(channel: str, content: str, to: str, outcome: DeliveryOutcome)
 # --- running ------------------------------------------------------------------------------------
 
 
-async def register_search_attributes(client: Client) -> None:
-    """The test server fails workflow tasks that upsert unknown attributes: register them."""
-    try:
-        await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(
-                namespace=client.namespace,
-                search_attributes={k.name: _INDEXED[k.indexed_value_type.name] for k in sa.ALL},
-            )
-        )
-    except RPCError as error:
-        if "already" not in str(error).lower():
-            raise
-
-
 def _contact_name(engine: Engine, contact_id: int) -> str:
     with session(engine) as db:
         contact = db.get(Contact, contact_id)
@@ -501,7 +481,7 @@ async def dry_run(
             ),
         )
     try:
-        await register_search_attributes(env.client)
+        await sa.register_search_attributes(env.client)
         if start_at is not None:
             ahead = start_at - await env.get_current_time()
             if ahead > timedelta(0):

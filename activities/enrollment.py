@@ -25,6 +25,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.flows import FlowRejected, StoredFlow, UnknownFlow, load_flow, set_flow_status
 from models import schedule
+from models import search_attributes as sa
 from models.criteria import evaluate
 from models.crm import Contact, SelectionMember, contact_facts
 from models.database import session
@@ -34,8 +35,6 @@ from models.flow import Flow
 from models.participant import Enrollment, Suggestion, participant_workflow_id
 from models.personal_data import short_name
 from models.validation import check_flow
-from workflows import search_attributes as sa
-from workflows.participant import ParticipantWorkflow
 
 # The participant workflow's signals: what brought it in, and "take this contact out".
 EVENT_SIGNAL = "event"
@@ -175,6 +174,9 @@ async def _start(
     )
     if steps_per_run is not None:
         enrollment.steps_per_run = steps_per_run
+    # Imported here, not at the top: the participant workflow calls this module's activity.
+    from workflows.participant import ParticipantWorkflow
+
     try:
         await client.start_workflow(
             ParticipantWorkflow.run,

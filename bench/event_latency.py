@@ -33,6 +33,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.enrollment import enroll
 from activities.flows import deploy_flow
+from models import search_attributes as sa
 from models.database import get_engine, migrate, session
 from models.demo import SPRING_OFFER_URL, seed_demo
 from models.participant import participant_workflow_id
@@ -40,7 +41,6 @@ from models.tracking_links import Claims, TrackingLinks
 from tracking.app import TrackingSettings, create_app
 from tracking.server import serving
 from worker import build_worker
-from workflows import search_attributes as sa
 
 CONTACT = 1
 FLOW = {

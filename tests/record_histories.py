@@ -41,6 +41,7 @@ from models.demo import DEMO_SELECTION_ID, VIP_SELECTION_ID, seed_demo
 from models.events import EventKind, FlowEvent
 from models.flow import Flow
 from models.participant import Enrollment, ParticipantState, Resume
+from models.search_attributes import register_search_attributes
 from peers.smtp_inbox import MaildirHandler
 from peers.twilio_api import TwilioApiServer
 from worker import activities_for, build_worker
@@ -968,9 +969,7 @@ async def main(only: list[str]) -> None:
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter, test_server_existing_path=str(TEST_SERVER)
     )
-    from tests.conftest import register_search_attributes
-
-    await register_search_attributes(env)
+    await register_search_attributes(env.client)
     with tempfile.TemporaryDirectory() as folder:
         engine = get_engine(f"sqlite:///{folder}/record.db")
         create_tables(engine)

@@ -32,9 +32,9 @@ from bench.common import (
     seed_contacts,
     temp_database,
 )
+from models import search_attributes as sa
 from models.engine import ParticipantStatus
 from models.participant import Enrollment, participant_workflow_id
-from workflows import search_attributes as sa
 from workflows.participant import ParticipantWorkflow
 
 NAME = "enrollment"

@@ -42,11 +42,11 @@ from bench.common import (
     temp_database,
     twilio_api,
 )
+from models import search_attributes as sa
 from models.crm import Contact
 from models.database import session
 from models.demo import DEMO_SELECTION_ID, VIP_SELECTION_ID, seed_demo
 from models.participant import participant_workflow_id
-from workflows import search_attributes as sa
 
 NAME = "history"
 TITLE = "History cost: events per step kind (issue 7)"

@@ -25,6 +25,7 @@ from activities.metrics import metrics_runtime
 from models import search_attributes as sa
 from models.database import PROJECT_ROOT, create_tables, get_engine, session
 from models.demo import DEMO_SELECTION_ID, seed_demo
+from models.settings import get_settings
 from tracking.app import TrackingSettings, create_app
 from tracking.server import serving
 from worker import TASK_QUEUE, build_worker, connect
@@ -34,11 +35,12 @@ BIN = Path(sys.executable).parent
 OUTBOX = DATA / "outbox"
 DEMO_FLOW = PROJECT_ROOT / "flows" / "welcome.json"
 
-TEMPORAL_PORT = int(os.environ.get("TEMPORAL_PORT", "7233"))
-UI_PORT = int(os.environ.get("TEMPORAL_UI_PORT", "8233"))
-SMTP_PORT = int(os.environ.get("SMTP_PORT", "8025"))
-SMS_PORT = int(os.environ.get("SMS_PORT", "8026"))
-TRACKING_PORT = int(os.environ.get("TRACKING_PORT", "8027"))
+_settings = get_settings()
+TEMPORAL_PORT = _settings.temporal_port
+UI_PORT = _settings.temporal_ui_port
+SMTP_PORT = _settings.smtp_port
+SMS_PORT = _settings.sms_port
+TRACKING_PORT = _settings.tracking_port
 
 
 def _listening(port: int) -> bool:
@@ -158,6 +160,7 @@ async def main() -> None:
         "TRACKING_EVENTS_TOKEN": "dev-stack",
     }.items():
         os.environ.setdefault(name, value)
+    get_settings.cache_clear()  # the worker and the tracking service read them from here on
     print("Starting the marketing flows dev stack")
     with running_services():
         await _wait_for_temporal()
@@ -176,7 +179,7 @@ async def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        tracking = create_app(engine, client, TrackingSettings.from_env(TASK_QUEUE))
+        tracking = create_app(engine, client, TrackingSettings.from_settings(TASK_QUEUE))
         async with (
             build_worker(client, engine),
             serving(tracking, host="127.0.0.1", port=TRACKING_PORT),
@@ -196,7 +199,7 @@ async def main() -> None:
   Stats         .venv/bin/python starter.py stats {flow_id}
   Diagram       .venv/bin/python starter.py diagram {flow_id}
   Dry run       .venv/bin/python starter.py simulate {flow_id} --contact 1
-  Metrics       http://localhost:{os.environ.get("METRICS_PORT", "9464")}/metrics
+  Metrics       http://localhost:{get_settings().metrics_port}/metrics
   Sent          .venv/bin/python starter.py outbox  (inbox :{SMTP_PORT}, SMS :{SMS_PORT})
   Tracking      http://localhost:{TRACKING_PORT}  (links in sent mail; forms: POST /f/ID)
   Database      {engine.url}

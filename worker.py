@@ -11,7 +11,6 @@ Stops gracefully on Ctrl-C or SIGTERM: in-flight activities finish before it exi
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,16 +34,17 @@ from activities.records import RecordActivities
 from activities.scripts import ScriptActivities
 from activities.sms import SmsActivities, TwilioSettings
 from models.database import create_tables, get_engine
+from models.settings import get_settings
 from workflows.participant import ParticipantWorkflow
 from workflows.script import ScriptWorkflow
 
-TASK_QUEUE = os.environ.get("TASK_QUEUE", "marketing-flows")
+TASK_QUEUE = get_settings().task_queue
 ACTIVITY_SLOTS = 32
 
 
-def twilio_from_env() -> TwilioSettings | None:
+def twilio_from_settings() -> TwilioSettings | None:
     try:
-        return TwilioSettings.from_env()
+        return TwilioSettings.from_settings()
     except ValueError as missing:
         print(f"worker: {missing}; SMS steps will wait and retry until it is configured")
         return None
@@ -54,14 +54,14 @@ def activities_for(
     engine: Engine, smtp: SmtpSettings | None = None, twilio: TwilioSettings | None = None
 ) -> list[Callable[..., Any]]:
     """Every activity the engine's steps call, bound to one database and the mail/SMS peers
-    (taken from the environment when not given)."""
+    (taken from the settings when not given)."""
     crm = CrmActivities(engine)
     contacts = ContactActivities(engine)
     records = RecordActivities(engine)
     scripts = ScriptActivities(engine)
     participants = ParticipantActivities(engine)
-    email = EmailActivities(engine, smtp or SmtpSettings.from_env())
-    sms = SmsActivities(engine, twilio or twilio_from_env())
+    email = EmailActivities(engine, smtp or SmtpSettings.from_settings())
+    sms = SmsActivities(engine, twilio or twilio_from_settings())
     enrollment = EnrollmentActivities(engine)
     events = EventActivities(engine)
     return [
@@ -114,9 +114,10 @@ async def connect(
     address: str | None = None, namespace: str | None = None, runtime: Runtime | None = None
 ) -> Client:
     """A client; a worker's passes ``runtime=metrics_runtime()`` to serve Prometheus metrics."""
+    settings = get_settings()
     return await Client.connect(
-        address or os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"),
-        namespace=namespace or os.environ.get("TEMPORAL_NAMESPACE", "default"),
+        address or settings.temporal_address,
+        namespace=namespace or settings.temporal_namespace,
         data_converter=pydantic_data_converter,
         runtime=runtime,
     )

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 import time
 import types
@@ -66,6 +65,7 @@ from models.ledger import DeliveryOutcome, DeliveryStatus
 from models.merge_tags import MergeTagError, render, render_header
 from models.participant import Enrollment, ParticipantState, Standing
 from models.personal_data import mask_email, mask_phone, short_name
+from models.settings import get_settings
 from models.sms import normalise_number, segments
 from models.validation import check_flow
 from worker import activities_for, build_worker
@@ -237,7 +237,7 @@ class Capture:
     """The stand-ins for one dry run, and what they captured."""
 
     engine: Engine
-    sms_region: str = field(default_factory=lambda: os.environ.get("SMS_DEFAULT_REGION") or "SE")
+    sms_region: str = field(default_factory=lambda: get_settings().sms_default_region)
     calls: list[Captured] = field(default_factory=list)
     signatures: dict[str, tuple[list[Any], Any]] = field(default_factory=dict)
 

@@ -1,5 +1,8 @@
 """Email steps (spec §3): send_email to the participant, notify_email to our own people.
 
+Who may be emailed is decided in models.consent and the message is built in activities.mime;
+this module holds the activities and their SMTP conversation.
+
 Every hand-over to the SMTP server follows the delivery ledger's protocol (models.ledger): claim,
 hand over, then settle or release. What each kind of trouble becomes:
 
@@ -23,24 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import mimetypes
-import os
 import re
 import ssl
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from email.headerregistry import Address
-from email.message import EmailMessage
+from collections.abc import Callable
+from dataclasses import dataclass
 from email.policy import SMTP as SMTP_POLICY
-from email.utils import formatdate, parseaddr
-from pathlib import Path
-from urllib.parse import quote
 
 import aiosmtplib
 from aiosmtplib.protocol import SMTPProtocol
-from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel
 from sqlalchemy import Engine
 from temporalio import activity
@@ -48,9 +42,17 @@ from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import cancellation_deferred, heartbeating_in_background
 from activities.metrics import counts_messages
+from activities.mime import (
+    MessageSettings,
+    Outgoing,
+    Unsendable,
+    marketing_message,
+    notification_message,
+)
+from models.consent import Refused, marketing_recipient, notification_recipient
 from models.crm import Contact, contact_facts
 from models.database import PROJECT_ROOT, session
-from models.flow import EmailSettings, NotifyEmail, ReplyTo, SendEmail, Sender
+from models.flow import EmailSettings, NotifyEmail, SendEmail
 from models.ledger import (
     DeliveryOutcome,
     DeliveryStatus,
@@ -60,32 +62,22 @@ from models.ledger import (
     release,
     settle,
 )
-from models.merge_tags import MergeTagError, render, render_header
-from models.tracking_links import (
-    Claims,
-    TrackingLinks,
-    rewrite_html,
-    rewrite_text,
-    with_open_pixel,
-)
+from models.settings import Settings, get_settings
+from models.tracking_links import TrackingLinks
 
 CHANNEL = "email"
-MARKETING_PURPOSE = "emarketing"  # the consent purpose that allows marketing email
-MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024  # spec §3: at most 25 MB in total
 # RFC 5321 §4.5.2: a line of the message that starts with a dot gets one more.
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
 
-_ASSOCIATE_FACTS = {
-    "our_contact": "contact.our_contact",
-    "our_service_contact": "contact.our_service_contact",
-}
-_TRUE = {"1", "true", "yes", "on"}
+# The dry run's stand-in for send_email applies the same checks under these names.
+_marketing_recipient = marketing_recipient
+_Refused = Refused
 
 
-@dataclass(frozen=True)
-class SmtpSettings:
-    """Where and how email leaves, plus the values every message carries."""
+@dataclass(frozen=True, kw_only=True)
+class SmtpSettings(MessageSettings):
+    """Where and how email leaves, plus (``MessageSettings``) the values every message carries."""
 
     host: str = "localhost"
     port: int = 8025
@@ -95,35 +87,27 @@ class SmtpSettings:
     ca_file: str | None = None  # CA bundle to trust, e.g. a self-signed test certificate
     tls_context: ssl.SSLContext | None = None  # overrides ca_file
     timeout: float = 30.0
-    envelope_from: str | None = None  # MAIL FROM (bounce address); default: the From address
-    message_id_domain: str = "flows.local"
-    # {contact_id} and {flow_id} in these URLs are replaced per message.
-    list_unsubscribe_url: str | None = None
-    list_unsubscribe_mailto: str | None = None
-    subscription_url: str | None = None
-    webversion_url: str | None = None
-    content_root: Path = field(default_factory=lambda: PROJECT_ROOT / "flows")
-    tracking: TrackingLinks | None = None  # set: links are tracked and opens may be
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> SmtpSettings:
-        env = os.environ if environ is None else environ
+    def from_settings(cls, settings: Settings | None = None) -> SmtpSettings:
+        settings = settings or get_settings()
+        password = settings.smtp_password
         return cls(
-            host=env.get("SMTP_HOST") or "localhost",
-            port=int(env.get("SMTP_PORT") or 8025),
-            starttls=env.get("SMTP_STARTTLS", "").strip().lower() in _TRUE,
-            username=env.get("SMTP_USERNAME") or None,
-            password=env.get("SMTP_PASSWORD") or None,
-            ca_file=env.get("SMTP_CA_FILE") or None,
-            timeout=float(env.get("SMTP_TIMEOUT") or 30),
-            envelope_from=env.get("SMTP_ENVELOPE_FROM") or None,
-            message_id_domain=env.get("MESSAGE_ID_DOMAIN") or "flows.local",
-            list_unsubscribe_url=env.get("LIST_UNSUBSCRIBE_URL") or None,
-            list_unsubscribe_mailto=env.get("LIST_UNSUBSCRIBE_MAILTO") or None,
-            subscription_url=env.get("SUBSCRIPTION_URL") or None,
-            webversion_url=env.get("WEBVERSION_URL") or None,
-            content_root=Path(env.get("CONTENT_ROOT") or PROJECT_ROOT / "flows"),
-            tracking=TrackingLinks.from_env(env),
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            starttls=settings.smtp_starttls,
+            username=settings.smtp_username,
+            password=password.get_secret_value() if password is not None else None,
+            ca_file=settings.smtp_ca_file,
+            timeout=settings.smtp_timeout,
+            envelope_from=settings.smtp_envelope_from,
+            message_id_domain=settings.message_id_domain,
+            list_unsubscribe_url=settings.list_unsubscribe_url,
+            list_unsubscribe_mailto=settings.list_unsubscribe_mailto,
+            subscription_url=settings.subscription_url,
+            webversion_url=settings.webversion_url,
+            content_root=settings.content_root or PROJECT_ROOT / "flows",
+            tracking=TrackingLinks.from_settings(settings),
         )
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -151,20 +135,6 @@ class EmailNotify(BaseModel):
     sender: str  # "flows@example.com" or "Flows <flows@example.com>"
 
 
-def message_id(delivery_key: str, domain: str) -> str:
-    """The same send always carries the same Message-ID, so duplicates are recognisable."""
-    digest = hashlib.sha256(delivery_key.encode()).hexdigest()[:32]
-    return f"<{digest}@{domain}>"
-
-
-class _Refused(Exception):
-    """A check refused the contact: the send is skipped."""
-
-
-class _Unsendable(Exception):
-    """The message cannot be built or handed over; retrying would not help."""
-
-
 class _Final(Exception):
     """The server gave a final answer (5xx) for this message."""
 
@@ -184,80 +154,6 @@ class _Unconfirmed(Exception):
 
 class _Superseded(Exception):
     """Another attempt passed the point of no return for this send first."""
-
-
-@dataclass(frozen=True)
-class _Outgoing:
-    message: EmailMessage
-    envelope_from: str
-    recipient: str
-
-
-def _valid_address(address: str) -> str:
-    return validate_email(address, check_deliverability=False).normalized
-
-
-def _one_line(text: str | None) -> str:
-    # Display names come from CRM data: collapse any line breaks rather than refuse the send.
-    return " ".join((text or "").split())
-
-
-def _associate_address(facts: dict[str, object], kind: str) -> Address | None:
-    prefix = _ASSOCIATE_FACTS[kind]
-    email, name = facts.get(f"{prefix}.email"), facts.get(f"{prefix}.name")
-    if not isinstance(email, str) or not email:
-        return None
-    try:
-        return Address(display_name=_one_line(str(name or "")), addr_spec=_valid_address(email))
-    except (EmailNotValidError, ValueError):
-        return None  # a broken associate address falls back like a missing one
-
-
-def _from_address(sender: Sender, facts: dict[str, object]) -> Address:
-    if sender.kind != "address":
-        associate = _associate_address(facts, sender.kind)
-        if associate is not None:
-            return associate
-    assert sender.address is not None  # Sender's validator requires it
-    return Address(display_name=_one_line(sender.name), addr_spec=sender.address)
-
-
-def _reply_to(reply_to: ReplyTo, sender: Address, facts: dict[str, object]) -> Address | None:
-    if reply_to.kind == "none":
-        return None
-    if reply_to.kind == "same_as_from":
-        return sender
-    if reply_to.kind != "address":
-        associate = _associate_address(facts, reply_to.kind)
-        if associate is not None:
-            return associate
-    assert reply_to.address is not None  # ReplyTo's validator requires it
-    return Address(addr_spec=reply_to.address)
-
-
-def _marketing_recipient(
-    contact: Contact, facts: dict[str, object], subscription_type: str | None
-) -> str:
-    """The contact's address if marketing email may go to it; raises _Refused otherwise."""
-    if contact.retired:
-        raise _Refused("former employee (retired)")
-    if contact.no_mailings:
-        raise _Refused("marked no mailings")
-    if not contact.email:
-        raise _Refused("no email address")
-    try:
-        address = _valid_address(contact.email)
-    except EmailNotValidError as error:
-        raise _Refused(f"invalid email address {contact.email!r}: {error}") from None
-    consents = facts.get("contact.consents")
-    if not isinstance(consents, list) or MARKETING_PURPOSE not in consents:
-        raise _Refused(f"no consent for {MARKETING_PURPOSE}")
-    subscriptions = facts.get("contact.subscriptions")
-    if subscription_type is not None and (
-        not isinstance(subscriptions, list) or subscription_type not in subscriptions
-    ):
-        raise _Refused(f"not subscribed to {subscription_type!r}")
-    return address
 
 
 class EmailActivities:
@@ -294,12 +190,22 @@ class EmailActivities:
         if request.settings is None:
             return self._record_failure(key, contact.email or "", "the flow has no email settings")
         try:
-            recipient = _marketing_recipient(contact, facts, request.settings.subscription_type)
-        except _Refused as refusal:
+            recipient = marketing_recipient(contact, facts, request.settings.subscription_type)
+        except Refused as refusal:
             return record_skip(self._engine, key, CHANNEL, contact.email or "", str(refusal))
         try:
-            outgoing = self._marketing_message(request, request.settings, facts, contact, recipient)
-        except _Unsendable as problem:
+            outgoing = marketing_message(
+                self._smtp,
+                request.step,
+                request.settings,
+                delivery_key=key,
+                contact_id=request.contact_id,
+                flow_id=request.flow_id,
+                contact=contact,
+                facts=facts,
+                recipient=recipient,
+            )
+        except Unsendable as problem:
             return self._record_failure(key, recipient, str(problem))
         return self._deliver(key, outgoing)
 
@@ -325,107 +231,6 @@ class EmailActivities:
             outcomes.append(self._notify_one(request, facts, key, label, address, seen))
         return outcomes
 
-    # --- building messages -------------------------------------------------------------------
-
-    def _links(self, contact_id: int, flow_id: str) -> dict[str, str]:
-        urls = {
-            "unsubscribe": self._smtp.list_unsubscribe_url,
-            "subscription": self._smtp.subscription_url,
-            "webversion": self._smtp.webversion_url,
-        }
-        return {
-            name: _fill_url(url, contact_id, flow_id)
-            for name, url in urls.items()
-            if url is not None
-        }
-
-    def _list_unsubscribe(self, contact_id: int, flow_id: str) -> str | None:
-        targets: list[str] = []
-        if self._smtp.list_unsubscribe_mailto:
-            mailto = self._smtp.list_unsubscribe_mailto
-            targets.append(mailto if mailto.startswith("mailto:") else f"mailto:{mailto}")
-        if self._smtp.list_unsubscribe_url:
-            targets.append(_fill_url(self._smtp.list_unsubscribe_url, contact_id, flow_id))
-        return ", ".join(f"<{target}>" for target in targets) or None
-
-    def _content_path(self, relative: str) -> Path:
-        root = self._smtp.content_root.resolve()
-        path = (root / relative).resolve()
-        if not path.is_relative_to(root):
-            raise _Unsendable(f"{relative!r} is outside the content folder")
-        if not path.is_file():
-            raise _Unsendable(f"{relative!r} not found in {root}")
-        return path
-
-    def _marketing_message(
-        self,
-        request: EmailSend,
-        settings: EmailSettings,
-        facts: dict[str, object],
-        contact: Contact,
-        recipient: str,
-    ) -> _Outgoing:
-        step = request.step
-        links = self._links(request.contact_id, request.flow_id)
-        html_source = step.html
-        if html_source is None and step.content_file is not None:
-            path = self._content_path(step.content_file)
-            try:
-                html_source = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as error:
-                raise _Unsendable(f"cannot read {step.content_file!r}: {error}") from None
-        try:
-            subject = render_header(step.subject, facts, links=links)
-            html = (
-                None if html_source is None else render(html_source, facts, html=True, links=links)
-            )
-            text = None if step.text is None else render(step.text, facts, links=links)
-        except MergeTagError as error:
-            raise _Unsendable(str(error)) from None
-        if self._smtp.tracking is not None:
-            html, text = _tracked(self._smtp.tracking, request, html, text, set(links.values()))
-
-        try:
-            sender = _from_address(settings.sender, facts)
-            message = EmailMessage()
-            message["From"] = sender
-            message["To"] = Address(display_name=_one_line(contact.full_name), addr_spec=recipient)
-            reply_to = _reply_to(settings.reply_to, sender, facts)
-            if reply_to is not None:
-                message["Reply-To"] = reply_to
-            message["Subject"] = subject
-            message["Date"] = formatdate(usegmt=True)
-            message["Message-ID"] = message_id(request.delivery_key, self._smtp.message_id_domain)
-            list_unsubscribe = self._list_unsubscribe(request.contact_id, request.flow_id)
-            if list_unsubscribe is not None:
-                message["List-Unsubscribe"] = list_unsubscribe
-        except ValueError as error:  # an unusable address or header value
-            raise _Unsendable(f"bad header: {error}") from None
-
-        if text is not None:
-            message.set_content(text)
-            if html is not None:
-                message.add_alternative(html, subtype="html")
-        elif html is not None:
-            message.set_content(html, subtype="html")
-
-        total = 0
-        for attachment in step.attachments:
-            path = self._content_path(attachment.path)
-            total += path.stat().st_size
-            if total > MAX_ATTACHMENT_BYTES:  # checked at validation too; files may have grown
-                raise _Unsendable(f"attachments exceed {MAX_ATTACHMENT_BYTES // 2**20} MB in total")
-            filename = attachment.filename or path.name
-            mime_type, _ = mimetypes.guess_type(filename)
-            maintype, subtype = (mime_type or "application/octet-stream").split("/", 1)
-            try:
-                data = path.read_bytes()
-            except OSError as error:
-                raise _Unsendable(f"cannot read {attachment.path!r}: {error}") from None
-            message.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
-        envelope_from = self._smtp.envelope_from or sender.addr_spec
-        return _Outgoing(message=message, envelope_from=envelope_from, recipient=recipient)
-
     def _notify_one(
         self,
         request: EmailNotify,
@@ -437,34 +242,28 @@ class EmailActivities:
     ) -> DeliveryOutcome:
         if facts is None:
             return record_skip(self._engine, key, CHANNEL, address or "", "contact not found")
-        if not address:
-            return record_skip(self._engine, key, CHANNEL, "", f"{label}: no email address")
         try:
-            recipient = _valid_address(address)
-        except EmailNotValidError as error:
-            reason = f"{label}: invalid email address {address!r}: {error}"
-            return record_skip(self._engine, key, CHANNEL, address, reason)
+            recipient = notification_recipient(label, address)
+        except Refused as refusal:
+            return record_skip(self._engine, key, CHANNEL, address or "", str(refusal))
         if recipient in seen:
             reason = f"same address as {seen[recipient]}: sent once"
             return record_skip(self._engine, key, CHANNEL, recipient, reason)
         seen[recipient] = label
-
-        links = self._links(request.contact_id, request.flow_id)
         try:
-            subject = render_header(request.step.subject, facts, links=links)
-            text = render(request.step.text, facts, links=links)
-            message = EmailMessage()
-            message["From"] = request.sender
-            message["To"] = recipient
-            message["Subject"] = subject
-            message["Date"] = formatdate(usegmt=True)
-            message["Message-ID"] = message_id(key, self._smtp.message_id_domain)
-            message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies, please
-            message.set_content(text)
-        except ValueError as error:  # MergeTagError, or an unusable header value
-            return self._record_failure(key, recipient, str(error))
-        envelope_from = self._smtp.envelope_from or parseaddr(request.sender)[1]
-        return self._deliver(key, _Outgoing(message, envelope_from, recipient))
+            outgoing = notification_message(
+                self._smtp,
+                request.step,
+                delivery_key=key,
+                contact_id=request.contact_id,
+                flow_id=request.flow_id,
+                sender=request.sender,
+                facts=facts,
+                recipient=recipient,
+            )
+        except Unsendable as problem:
+            return self._record_failure(key, recipient, str(problem))
+        return self._deliver(key, outgoing)
 
     # --- the hand-over -----------------------------------------------------------------------
 
@@ -474,13 +273,13 @@ class EmailActivities:
             return claimed
         return settle(self._engine, key, DeliveryStatus.failed, detail=reason)
 
-    def _deliver(self, key: str, outgoing: _Outgoing) -> DeliveryOutcome:
+    def _deliver(self, key: str, outgoing: Outgoing) -> DeliveryOutcome:
         # A worker that dies during the send is noticed within seconds; a live one blocked in the
         # database or starved of the GIL keeps beating from its own thread.
         with heartbeating_in_background():
             return self._claim_and_hand_over(key, outgoing)
 
-    def _claim_and_hand_over(self, key: str, outgoing: _Outgoing) -> DeliveryOutcome:
+    def _claim_and_hand_over(self, key: str, outgoing: Outgoing) -> DeliveryOutcome:
         claimed = claim(self._engine, key, CHANNEL, outgoing.recipient)
         if claimed is not None:
             return claimed  # handled by an earlier attempt: never send twice
@@ -497,7 +296,7 @@ class EmailActivities:
             return self._settle(key, outgoing, point_of_no_return)
 
     def _settle(
-        self, key: str, outgoing: _Outgoing, point_of_no_return: Callable[[], bool]
+        self, key: str, outgoing: Outgoing, point_of_no_return: Callable[[], bool]
     ) -> DeliveryOutcome:
         try:
             reply = asyncio.run(self._converse(outgoing, point_of_no_return))
@@ -506,7 +305,7 @@ class EmailActivities:
             raise ApplicationError(str(superseded), type="SendInProgress") from None
         except _Final as final:
             return settle(self._engine, key, final.status, detail=final.detail)
-        except _Unsendable as problem:
+        except Unsendable as problem:
             return settle(self._engine, key, DeliveryStatus.failed, detail=str(problem))
         except _Unconfirmed as lost:
             return settle(self._engine, key, DeliveryStatus.unconfirmed, detail=str(lost))
@@ -524,7 +323,7 @@ class EmailActivities:
             self._after_handover(key)
         return outcome
 
-    async def _converse(self, outgoing: _Outgoing, point_of_no_return: Callable[[], bool]) -> str:
+    async def _converse(self, outgoing: Outgoing, point_of_no_return: Callable[[], bool]) -> str:
         """One SMTP conversation for one message; returns the server's reply to DATA.
 
         ``point_of_no_return()`` is called once the whole message but its final dot is on its
@@ -557,7 +356,7 @@ class EmailActivities:
                 # Connection, TLS, AUTH or EHLO trouble is the setup's, not the message's.
                 raise _Transient(f"SMTP server unavailable: {error!r}") from error
             except ValueError as error:  # e.g. an address the server's encoding cannot carry
-                raise _Unsendable(f"cannot hand over: {error}") from None
+                raise Unsendable(f"cannot hand over: {error}") from None
 
             try:
                 await _send_message_data(client, payload)
@@ -624,39 +423,6 @@ async def _end_message_data(protocol: SMTPProtocol, timeout: float) -> aiosmtpli
     return response
 
 
-def _tracked(
-    tracking: TrackingLinks,
-    request: EmailSend,
-    html: str | None,
-    text: str | None,
-    untracked: set[str],
-) -> tuple[str | None, str | None]:
-    """The bodies with every link sent through the tracking service (spec §5), and the open
-    pixel when the step tracks opens. Unsubscribe and subscription links stay untracked."""
-    claims = Claims(
-        contact_id=request.contact_id,
-        flow_id=request.flow_id,
-        step_id=request.step.id,
-        delivery_key=request.delivery_key,
-    )
-
-    def click_url(url: str) -> str:
-        return tracking.click_url(replace(claims, url=url))
-
-    if html is not None:
-        html = rewrite_html(html, click_url, untracked=untracked)
-        if request.step.track_opens:
-            html = with_open_pixel(html, tracking.open_url(claims))
-    if text is not None:
-        text = rewrite_text(text, click_url, untracked=untracked)
-    return html, text
-
-
 def _fact_text(facts: dict[str, object] | None, name: str) -> str | None:
     value = (facts or {}).get(name)
     return value if isinstance(value, str) and value else None
-
-
-def _fill_url(url: str, contact_id: int, flow_id: str) -> str:
-    # Plain replacement, not str.format: a URL's own braces must not be interpreted.
-    return url.replace("{contact_id}", quote(str(contact_id))).replace("{flow_id}", quote(flow_id))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import ParamSpec, TypeVar, cast
 
@@ -19,19 +18,19 @@ from temporalio import activity
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from models.ledger import DeliveryOutcome
+from models.settings import get_settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 MESSAGES = "flows_messages_total"
-DEFAULT_METRICS_PORT = 9464  # the OpenTelemetry Prometheus exporter's usual port
 
 
 def metrics_runtime(port: int | None = None) -> Runtime:
     """A Temporal runtime that serves Prometheus metrics on ``0.0.0.0:port`` (``METRICS_PORT``).
 
     Create one per process: it binds the port."""
-    port = port if port is not None else int(os.environ.get("METRICS_PORT", DEFAULT_METRICS_PORT))
+    port = port if port is not None else get_settings().metrics_port
     return Runtime(
         telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"0.0.0.0:{port}"))
     )

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import aiohttp
@@ -55,6 +54,7 @@ from models.ledger import (
     settle,
 )
 from models.merge_tags import MergeTagError, render
+from models.settings import Settings, get_settings
 from models.sms import normalise_number, segments
 
 CHANNEL = "sms"
@@ -81,20 +81,24 @@ class TwilioSettings(BaseModel):
     timeout: float = 30.0  # seconds per request; the twilio client has none by default
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> TwilioSettings:
-        """TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_API_BASE, SMS_DEFAULT_REGION."""
-        env = os.environ if environ is None else environ
+    def from_settings(cls, settings: Settings | None = None) -> TwilioSettings:
+        """TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_API_BASE, SMS_DEFAULT_REGION,
+        TWILIO_TIMEOUT; raises ValueError without the credentials."""
+        settings = settings or get_settings()
+        sid, token = settings.twilio_account_sid, settings.twilio_auth_token
         missing = [
-            name for name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN") if not env.get(name)
+            name
+            for name, value in (("TWILIO_ACCOUNT_SID", sid), ("TWILIO_AUTH_TOKEN", token))
+            if value is None
         ]
-        if missing:
+        if sid is None or token is None:
             raise ValueError(f"SMS needs {' and '.join(missing)} in the environment")
         return cls(
-            account_sid=env["TWILIO_ACCOUNT_SID"],
-            auth_token=SecretStr(env["TWILIO_AUTH_TOKEN"]),
-            api_base=env.get("TWILIO_API_BASE") or None,
-            default_region=env.get("SMS_DEFAULT_REGION") or "SE",
-            timeout=float(env.get("TWILIO_TIMEOUT") or 30),
+            account_sid=sid,
+            auth_token=token,
+            api_base=settings.twilio_api_base,
+            default_region=settings.sms_default_region,
+            timeout=settings.twilio_timeout,
         )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +16,8 @@ from sqlalchemy import DateTime, event, inspect
 from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel, create_engine
+
+from models.settings import get_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = PROJECT_ROOT / "migrations"
@@ -71,7 +72,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def database_url() -> str:
     """`DATABASE_URL`, or a SQLite file under `<project root>/.data/`."""
-    url = os.environ.get("DATABASE_URL")
+    url = get_settings().database_url
     if url:
         return url
     data_dir = PROJECT_ROOT / ".data"

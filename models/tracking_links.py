@@ -18,13 +18,14 @@ import hashlib
 import hmac
 import html
 import json
-import os
 import re
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
+
+from models.settings import Settings, get_settings
 
 T = TypeVar("T")
 
@@ -69,17 +70,18 @@ class TrackingLinks:
             raise ValueError("TRACKING_SECRET must be at least 16 characters")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> TrackingLinks | None:
+    def from_settings(cls, settings: Settings | None = None) -> TrackingLinks | None:
         """None when ``TRACKING_BASE_URL`` is unset: links are then sent as written."""
-        env = os.environ if environ is None else environ
-        base_url = env.get("TRACKING_BASE_URL")
-        if not base_url:
+        settings = settings or get_settings()
+        if not settings.tracking_base_url:
             return None
-        secret = env.get("TRACKING_SECRET")
-        if not secret:
+        if settings.tracking_secret is None:
             raise ValueError("TRACKING_BASE_URL is set but TRACKING_SECRET is not")
-        days = int(env.get("TRACKING_TOKEN_DAYS") or DEFAULT_TOKEN_DAYS)
-        return cls(base_url=base_url.rstrip("/"), secret=secret, token_days=days)
+        return cls(
+            base_url=settings.tracking_base_url.rstrip("/"),
+            secret=settings.tracking_secret.get_secret_value(),
+            token_days=settings.tracking_token_days,
+        )
 
     # --- tokens --------------------------------------------------------------------------------
 

@@ -25,7 +25,6 @@ import base64
 import binascii
 import json
 import logging
-import os
 import re
 import signal
 import threading
@@ -42,6 +41,7 @@ from types import FrameType, TracebackType
 from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
+from models.settings import get_settings
 from models.sms import segments
 
 log = logging.getLogger(__name__)
@@ -406,12 +406,14 @@ def read_sms_outbox(path: Path | str) -> list[Message]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    settings = get_settings()
+    token = settings.twilio_auth_token
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8026)
+    parser.add_argument("--port", type=int, default=settings.sms_port)
     parser.add_argument("--store", type=Path, help="append accepted messages to this JSONL file")
-    parser.add_argument("--account-sid", default=os.environ.get("TWILIO_ACCOUNT_SID"))
-    parser.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN"))
+    parser.add_argument("--account-sid", default=settings.twilio_account_sid)
+    parser.add_argument("--auth-token", default=token.get_secret_value() if token else None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 

@@ -8,7 +8,7 @@ import shutil
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ from activities.sms import TwilioSettings
 from models import search_attributes as sa
 from models.database import get_engine, migrate, session
 from models.demo import seed_demo
+from models.settings import Settings, get_settings
 from peers.smtp_inbox import InboxMessage, inbox_controller, read_inbox
 from peers.twilio_api import TwilioApiServer
 
@@ -291,3 +292,22 @@ def task_queue() -> str:
 
 def twilio_settings(server: TwilioApiServer) -> TwilioSettings:
     return TwilioSettings(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN, api_base=server.url)
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Settings]]:
+    """``settings_env(NAME=value, ...)``: the environment's settings variables for this test are
+    exactly these, and the settings are read from them (and again after the test)."""
+
+    def use(**variables: str) -> Settings:
+        unknown = set(variables) - set(Settings.variables())
+        assert not unknown, f"not settings variables: {sorted(unknown)}"
+        for name in Settings.variables():
+            monkeypatch.delenv(name, raising=False)
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        return get_settings()
+
+    yield use
+    get_settings.cache_clear()

@@ -13,7 +13,7 @@ import shutil
 import socket
 import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage, MIMEPart
 from email.parser import BytesParser
@@ -29,19 +29,16 @@ from sqlmodel import select
 from temporalio.exceptions import ApplicationError
 
 import activities.email as email_activities
-from activities.email import (
-    EmailActivities,
-    EmailNotify,
-    EmailSend,
-    SmtpSettings,
-    message_id,
-)
+import activities.mime as mime
+from activities.email import EmailActivities, EmailNotify, EmailSend, SmtpSettings
+from activities.mime import message_id
 from models.crm import Associate, Company, Contact
-from models.database import session
+from models.database import PROJECT_ROOT, session
 from models.engine import Delivery
 from models.flow import EmailSettings, NotifyEmail, SendEmail
 from models.ledger import DeliveryStatus, claim, mark_sending
 from models.merge_tags import MergeTagError, render, render_header
+from models.settings import Settings
 from peers.smtp_inbox import inbox_controller, read_inbox
 
 USER, PASSWORD = "flows", "s3cret"
@@ -697,7 +694,7 @@ async def test_attachments_over_the_limit_fail(
     smtp_server: tuple[RecordingHandler, int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(email_activities, "MAX_ATTACHMENT_BYTES", 10)
+    monkeypatch.setattr(mime, "MAX_ATTACHMENT_BYTES", 10)
     outcome = await asyncio.to_thread(EmailActivities(engine, smtp).send_email, _send(contact_id))
     assert outcome.status is DeliveryStatus.failed
     assert outcome.detail is not None and "attachments exceed" in outcome.detail
@@ -777,24 +774,38 @@ async def test_notify_email_one_send_per_recipient(
 # --- settings and the dev inbox ----------------------------------------------------------------
 
 
-def test_smtp_settings_from_env(tmp_path: Path) -> None:
-    assert SmtpSettings.from_env({}).port == 8025
-    settings = SmtpSettings.from_env(
-        {
-            "SMTP_HOST": "mail.example.com",
-            "SMTP_PORT": "587",
-            "SMTP_STARTTLS": "true",
-            "SMTP_USERNAME": "u",
-            "SMTP_PASSWORD": "p",
-            "MESSAGE_ID_DOMAIN": "m.example.com",
-            "LIST_UNSUBSCRIBE_URL": "https://u.example.com/{contact_id}",
-            "CONTENT_ROOT": str(tmp_path),
-        }
+def test_smtp_settings_from_the_environment(
+    tmp_path: Path, settings_env: Callable[..., Settings]
+) -> None:
+    defaults = SmtpSettings.from_settings(settings_env())
+    assert (defaults.port, defaults.timeout, defaults.tracking) == (8025, 30.0, None)
+    assert defaults.content_root == PROJECT_ROOT / "flows"
+    settings = SmtpSettings.from_settings(
+        settings_env(
+            SMTP_HOST="mail.example.com",
+            SMTP_PORT="587",
+            SMTP_STARTTLS="true",
+            SMTP_USERNAME="u",
+            SMTP_PASSWORD="p",
+            SMTP_TIMEOUT="5",
+            SMTP_ENVELOPE_FROM="bounces@example.com",
+            MESSAGE_ID_DOMAIN="m.example.com",
+            LIST_UNSUBSCRIBE_URL="https://u.example.com/{contact_id}",
+            SUBSCRIPTION_URL="https://u.example.com/s/{contact_id}",
+            WEBVERSION_URL="https://u.example.com/w/{flow_id}",
+            CONTENT_ROOT=str(tmp_path),
+            TRACKING_BASE_URL="https://t.example.com",
+            TRACKING_SECRET="s" * 16,
+        )
     )
     assert (settings.host, settings.port, settings.starttls) == ("mail.example.com", 587, True)
     assert (settings.username, settings.password) == ("u", "p")
+    assert (settings.timeout, settings.envelope_from) == (5.0, "bounces@example.com")
     assert settings.message_id_domain == "m.example.com"
+    assert settings.subscription_url == "https://u.example.com/s/{contact_id}"
+    assert settings.webversion_url == "https://u.example.com/w/{flow_id}"
     assert settings.content_root == tmp_path
+    assert settings.tracking is not None and settings.tracking.base_url == "https://t.example.com"
 
 
 async def test_dev_inbox_stores_what_the_activity_sends(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from activities.enrollment import enroll
 from activities.flows import deploy_flow
 from models.demo import DEMO_SELECTION_ID
 from models.engine import Participant
+from models.settings import Settings
 from worker import build_worker
 
 FLOW = {
@@ -40,10 +42,16 @@ FLOW = {
 
 @pytest.fixture
 def cli_env(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, dev_env: WorkflowEnvironment, task_queue: str
+    monkeypatch: pytest.MonkeyPatch,
+    settings_env: Callable[..., Settings],
+    engine: Engine,
+    dev_env: WorkflowEnvironment,
+    task_queue: str,
 ) -> None:
-    monkeypatch.setenv("DATABASE_URL", engine.url.render_as_string(hide_password=False))
-    monkeypatch.setenv("TEMPORAL_ADDRESS", dev_env.client.service_client.config.target_host)
+    settings_env(
+        DATABASE_URL=engine.url.render_as_string(hide_password=False),
+        TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,
+    )
     monkeypatch.setattr(starter, "TASK_QUEUE", task_queue)
 
 

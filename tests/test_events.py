@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +30,7 @@ from models.engine import CrmEvent, FlowStatus, Participant, ParticipantStatus
 from models.events import EventKind, FlowEvent
 from models.flow import Trigger
 from models.participant import participant_workflow_id
+from models.settings import Settings
 from worker import build_worker
 
 KARIN, LARS, EMILY = 1, 2, 3
@@ -354,10 +355,13 @@ async def test_the_starter_takes_an_event_in(
     engine: Engine,
     task_queue: str,
     monkeypatch: pytest.MonkeyPatch,
+    settings_env: Callable[..., Settings],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("DATABASE_URL", engine.url.render_as_string(hide_password=False))
-    monkeypatch.setenv("TEMPORAL_ADDRESS", dev_env.client.service_client.config.target_host)
+    settings_env(
+        DATABASE_URL=engine.url.render_as_string(hide_password=False),
+        TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,
+    )
     monkeypatch.setattr(starter, "TASK_QUEUE", task_queue)
     flow_id = running_flow(
         engine,

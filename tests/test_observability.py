@@ -8,6 +8,7 @@ import json
 import shutil
 import urllib.request
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from models.demo import DEMO_SELECTION_ID
 from models.engine import CrmEvent, Delivery, Participant
 from models.participant import Enrollment, ParticipantState
 from models.personal_data import mask_email, mask_phone, short_name
+from models.settings import Settings
 from peers.twilio_api import TwilioApiServer
 from tests.conftest import Inbox, free_port, twilio_settings
 from tests.test_participant import STOCKHOLM
@@ -196,10 +198,16 @@ async def test_participants_carry_search_attributes_and_summaries(
 
 @pytest.fixture
 def cli_env(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, dev_env: WorkflowEnvironment, task_queue: str
+    monkeypatch: pytest.MonkeyPatch,
+    settings_env: Callable[..., Settings],
+    engine: Engine,
+    dev_env: WorkflowEnvironment,
+    task_queue: str,
 ) -> None:
-    monkeypatch.setenv("DATABASE_URL", engine.url.render_as_string(hide_password=False))
-    monkeypatch.setenv("TEMPORAL_ADDRESS", dev_env.client.service_client.config.target_host)
+    settings_env(
+        DATABASE_URL=engine.url.render_as_string(hide_password=False),
+        TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,
+    )
     monkeypatch.setattr(starter, "TASK_QUEUE", task_queue)
 
 
@@ -379,7 +387,7 @@ async def test_the_dry_run_timeline_matches_a_real_run(
     task_queue: str,
     smtp_inbox: Inbox,
     twilio_api: TwilioApiServer,
-    monkeypatch: pytest.MonkeyPatch,
+    settings_env: Callable[..., Settings],
     capsys: pytest.CaptureFixture[str],
     contact_id: int,
 ) -> None:
@@ -392,7 +400,7 @@ async def test_the_dry_run_timeline_matches_a_real_run(
         day += timedelta(days=1)
     friday = datetime(day.year, day.month, day.day, 17, 30)
 
-    monkeypatch.setenv("DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    settings_env(DATABASE_URL=engine.url.render_as_string(hide_password=False))
     before = _ledger(engine)
     code = await asyncio.to_thread(
         starter.main,

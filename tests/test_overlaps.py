@@ -4,6 +4,7 @@ of a flow that uses it (spec §5)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from sqlalchemy import Engine
 import starter
 from models.crm import ActionCatalogue, OwnAction, OwnActions
 from models.demo import DEMO_FORM_ID, DEMO_PROJECT_ID, SPRING_OFFER_URL, VIP_SELECTION_ID
+from models.settings import Settings
 from models.validation import Problem, check_flow
 
 CATALOGUE = ActionCatalogue(
@@ -179,11 +181,11 @@ def test_exit_handoffs_count_as_steps_adding_to_a_selection() -> None:
 
 def test_the_starter_warns_with_the_forms_and_links_in_the_database(
     engine: Engine,
-    monkeypatch: pytest.MonkeyPatch,
+    settings_env: Callable[..., Settings],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    settings_env(DATABASE_URL=engine.url.render_as_string(hide_password=False))
     document = flow(
         [
             {

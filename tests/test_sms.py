@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 from base64 import b64encode
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from models.database import session
 from models.engine import Delivery
 from models.flow import NotifySms, Recipients, SendSms
 from models.ledger import DeliveryOutcome, DeliveryStatus
+from models.settings import Settings
 from models.sms import normalise_number, segments
 from peers.twilio_api import TwilioApiServer, read_sms_outbox
 
@@ -177,24 +178,26 @@ def test_normalise_number(raw: str, region: str, expected: str | None) -> None:
     assert normalise_number(raw, region) == expected
 
 
-def test_settings_from_env() -> None:
-    loaded = TwilioSettings.from_env(
-        {
-            "TWILIO_ACCOUNT_SID": SID,
-            "TWILIO_AUTH_TOKEN": TOKEN,
-            "TWILIO_API_BASE": "http://127.0.0.1:8026",
-            "SMS_DEFAULT_REGION": "GB",
-        }
+def test_settings_from_the_environment(settings_env: Callable[..., Settings]) -> None:
+    loaded = TwilioSettings.from_settings(
+        settings_env(
+            TWILIO_ACCOUNT_SID=SID,
+            TWILIO_AUTH_TOKEN=TOKEN,
+            TWILIO_API_BASE="http://127.0.0.1:8026",
+            SMS_DEFAULT_REGION="GB",
+            TWILIO_TIMEOUT="5",
+        )
     )
     assert loaded.account_sid == SID and loaded.auth_token.get_secret_value() == TOKEN
     assert (loaded.api_base, loaded.default_region) == ("http://127.0.0.1:8026", "GB")
+    assert loaded.timeout == 5.0
     assert TOKEN not in repr(loaded)
-    assert (
-        TwilioSettings.from_env({"TWILIO_ACCOUNT_SID": SID, "TWILIO_AUTH_TOKEN": "t"}).api_base
-        is None
+    defaults = TwilioSettings.from_settings(
+        settings_env(TWILIO_ACCOUNT_SID=SID, TWILIO_AUTH_TOKEN="t")
     )
+    assert (defaults.api_base, defaults.default_region, defaults.timeout) == (None, "SE", 30.0)
     with pytest.raises(ValueError, match="TWILIO_AUTH_TOKEN"):
-        TwilioSettings.from_env({"TWILIO_ACCOUNT_SID": SID})
+        TwilioSettings.from_settings(settings_env(TWILIO_ACCOUNT_SID=SID))
 
 
 # --- send_sms ------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import asyncio
 import mailbox
 import re
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -18,6 +19,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.email import EmailActivities, EmailSend
 from models.flow import EmailSettings, SendEmail
 from models.ledger import DeliveryStatus
+from models.settings import Settings
 from models.tracking_links import (
     BadToken,
     Claims,
@@ -77,15 +79,22 @@ def test_a_token_expires() -> None:
         LINKS.verify(Purpose.open, token, now=time.time() + 61)
 
 
-def test_settings_come_from_the_environment() -> None:
-    assert TrackingLinks.from_env({}) is None
+def test_settings_come_from_the_environment(settings_env: Callable[..., Settings]) -> None:
+    assert TrackingLinks.from_settings(settings_env()) is None
     with pytest.raises(ValueError, match="TRACKING_SECRET"):
-        TrackingLinks.from_env({"TRACKING_BASE_URL": "https://t.example.com"})
+        TrackingLinks.from_settings(settings_env(TRACKING_BASE_URL="https://t.example.com"))
     with pytest.raises(ValueError, match="at least 16"):
-        TrackingLinks.from_env({"TRACKING_BASE_URL": "https://t", "TRACKING_SECRET": "short"})
-    links = TrackingLinks.from_env(
-        {"TRACKING_BASE_URL": "https://t.example.com/", "TRACKING_SECRET": "x" * 16}
+        TrackingLinks.from_settings(
+            settings_env(TRACKING_BASE_URL="https://t", TRACKING_SECRET="short")
+        )
+    links = TrackingLinks.from_settings(
+        settings_env(
+            TRACKING_BASE_URL="https://t.example.com/",
+            TRACKING_SECRET="x" * 16,
+            TRACKING_TOKEN_DAYS="30",
+        )
     )
+    assert links is not None and links.token_days == 30
     assert links is not None and links.base_url == "https://t.example.com"
     assert links.click_url(CLAIMS).startswith("https://t.example.com/t/c/")
     assert re.fullmatch(r"https://t\.example\.com/t/o/[\w-]+\.[\w-]+\.gif", links.open_url(CLAIMS))

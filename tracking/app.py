@@ -27,7 +27,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,6 +46,7 @@ from activities.events import IngestReport, ingest
 from models.crm import Form
 from models.database import session
 from models.events import EventKind, FlowEvent
+from models.settings import Settings, get_settings
 from models.tracking_links import TRACKED_SCHEMES, BadToken, ExpiredToken, Purpose, TrackingLinks
 
 log = logging.getLogger("tracking")
@@ -71,21 +71,24 @@ class TrackingSettings:
     events_token: str | None = None  # bearer token for POST /events; None: the endpoint is off
 
     @classmethod
-    def from_env(cls, task_queue: str) -> TrackingSettings:
+    def from_settings(cls, task_queue: str, settings: Settings | None = None) -> TrackingSettings:
         """``TRACKING_SECRET`` (required), ``TRACKING_BASE_URL`` (default: this service on
         localhost), ``TRACKING_HOST``, ``TRACKING_PORT`` (8027), ``TRACKING_EVENTS_TOKEN``."""
-        port = int(os.environ.get("TRACKING_PORT") or DEFAULT_PORT)
-        environ = {"TRACKING_BASE_URL": f"http://localhost:{port}", **os.environ}
-        if not environ.get("TRACKING_SECRET"):
+        settings = settings or get_settings()
+        if settings.tracking_secret is None:
             raise ValueError("set TRACKING_SECRET: the tracking service signs and checks with it")
-        links = TrackingLinks.from_env(environ)
+        if settings.tracking_base_url is None:
+            local = f"http://localhost:{settings.tracking_port}"
+            settings = settings.model_copy(update={"tracking_base_url": local})
+        links = TrackingLinks.from_settings(settings)
         assert links is not None  # the base URL has a default
+        token = settings.tracking_events_token
         return cls(
             links=links,
             task_queue=task_queue,
-            host=os.environ.get("TRACKING_HOST") or "127.0.0.1",
-            port=port,
-            events_token=os.environ.get("TRACKING_EVENTS_TOKEN") or None,
+            host=settings.tracking_host,
+            port=settings.tracking_port,
+            events_token=token.get_secret_value() if token is not None else None,
         )
 
 

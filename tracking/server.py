@@ -59,7 +59,7 @@ async def _connect_when_up() -> Client:
 
 async def main() -> None:
     try:
-        settings = TrackingSettings.from_env(TASK_QUEUE)
+        settings = TrackingSettings.from_settings(TASK_QUEUE)
     except ValueError as problem:
         raise SystemExit(f"tracking: {problem}") from None
     engine = get_engine()

@@ -1,0 +1,283 @@
+"""The messages the email steps hand over: headers, bodies and attachments (MIME).
+
+Building a message renders the step's merge tags, sends its links through the tracking service
+when one is configured (spec §5), picks the From and Reply-To addresses, and reads content files
+and attachments from the content folder. Whatever makes a message impossible to build raises
+``Unsendable``: retrying cannot fix it, so the send fails with the reason on record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+from dataclasses import dataclass, field, replace
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import formatdate, parseaddr
+from pathlib import Path
+from urllib.parse import quote
+
+from email_validator import EmailNotValidError
+
+from models.consent import valid_address
+from models.crm import Contact
+from models.database import PROJECT_ROOT
+from models.flow import EmailSettings, NotifyEmail, ReplyTo, SendEmail, Sender
+from models.merge_tags import MergeTagError, render, render_header
+from models.tracking_links import (
+    Claims,
+    TrackingLinks,
+    rewrite_html,
+    rewrite_text,
+    with_open_pixel,
+)
+
+MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024  # spec §3: at most 25 MB in total
+
+_ASSOCIATE_FACTS = {
+    "our_contact": "contact.our_contact",
+    "our_service_contact": "contact.our_service_contact",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class MessageSettings:
+    """The values every message carries."""
+
+    envelope_from: str | None = None  # MAIL FROM (bounce address); default: the From address
+    message_id_domain: str = "flows.local"
+    # {contact_id} and {flow_id} in these URLs are replaced per message.
+    list_unsubscribe_url: str | None = None
+    list_unsubscribe_mailto: str | None = None
+    subscription_url: str | None = None
+    webversion_url: str | None = None
+    content_root: Path = field(default_factory=lambda: PROJECT_ROOT / "flows")
+    tracking: TrackingLinks | None = None  # set: links are tracked and opens may be
+
+
+class Unsendable(Exception):
+    """The message cannot be built or handed over; retrying would not help."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message ready for the SMTP server, with its envelope."""
+
+    message: EmailMessage
+    envelope_from: str
+    recipient: str
+
+
+def message_id(delivery_key: str, domain: str) -> str:
+    """The same send always carries the same Message-ID, so duplicates are recognisable."""
+    digest = hashlib.sha256(delivery_key.encode()).hexdigest()[:32]
+    return f"<{digest}@{domain}>"
+
+
+def marketing_message(
+    settings: MessageSettings,
+    step: SendEmail,
+    sending: EmailSettings,
+    *,
+    delivery_key: str,
+    contact_id: int,
+    flow_id: str,
+    contact: Contact,
+    facts: dict[str, object],
+    recipient: str,
+) -> Outgoing:
+    """A send_email step's message to the contact, at ``recipient`` (its checked address)."""
+    links = _links(settings, contact_id, flow_id)
+    html_source = step.html
+    if html_source is None and step.content_file is not None:
+        path = _content_path(settings, step.content_file)
+        try:
+            html_source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise Unsendable(f"cannot read {step.content_file!r}: {error}") from None
+    try:
+        subject = render_header(step.subject, facts, links=links)
+        html = None if html_source is None else render(html_source, facts, html=True, links=links)
+        text = None if step.text is None else render(step.text, facts, links=links)
+    except MergeTagError as error:
+        raise Unsendable(str(error)) from None
+    if settings.tracking is not None:
+        claims = Claims(
+            contact_id=contact_id, flow_id=flow_id, step_id=step.id, delivery_key=delivery_key
+        )
+        untracked = set(links.values())
+        html, text = _tracked(settings.tracking, claims, step.track_opens, html, text, untracked)
+
+    try:
+        sender = _from_address(sending.sender, facts)
+        message = EmailMessage()
+        message["From"] = sender
+        message["To"] = Address(display_name=_one_line(contact.full_name), addr_spec=recipient)
+        reply_to = _reply_to(sending.reply_to, sender, facts)
+        if reply_to is not None:
+            message["Reply-To"] = reply_to
+        message["Subject"] = subject
+        message["Date"] = formatdate(usegmt=True)
+        message["Message-ID"] = message_id(delivery_key, settings.message_id_domain)
+        list_unsubscribe = _list_unsubscribe(settings, contact_id, flow_id)
+        if list_unsubscribe is not None:
+            message["List-Unsubscribe"] = list_unsubscribe
+    except ValueError as error:  # an unusable address or header value
+        raise Unsendable(f"bad header: {error}") from None
+
+    if text is not None:
+        message.set_content(text)
+        if html is not None:
+            message.add_alternative(html, subtype="html")
+    elif html is not None:
+        message.set_content(html, subtype="html")
+
+    total = 0
+    for attachment in step.attachments:
+        path = _content_path(settings, attachment.path)
+        total += path.stat().st_size
+        if total > MAX_ATTACHMENT_BYTES:  # checked at validation too; files may have grown
+            raise Unsendable(f"attachments exceed {MAX_ATTACHMENT_BYTES // 2**20} MB in total")
+        filename = attachment.filename or path.name
+        mime_type, _ = mimetypes.guess_type(filename)
+        maintype, subtype = (mime_type or "application/octet-stream").split("/", 1)
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise Unsendable(f"cannot read {attachment.path!r}: {error}") from None
+        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
+    envelope_from = settings.envelope_from or sender.addr_spec
+    return Outgoing(message=message, envelope_from=envelope_from, recipient=recipient)
+
+
+def notification_message(
+    settings: MessageSettings,
+    step: NotifyEmail,
+    *,
+    delivery_key: str,
+    contact_id: int,
+    flow_id: str,
+    sender: str,
+    facts: dict[str, object],
+    recipient: str,
+) -> Outgoing:
+    """A notify_email step's plain-text message to one of our own people."""
+    links = _links(settings, contact_id, flow_id)
+    try:
+        subject = render_header(step.subject, facts, links=links)
+        text = render(step.text, facts, links=links)
+        message = EmailMessage()
+        message["From"] = sender
+        message["To"] = recipient
+        message["Subject"] = subject
+        message["Date"] = formatdate(usegmt=True)
+        message["Message-ID"] = message_id(delivery_key, settings.message_id_domain)
+        message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies, please
+        message.set_content(text)
+    except ValueError as error:  # MergeTagError, or an unusable header value
+        raise Unsendable(str(error)) from None
+    envelope_from = settings.envelope_from or parseaddr(sender)[1]
+    return Outgoing(message, envelope_from, recipient)
+
+
+# --- addresses -----------------------------------------------------------------------------------
+
+
+def _one_line(text: str | None) -> str:
+    # Display names come from CRM data: collapse any line breaks rather than refuse the send.
+    return " ".join((text or "").split())
+
+
+def _associate_address(facts: dict[str, object], kind: str) -> Address | None:
+    prefix = _ASSOCIATE_FACTS[kind]
+    email, name = facts.get(f"{prefix}.email"), facts.get(f"{prefix}.name")
+    if not isinstance(email, str) or not email:
+        return None
+    try:
+        return Address(display_name=_one_line(str(name or "")), addr_spec=valid_address(email))
+    except (EmailNotValidError, ValueError):
+        return None  # a broken associate address falls back like a missing one
+
+
+def _from_address(sender: Sender, facts: dict[str, object]) -> Address:
+    if sender.kind != "address":
+        associate = _associate_address(facts, sender.kind)
+        if associate is not None:
+            return associate
+    assert sender.address is not None  # Sender's validator requires it
+    return Address(display_name=_one_line(sender.name), addr_spec=sender.address)
+
+
+def _reply_to(reply_to: ReplyTo, sender: Address, facts: dict[str, object]) -> Address | None:
+    if reply_to.kind == "none":
+        return None
+    if reply_to.kind == "same_as_from":
+        return sender
+    if reply_to.kind != "address":
+        associate = _associate_address(facts, reply_to.kind)
+        if associate is not None:
+            return associate
+    assert reply_to.address is not None  # ReplyTo's validator requires it
+    return Address(addr_spec=reply_to.address)
+
+
+# --- links and content ---------------------------------------------------------------------------
+
+
+def _links(settings: MessageSettings, contact_id: int, flow_id: str) -> dict[str, str]:
+    urls = {
+        "unsubscribe": settings.list_unsubscribe_url,
+        "subscription": settings.subscription_url,
+        "webversion": settings.webversion_url,
+    }
+    return {
+        name: _fill_url(url, contact_id, flow_id) for name, url in urls.items() if url is not None
+    }
+
+
+def _list_unsubscribe(settings: MessageSettings, contact_id: int, flow_id: str) -> str | None:
+    targets: list[str] = []
+    if settings.list_unsubscribe_mailto:
+        mailto = settings.list_unsubscribe_mailto
+        targets.append(mailto if mailto.startswith("mailto:") else f"mailto:{mailto}")
+    if settings.list_unsubscribe_url:
+        targets.append(_fill_url(settings.list_unsubscribe_url, contact_id, flow_id))
+    return ", ".join(f"<{target}>" for target in targets) or None
+
+
+def _fill_url(url: str, contact_id: int, flow_id: str) -> str:
+    # Plain replacement, not str.format: a URL's own braces must not be interpreted.
+    return url.replace("{contact_id}", quote(str(contact_id))).replace("{flow_id}", quote(flow_id))
+
+
+def _content_path(settings: MessageSettings, relative: str) -> Path:
+    root = settings.content_root.resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise Unsendable(f"{relative!r} is outside the content folder")
+    if not path.is_file():
+        raise Unsendable(f"{relative!r} not found in {root}")
+    return path
+
+
+def _tracked(
+    tracking: TrackingLinks,
+    claims: Claims,
+    track_opens: bool,
+    html: str | None,
+    text: str | None,
+    untracked: set[str],
+) -> tuple[str | None, str | None]:
+    """The bodies with every link sent through the tracking service, and the open pixel when
+    the step tracks opens. Unsubscribe and subscription links stay untracked."""
+
+    def click_url(url: str) -> str:
+        return tracking.click_url(replace(claims, url=url))
+
+    if html is not None:
+        html = rewrite_html(html, click_url, untracked=untracked)
+        if track_opens:
+            html = with_open_pixel(html, tracking.open_url(claims))
+    if text is not None:
+        text = rewrite_text(text, click_url, untracked=untracked)
+    return html, text

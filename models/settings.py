@@ -1,0 +1,117 @@
+"""Every setting the product reads from its environment, in one typed object read once.
+
+Each field is the environment variable of the same name in capitals (``smtp_port`` is
+``SMTP_PORT``); an empty variable counts as unset. ``get_settings()`` reads them on first use;
+code that changes the environment afterwards (the dev stack, tests) calls
+``get_settings.cache_clear()`` so that the next call reads them again. The README's
+configuration table lists the same variables (a test compares the two).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", frozen=True)
+
+    # --- Temporal and the database ---------------------------------------------------------------
+    temporal_address: str = Field("localhost:7233", description="the Temporal frontend")
+    temporal_namespace: str = Field("default", description="the Temporal namespace")
+    task_queue: str = Field("marketing-flows", description="the participants' task queue")
+    database_url: str | None = Field(
+        None,
+        description="the CRM and engine tables (SQLAlchemy URL); "
+        "unset: the SQLite file .data/flows.db in the project folder",
+    )
+    metrics_port: int = Field(
+        9464, description="where the worker serves Prometheus metrics (/metrics)"
+    )
+
+    # --- email ---------------------------------------------------------------------------------
+    smtp_host: str = Field("localhost", description="the SMTP server email is handed to")
+    smtp_port: int = Field(8025, description="its port (and the dev stack's inbox's)")
+    smtp_starttls: bool = Field(
+        False, description="true: require STARTTLS; false: never upgrade the connection"
+    )
+    smtp_username: str | None = Field(None, description="AUTH user; unset: no AUTH")
+    smtp_password: SecretStr | None = Field(None, description="AUTH password")
+    smtp_ca_file: str | None = Field(
+        None, description="CA bundle to trust (e.g. a self-signed certificate); unset: the system's"
+    )
+    smtp_timeout: float = Field(30.0, description="seconds an SMTP command may take")
+    smtp_envelope_from: str | None = Field(
+        None, description="MAIL FROM, where bounces go; unset: the message's From address"
+    )
+    message_id_domain: str = Field(
+        "flows.local", description="the domain of every Message-ID the engine makes"
+    )
+    list_unsubscribe_url: str | None = Field(
+        None,
+        description="List-Unsubscribe URL of marketing email and [[link.unsubscribe]]; "
+        "{contact_id} and {flow_id} are filled in",
+    )
+    list_unsubscribe_mailto: str | None = Field(
+        None, description="List-Unsubscribe address of marketing email"
+    )
+    subscription_url: str | None = Field(
+        None, description="the subscription centre, [[link.subscription]] ({contact_id}, {flow_id})"
+    )
+    webversion_url: str | None = Field(
+        None,
+        description="the web version of an email, [[link.webversion]] ({contact_id}, {flow_id})",
+    )
+    content_root: Path | None = Field(
+        None,
+        description="the folder of email content files and attachments; "
+        "unset: flows/ in the project folder",
+    )
+
+    # --- SMS -----------------------------------------------------------------------------------
+    twilio_account_sid: str | None = Field(
+        None, description="SMS credentials; without them SMS steps wait and retry"
+    )
+    twilio_auth_token: SecretStr | None = Field(None, description="SMS credentials")
+    twilio_api_base: str | None = Field(
+        None, description="any Twilio-compatible Messages API; unset: https://api.twilio.com"
+    )
+    twilio_timeout: float = Field(30.0, description="seconds a request to Twilio may take")
+    sms_default_region: str = Field(
+        "SE", description="region for numbers written without a country code"
+    )
+
+    # --- tracking ------------------------------------------------------------------------------
+    tracking_base_url: str | None = Field(
+        None,
+        description="where the tracking service is reached from mail; unset: links go out "
+        "untracked (python -m tracking: this service on localhost)",
+    )
+    tracking_secret: SecretStr | None = Field(
+        None, description="signs click/open/form tokens (at least 16 characters)"
+    )
+    tracking_token_days: int = Field(365, description="how long a tracked link keeps working")
+    tracking_host: str = Field("127.0.0.1", description="where python -m tracking listens")
+    tracking_port: int = Field(8027, description="its port")
+    tracking_events_token: SecretStr | None = Field(
+        None, description="bearer token for POST /events (CRM changes from outside); unset: off"
+    )
+
+    # --- the dev stack (make run) --------------------------------------------------------------
+    temporal_port: int = Field(7233, description="make run: the Temporal dev server's port")
+    temporal_ui_port: int = Field(8233, description="make run: the Temporal Web UI's port")
+    sms_port: int = Field(8026, description="make run: the local Twilio-compatible endpoint's port")
+
+    @classmethod
+    def variables(cls) -> list[str]:
+        """The environment variables, as the README's configuration table names them."""
+        return [name.upper() for name in cls.model_fields]
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The settings, read from the environment on first use."""
+    return Settings()

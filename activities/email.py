@@ -157,7 +157,7 @@ def message_id(delivery_key: str, domain: str) -> str:
     return f"<{digest}@{domain}>"
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """A check refused the contact: the send is skipped."""
 
 
@@ -193,7 +193,7 @@ class _Outgoing:
     recipient: str
 
 
-def _valid_address(address: str) -> str:
+def valid_address(address: str) -> str:
     return validate_email(address, check_deliverability=False).normalized
 
 
@@ -208,7 +208,7 @@ def _associate_address(facts: dict[str, object], kind: str) -> Address | None:
     if not isinstance(email, str) or not email:
         return None
     try:
-        return Address(display_name=_one_line(str(name or "")), addr_spec=_valid_address(email))
+        return Address(display_name=_one_line(str(name or "")), addr_spec=valid_address(email))
     except (EmailNotValidError, ValueError):
         return None  # a broken associate address falls back like a missing one
 
@@ -235,28 +235,28 @@ def _reply_to(reply_to: ReplyTo, sender: Address, facts: dict[str, object]) -> A
     return Address(addr_spec=reply_to.address)
 
 
-def _marketing_recipient(
+def marketing_recipient(
     contact: Contact, facts: dict[str, object], subscription_type: str | None
 ) -> str:
-    """The contact's address if marketing email may go to it; raises _Refused otherwise."""
+    """The contact's address if marketing email may go to it; raises Refused otherwise."""
     if contact.retired:
-        raise _Refused("former employee (retired)")
+        raise Refused("former employee (retired)")
     if contact.no_mailings:
-        raise _Refused("marked no mailings")
+        raise Refused("marked no mailings")
     if not contact.email:
-        raise _Refused("no email address")
+        raise Refused("no email address")
     try:
-        address = _valid_address(contact.email)
+        address = valid_address(contact.email)
     except EmailNotValidError as error:
-        raise _Refused(f"invalid email address {contact.email!r}: {error}") from None
+        raise Refused(f"invalid email address {contact.email!r}: {error}") from None
     consents = facts.get("contact.consents")
     if not isinstance(consents, list) or MARKETING_PURPOSE not in consents:
-        raise _Refused(f"no consent for {MARKETING_PURPOSE}")
+        raise Refused(f"no consent for {MARKETING_PURPOSE}")
     subscriptions = facts.get("contact.subscriptions")
     if subscription_type is not None and (
         not isinstance(subscriptions, list) or subscription_type not in subscriptions
     ):
-        raise _Refused(f"not subscribed to {subscription_type!r}")
+        raise Refused(f"not subscribed to {subscription_type!r}")
     return address
 
 
@@ -294,8 +294,8 @@ class EmailActivities:
         if request.settings is None:
             return self._record_failure(key, contact.email or "", "the flow has no email settings")
         try:
-            recipient = _marketing_recipient(contact, facts, request.settings.subscription_type)
-        except _Refused as refusal:
+            recipient = marketing_recipient(contact, facts, request.settings.subscription_type)
+        except Refused as refusal:
             return record_skip(self._engine, key, CHANNEL, contact.email or "", str(refusal))
         try:
             outgoing = self._marketing_message(request, request.settings, facts, contact, recipient)
@@ -440,7 +440,7 @@ class EmailActivities:
         if not address:
             return record_skip(self._engine, key, CHANNEL, "", f"{label}: no email address")
         try:
-            recipient = _valid_address(address)
+            recipient = valid_address(address)
         except EmailNotValidError as error:
             reason = f"{label}: invalid email address {address!r}: {error}"
             return record_skip(self._engine, key, CHANNEL, address, reason)

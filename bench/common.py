@@ -37,10 +37,10 @@ from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
 
 import worker as worker_module
 from activities.email import SmtpSettings
-from activities.enrollment import START_CONCURRENCY, enroll
-from activities.flows import deploy_flow
 from activities.sms import TwilioSettings
 from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
+from control.enrollment import START_CONCURRENCY, enroll
+from control.flows import deploy_flow
 from models import search_attributes as sa
 from models.database import get_engine
 from models.participant import participant_workflow_id

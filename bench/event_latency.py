@@ -31,8 +31,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.enrollment import enroll
-from activities.flows import deploy_flow
+from control.enrollment import enroll
+from control.flows import deploy_flow
 from models import search_attributes as sa
 from models.database import get_engine, migrate, session
 from models.demo import SPRING_OFFER_URL, seed_demo

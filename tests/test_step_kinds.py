@@ -7,8 +7,8 @@ from __future__ import annotations
 import inspect
 import typing
 
-from models.diagram import GROUP_COLOURS
 from models.flow import STEP_GROUPS, STEP_KINDS, STEP_MODELS, StepGroup
+from reports.diagram import GROUP_COLOURS
 from workflows import steps
 
 

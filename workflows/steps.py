@@ -316,7 +316,7 @@ def _lists(change: ListChange) -> str:
     return " and ".join(parts)
 
 
-# Announcing is an ingest (activities.events): signals and perhaps enrollments, each quick;
+# Announcing is an ingest (control.ingest): signals and perhaps enrollments, each quick;
 # retried like a CRM write, since the event is recorded and ingesting it again is harmless.
 ANNOUNCE_ACTIVITY: dict[str, Any] = {
     "start_to_close_timeout": timedelta(minutes=1),

@@ -24,7 +24,6 @@ from typing import Any
 import aiosmtplib
 from sqlalchemy import Engine
 
-from activities.enrollment import START_CONCURRENCY
 from bench.baseline import PlainEmail, PlainEmailWorkflow, baseline_worker
 from bench.common import (
     EMAIL_SETTINGS,
@@ -46,6 +45,7 @@ from bench.common import (
     smtp_inbox,
     temp_database,
 )
+from control.enrollment import START_CONCURRENCY
 
 NAME = "email"
 TITLE = "Email throughput"

@@ -24,7 +24,6 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
-from activities.enrollment import enroll
 from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
 from bench.common import (
     EMAIL_SETTINGS,
@@ -42,6 +41,7 @@ from bench.common import (
     temp_database,
     twilio_api,
 )
+from control.enrollment import enroll
 from models import search_attributes as sa
 from models.crm import Contact
 from models.database import session

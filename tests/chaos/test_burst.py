@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import Engine
 from temporalio.client import Client
 
-from activities.enrollment import enroll
+from control.enrollment import enroll
 from models.engine import ParticipantStatus
 from tests.chaos.conftest import (
     SENDER,

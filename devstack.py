@@ -19,16 +19,16 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from activities.enrollment import enroll, selection_members
-from activities.flows import FlowRejected, deploy_flow, load_flow, read_document
 from activities.metrics import metrics_runtime
+from control.enrollment import enroll, selection_members
+from control.flows import FlowRejected, deploy_flow, load_flow, read_document
+from models import search_attributes as sa
 from models.database import PROJECT_ROOT, create_tables, get_engine, session
 from models.demo import DEMO_SELECTION_ID, seed_demo
 from models.settings import get_settings
 from tracking.app import TrackingSettings, create_app
 from tracking.server import serving
 from worker import TASK_QUEUE, build_worker, connect
-from workflows import search_attributes as sa
 
 DATA = PROJECT_ROOT / ".data"
 BIN = Path(sys.executable).parent

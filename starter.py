@@ -27,11 +27,11 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Engine
 from sqlmodel import select
 
-from activities.dry_run import PlannedEvent, UnknownContact, dry_run, render_timeline
-from activities.enrollment import enroll, selection_members
-from activities.events import ingest
-from activities.flows import FlowRejected, UnknownFlow, deploy_flow, load_flow, read_document
-from activities.lifecycle import (
+from control.dry_run import PlannedEvent, UnknownContact, dry_run, render_timeline
+from control.enrollment import enroll, selection_members
+from control.flows import FlowRejected, UnknownFlow, deploy_flow, load_flow, read_document
+from control.ingest import ingest
+from control.lifecycle import (
     LifecycleError,
     delete_flow,
     end_flow,
@@ -39,16 +39,17 @@ from activities.lifecycle import (
     resume_flow,
     run_flow,
 )
-from models import diagram
 from models.crm import action_catalogue
 from models.database import PROJECT_ROOT, create_tables, get_engine, session
 from models.engine import Participant
 from models.events import EventKind, FlowEvent
 from models.flow import Flow
-from models.statistics import flow_statistics, render_table
 from models.validation import check_flow
 from peers.smtp_inbox import read_inbox
 from peers.twilio_api import read_sms_outbox
+from reports import diagram
+from reports.statistics import flow_statistics, render_table
+from scripts import registered_scripts
 from worker import TASK_QUEUE, connect
 
 
@@ -83,7 +84,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     document = _read(args.file)
     with session(_engine()) as db:
         actions = action_catalogue(db)  # for warnings about forms' and links' own actions
-    report = check_flow(document, actions=actions)
+    report = check_flow(document, actions=actions, known_scripts=registered_scripts())
     for problem in report.problems:
         print(problem)
     if not report.can_save:

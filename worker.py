@@ -33,6 +33,8 @@ from activities.participants import ParticipantActivities
 from activities.records import RecordActivities
 from activities.scripts import ScriptActivities
 from activities.sms import SmsActivities, TwilioSettings
+from control.enrollment import suggest
+from control.ingest import ingest
 from models.database import create_tables, get_engine
 from models.settings import get_settings
 from workflows.participant import ParticipantWorkflow
@@ -62,8 +64,9 @@ def activities_for(
     participants = ParticipantActivities(engine)
     email = EmailActivities(engine, smtp or SmtpSettings.from_settings())
     sms = SmsActivities(engine, twilio or twilio_from_settings())
-    enrollment = EnrollmentActivities(engine)
-    events = EventActivities(engine)
+    # Flow steps enroll and announce through the client's own code paths.
+    enrollment = EnrollmentActivities(engine, suggest)
+    events = EventActivities(engine, ingest)
     return [
         crm.add_to_list,
         crm.remove_from_list,

@@ -40,7 +40,7 @@ from sqlalchemy import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.heartbeat import heartbeating
+from activities.heartbeat import cancellation_deferred, heartbeating_in_background
 from activities.metrics import counts_messages
 from activities.mime import (
     MessageSettings,
@@ -69,10 +69,6 @@ CHANNEL = "email"
 # RFC 5321 §4.5.2: a line of the message that starts with a dot gets one more.
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
-
-# The dry run's stand-in for send_email applies the same checks under these names.
-_marketing_recipient = marketing_recipient
-_Refused = Refused
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -274,11 +270,32 @@ class EmailActivities:
         return settle(self._engine, key, DeliveryStatus.failed, detail=reason)
 
     def _deliver(self, key: str, outgoing: Outgoing) -> DeliveryOutcome:
+        # A worker that dies during the send is noticed within seconds; a live one blocked in the
+        # database or starved of the GIL keeps beating from its own thread.
+        with heartbeating_in_background():
+            return self._claim_and_hand_over(key, outgoing)
+
+    def _claim_and_hand_over(self, key: str, outgoing: Outgoing) -> DeliveryOutcome:
         claimed = claim(self._engine, key, CHANNEL, outgoing.recipient)
         if claimed is not None:
             return claimed  # handled by an earlier attempt: never send twice
+        # From the mark to the settled outcome no cancellation of this attempt (a timeout, an
+        # ended flow) may cut in: landing after the mark and before the final dot, it would leave
+        # the row `sending` with nothing handed over, and the retry would not send it. One that
+        # arrives meanwhile is raised once the outcome is settled; the retry then finds it.
+        with contextlib.ExitStack() as no_return:
+
+            def point_of_no_return() -> bool:
+                no_return.enter_context(cancellation_deferred())
+                return mark_sending(self._engine, key)
+
+            return self._settle(key, outgoing, point_of_no_return)
+
+    def _settle(
+        self, key: str, outgoing: Outgoing, point_of_no_return: Callable[[], bool]
+    ) -> DeliveryOutcome:
         try:
-            reply = asyncio.run(self._hand_over(outgoing, lambda: mark_sending(self._engine, key)))
+            reply = asyncio.run(self._converse(outgoing, point_of_no_return))
         except _Superseded as superseded:
             # Retried later, this attempt finds the other one's outcome.
             raise ApplicationError(str(superseded), type="SendInProgress") from None
@@ -302,15 +319,11 @@ class EmailActivities:
             self._after_handover(key)
         return outcome
 
-    async def _hand_over(self, outgoing: Outgoing, point_of_no_return: Callable[[], bool]) -> str:
+    async def _converse(self, outgoing: Outgoing, point_of_no_return: Callable[[], bool]) -> str:
         """One SMTP conversation for one message; returns the server's reply to DATA.
 
         ``point_of_no_return()`` is called once the whole message but its final dot is on its
         way; False stops there, and the server, never sent the dot, keeps nothing."""
-        async with heartbeating():  # a worker that dies here is noticed within seconds
-            return await self._converse(outgoing, point_of_no_return)
-
-    async def _converse(self, outgoing: Outgoing, point_of_no_return: Callable[[], bool]) -> str:
         smtp = self._smtp
         client = aiosmtplib.SMTP(
             hostname=smtp.host,

@@ -1,258 +1,38 @@
-"""Enrolling contacts in a flow: the flow's rules first, then one participant workflow each.
+"""The suggest_contact activity: a hand-off that suggests the contact for another flow.
 
-Starting is idempotent: the workflow id is derived from (flow, contact), so a contact that is
-already active in the flow is reported as such instead of being enrolled twice.
+Enrolling is the client's work (``control.enrollment``); the worker hands it to this activity, so
+that a flow step enrolls through the same rules as ``starter.py start``.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy import Engine
-from sqlmodel import select
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-)
-from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client
 
-from activities.flows import FlowRejected, StoredFlow, UnknownFlow, load_flow, set_flow_status
-from models import schedule
-from models.criteria import evaluate
-from models.crm import Contact, SelectionMember, contact_facts
-from models.database import session
-from models.engine import FlowStatus, Participant, ParticipantStatus
-from models.events import FlowEvent
-from models.flow import Flow
-from models.participant import Enrollment, Suggestion, participant_workflow_id
-from models.personal_data import short_name
-from models.validation import check_flow
-from workflows import search_attributes as sa
-from workflows.participant import ParticipantWorkflow
-
-# The participant workflow's signals: what brought it in, and "take this contact out".
-EVENT_SIGNAL = "event"
-LEAVE_SIGNAL = "leave"
-
-# Concurrent start requests: enough to keep a dev server busy without queueing thousands of RPCs.
-START_CONCURRENCY = 32
+from models.participant import Suggestion
 
 
-@dataclass
-class EnrollmentReport:
-    flow_id: str
-    version: int
-    enrolled: list[int] = field(default_factory=list)
-    refused: dict[int, str] = field(default_factory=dict)  # contact id -> why not
-    # contact id -> the flows it was taken out of ("remove from other flows")
-    removed: dict[int, list[str]] = field(default_factory=dict)
+class Suggest(Protocol):
+    """Enroll the suggested contact in the other flow; the outcome as text (refusals too)."""
 
-
-def selection_members(engine: Engine, selection_id: int) -> list[int]:
-    with session(engine) as db:
-        rows = db.exec(
-            select(SelectionMember.contact_id).where(SelectionMember.selection_id == selection_id)
-        ).all()
-    return sorted(rows)
-
-
-def _why_not(engine: Engine, stored: StoredFlow, contact_id: int) -> str | None:
-    """The flow's enrollment rules (spec §2) for one candidate; None when it may enter."""
-    flow = stored.flow
-    with session(engine) as db:
-        if db.get(Contact, contact_id) is None:
-            return "no such contact"
-        if flow.exclusion_selections:
-            excluded = db.exec(
-                select(SelectionMember).where(
-                    SelectionMember.contact_id == contact_id,
-                    SelectionMember.selection_id.in_(flow.exclusion_selections),  # type: ignore[attr-defined]
-                )
-            ).first()
-            if excluded is not None:
-                return f"on the exclusion list (selection {excluded.selection_id})"
-        if flow.only_once:
-            earlier = db.exec(
-                select(Participant).where(
-                    Participant.flow_id == flow.id, Participant.contact_id == contact_id
-                )
-            ).first()
-            if earlier is not None:
-                return "already took part, and the flow allows it only once"
-        if flow.filter is not None:
-            facts = contact_facts(db, contact_id) or {}
-            if not evaluate(flow.filter, facts):
-                return "does not match the flow's filter"
-    return None
-
-
-async def enroll(
-    client: Client,
-    engine: Engine,
-    flow_id: str,
-    contact_ids: Iterable[int],
-    *,
-    task_queue: str,
-    progress: Callable[[int], None] | None = None,
-    steps_per_run: int | None = None,
-    event: FlowEvent | None = None,
-) -> EnrollmentReport:
-    """Start a participant for each contact that passes the rules; say why for the others.
-
-    ``event``: what enrolled them (a trigger); each new participant gets it as its first signal.
-    """
-    stored = load_flow(engine, flow_id)
-    report = check_flow(stored.flow.model_dump(mode="json", by_alias=True))
-    if not report.can_run:
-        raise FlowRejected(report, f"flow {flow_id!r} is not ready to run")
-    result = EnrollmentReport(flow_id, stored.version)
-    candidates = list(dict.fromkeys(contact_ids))
-    if stored.flow.enrollment_end is not None:
-        end = schedule.local_to_instant(stored.flow.enrollment_end, stored.flow.time_zone)
-        if datetime.now(UTC) >= end:
-            result.refused = {c: "enrollment has ended" for c in candidates}
-            return result
-    if stored.status is FlowStatus.not_running:
-        set_flow_status(engine, flow_id, FlowStatus.running)
-
-    gate = asyncio.Semaphore(START_CONCURRENCY)
-
-    async def start_one(contact_id: int) -> None:
-        async with gate:
-            reason = await asyncio.to_thread(_why_not, engine, stored, contact_id)
-            if reason is None:
-                name = await asyncio.to_thread(_short_name, engine, contact_id)
-                reason = await _start(
-                    client, stored, contact_id, name, task_queue, steps_per_run, event
-                )
-            if reason is None:
-                result.enrolled.append(contact_id)
-                removed = await _remove_from_other_flows(client, stored.flow, contact_id)
-                if removed:
-                    result.removed[contact_id] = removed
-            else:
-                result.refused[contact_id] = reason
-            if progress is not None:
-                progress(1)
-
-    await asyncio.gather(*(start_one(contact_id) for contact_id in candidates))
-    result.enrolled.sort()
-    return result
-
-
-def _short_name(engine: Engine, contact_id: int) -> str:
-    with session(engine) as db:
-        contact = db.get(Contact, contact_id)
-        return short_name(contact.first_name, contact.last_name) if contact is not None else ""
-
-
-async def _start(
-    client: Client,
-    stored: StoredFlow,
-    contact_id: int,
-    name: str,
-    task_queue: str,
-    steps_per_run: int | None,
-    event: FlowEvent | None = None,
-) -> str | None:
-    flow = stored.flow
-    workflow_id = participant_workflow_id(flow.id, contact_id)
-    # Enrolled by an event: signal-with-start puts it in the participant's history before its
-    # first step. That call signals a running participant instead of refusing it: look first.
-    if event is not None and await _running(client, workflow_id):
-        return "already active in this flow"
-    # Enrolled while the flow is paused: the participant queues before the first step.
-    paused = stored.status is FlowStatus.paused
-    enrollment = Enrollment(
-        flow=flow, flow_version=stored.version, contact_id=contact_id, paused=paused
-    )
-    if steps_per_run is not None:
-        enrollment.steps_per_run = steps_per_run
-    try:
-        await client.start_workflow(
-            ParticipantWorkflow.run,
-            enrollment,
-            id=workflow_id,
-            task_queue=task_queue,
-            # Re-entry after leaving is allowed (a closed id may be reused); two at once are not.
-            # (Signal-with-start does not take FAIL; the look above stands in for it.)
-            id_conflict_policy=WorkflowIDConflictPolicy.FAIL
-            if event is None
-            else WorkflowIDConflictPolicy.USE_EXISTING,
-            start_signal=None if event is None else EVENT_SIGNAL,
-            start_signal_args=[] if event is None else [event],
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(sa.FLOW_ID, flow.id),
-                    SearchAttributePair(sa.FLOW_VERSION, stored.version),
-                    SearchAttributePair(sa.CONTACT_ID, contact_id),
-                    SearchAttributePair(sa.PARTICIPANT_STATUS, ParticipantStatus.active.value),
-                ]
-            ),
-            # Shown in the UI's workflow list: recognisable without exposing the full name.
-            static_summary=f"{name or 'Contact'} (contact {contact_id}) in {flow.name!r}"
-            f" v{stored.version}",
-        )
-    except WorkflowAlreadyStartedError:
-        return "already active in this flow"
-    return None
-
-
-async def _running(client: Client, workflow_id: str) -> bool:
-    try:
-        description = await client.get_workflow_handle(workflow_id).describe()
-    except RPCError as error:
-        if error.status is RPCStatusCode.NOT_FOUND:
-            return False
-        raise
-    return description.status is WorkflowExecutionStatus.RUNNING
-
-
-async def _remove_from_other_flows(client: Client, flow: Flow, contact_id: int) -> list[str]:
-    """Spec §1: on enrollment, the contact leaves the flows listed (Dropped out there)."""
-    reason = f"enrolled in flow {flow.id!r}, which removes it from this one"
-    removed: list[str] = []
-    for other in flow.remove_from_flows:
-        if other == flow.id:
-            continue
-        handle = client.get_workflow_handle(participant_workflow_id(other, contact_id))
-        try:
-            await handle.signal(LEAVE_SIGNAL, reason)
-        except RPCError as error:
-            if error.status is RPCStatusCode.NOT_FOUND:
-                continue  # not (or no longer) in that flow
-            raise
-        removed.append(other)
-    return removed
+    async def __call__(
+        self, client: Client, engine: Engine, suggestion: Suggestion, *, task_queue: str
+    ) -> str: ...
 
 
 class EnrollmentActivities:
-    """Enrollment as a step's activity: the hand-off that suggests a contact for another flow."""
-
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, suggest: Suggest) -> None:
         self._engine = engine
+        self._suggest = suggest
 
     @activity.defn
     async def suggest_contact(self, suggestion: Suggestion) -> str:
-        """Enroll through the other flow's own rules; a refusal is an outcome, not an error."""
-        try:
-            report = await enroll(
-                activity.client(),
-                self._engine,
-                suggestion.flow_id,
-                [suggestion.contact_id],
-                task_queue=activity.info().task_queue,
-            )
-        except (FlowRejected, UnknownFlow) as refused:
-            return f"not enrolled in {suggestion.flow_id!r}: {str(refused).splitlines()[0]}"
-        if report.enrolled:
-            return f"enrolled in {suggestion.flow_id!r}"
-        reason = report.refused.get(suggestion.contact_id, "refused")
-        return f"not enrolled in {suggestion.flow_id!r}: {reason}"
+        """Enroll through the other flow's own rules; a refusal is an outcome, not an error.
+
+        Participants are started on the task queue this activity runs on: the worker's own."""
+        return await self._suggest(
+            activity.client(), self._engine, suggestion, task_queue=activity.info().task_queue
+        )

@@ -44,10 +44,10 @@ class ParticipantActivities:
             row.drop_out_reason = state.drop_out_reason
             row.finished_at = state.finished_at
             db.add(row)
-            return Standing(leave_reason=_leave_reason(db, record))
+            return Standing(leave_reason=leave_reason(db, record))
 
 
-def _leave_reason(db: Session, record: ParticipantRecord) -> str | None:
+def leave_reason(db: Session, record: ParticipantRecord) -> str | None:
     contact = db.get(Contact, record.state.contact_id)
     if contact is None:
         return "the contact no longer exists"

@@ -211,7 +211,7 @@ class SmsActivities:
         sender = request.step.sender or request.default_sender
         outcomes: list[DeliveryOutcome] = []
         sent_to: set[str] = set()
-        for label, raw in _recipients(request.step.to, facts):
+        for label, raw in recipients(request.step.to, facts):
             if raw is None:
                 slot = label.replace(" ", "_")  # no number to key on: the role is stable instead
                 reason = f"{label} has no mobile number"
@@ -243,14 +243,7 @@ class SmsActivities:
         # Everything that can fail without sending is worked out before the claim, so that an
         # unexpected error cannot leave the key in "sending" (which the next attempt would read
         # as "maybe sent" and never send).
-        problem: str | None = None
-        text = ""
-        try:
-            text = render(template, facts)
-        except MergeTagError as error:
-            problem = f"merge tags: {error}"
-        if sender is None:
-            problem = "no SMS sender: set the step's sender or the flow's SMS sender"
+        text, problem = compose(template, facts, sender)
         length = segments(text)
 
         if problem is None and sender is not None:
@@ -375,11 +368,25 @@ class SmsActivities:
         return facts
 
 
+def compose(template: str, facts: dict[str, object], sender: str | None) -> tuple[str, str | None]:
+    """The text to send, and what keeps it from going out (None: nothing does): merge tags that
+    do not render, or no sender. Retrying fixes neither."""
+    problem: str | None = None
+    text = ""
+    try:
+        text = render(template, facts)
+    except MergeTagError as error:
+        problem = f"merge tags: {error}"
+    if sender is None:
+        problem = "no SMS sender: set the step's sender or the flow's SMS sender"
+    return text, problem
+
+
 def _text(value: object) -> str | None:
     return (value.strip() or None) if isinstance(value, str) else None
 
 
-def _recipients(to: Recipients, facts: dict[str, object]) -> list[tuple[str, str | None]]:
+def recipients(to: Recipients, facts: dict[str, object]) -> list[tuple[str, str | None]]:
     """(label, raw number or None) for each recipient the step names, in a stable order."""
     found: list[tuple[str, str | None]] = []
     if to.our_contact:

@@ -1,7 +1,9 @@
-"""The baseline: a plain Temporal workflow that runs no-op activities (and, if asked, timers).
+"""The baselines: plain Temporal workflows that run no-op activities (and, if asked, timers), and
+plain workflows that each send one email.
 
-It is the least Temporal itself needs for the same number of activities, so the engine's figures
-can be read as a ratio to it. It is run by a worker with the same activity slots as worker.py.
+They are the least Temporal itself needs for the same work, so the engine's figures can be read as
+a ratio to them. They run on a worker with the same activity slots as worker.py; the email ones on
+the unsandboxed runner, the cheapest a workflow per contact can be.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from email.message import EmailMessage
 
+import aiosmtplib
 from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -44,6 +48,54 @@ class BaselineWorkflow:
         return (workflow.now() - started).total_seconds()
 
 
+@dataclass(frozen=True)
+class PlainEmail:
+    """One message, as the engine's send_email builds it for the same contact."""
+
+    host: str
+    port: int
+    sender: str
+    recipient: str
+    display_name: str
+    subject: str
+    text: str
+    message_id: str
+    local: bool = False  # send from a local activity instead of a scheduled one
+
+
+@activity.defn(name="bench_send_email")
+async def send_plain_email(email: PlainEmail) -> str:
+    message = EmailMessage()
+    message["From"] = f"Bench <{email.sender}>"
+    message["To"] = f"{email.display_name} <{email.recipient}>"
+    message["Subject"] = email.subject
+    message["Message-ID"] = email.message_id
+    message.set_content(email.text)
+    _errors, reply = await aiosmtplib.send(
+        message,
+        hostname=email.host,
+        port=email.port,
+        sender=email.sender,
+        recipients=[email.recipient],
+        start_tls=False,
+        timeout=60,
+    )
+    return reply
+
+
+@workflow.defn(name="BenchPlainEmail", sandboxed=False)
+class PlainEmailWorkflow:
+    @workflow.run
+    async def run(self, email: PlainEmail) -> str:
+        if email.local:
+            return await workflow.execute_local_activity(
+                send_plain_email, email, start_to_close_timeout=timedelta(seconds=60)
+            )
+        return await workflow.execute_activity(
+            send_plain_email, email, start_to_close_timeout=timedelta(seconds=60)
+        )
+
+
 @asynccontextmanager
 async def baseline_worker(
     client: Client, task_queue: str, activity_slots: int
@@ -51,8 +103,8 @@ async def baseline_worker(
     worker = Worker(
         client,
         task_queue=task_queue,
-        workflows=[BaselineWorkflow],
-        activities=[noop],
+        workflows=[BaselineWorkflow, PlainEmailWorkflow],
+        activities=[noop, send_plain_email],
         max_concurrent_activities=activity_slots,
     )
     async with worker:

@@ -22,8 +22,6 @@ from unittest import mock
 from pydantic import SecretStr
 from sqlalchemy import Engine, insert, select
 from sqlmodel import SQLModel
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.runtime import (
     LogForwardingConfig,
@@ -37,10 +35,10 @@ from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
 
 import worker as worker_module
 from activities.email import SmtpSettings
-from activities.enrollment import START_CONCURRENCY, enroll
-from activities.flows import deploy_flow
 from activities.sms import TwilioSettings
 from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
+from control.enrollment import START_CONCURRENCY, enroll
+from control.flows import deploy_flow
 from models.database import get_engine
 from models.participant import participant_workflow_id
 from testkit.peers import (
@@ -54,7 +52,6 @@ from testkit.peers import (
 from testkit.servers import LOOPBACK, start_dev_server, start_time_skipping_server
 from testkit.workers import new_worker
 from worker import activities_for
-from workflows import search_attributes as sa
 
 EMAIL_SETTINGS: dict[str, Any] = {
     "subscription_type": "newsletter",
@@ -322,12 +319,6 @@ async def dev_server() -> AsyncIterator[Server]:
         await env.shutdown()
 
 
-_INDEXED_TYPE = {
-    "KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-    "INT": IndexedValueType.INDEXED_VALUE_TYPE_INT,
-}
-
-
 @asynccontextmanager
 async def time_skipping_server() -> AsyncIterator[Server]:
     """The time-skipping test server, with the participants' search attributes registered (it
@@ -335,14 +326,6 @@ async def time_skipping_server() -> AsyncIterator[Server]:
     before = set(children_of(os.getpid()))
     env = await start_time_skipping_server(bench_runtime())
     try:
-        await env.client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(
-                namespace=env.client.namespace,
-                search_attributes={
-                    k.name: _INDEXED_TYPE[k.indexed_value_type.name] for k in sa.ALL
-                },
-            )
-        )
         yield Server(env, _new_child(before, ("temporal",)))
     finally:
         await env.shutdown()

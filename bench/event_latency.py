@@ -29,8 +29,8 @@ import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from activities.enrollment import enroll
-from activities.flows import deploy_flow
+from control.enrollment import enroll
+from control.flows import deploy_flow
 from models.database import get_engine, migrate, session
 from models.demo import SPRING_OFFER_URL, seed_demo
 from models.participant import participant_workflow_id

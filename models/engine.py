@@ -137,7 +137,7 @@ class CrmEvent(SQLModel, table=True):
     contact_id: int | None = Field(default=None, index=True)
     payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     occurred_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
-    # When activities.events delivered it to participants and triggers; None: not (yet) done.
+    # When control.ingest delivered it to participants and triggers; None: not (yet) done.
     delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
@@ -148,7 +148,7 @@ def find_event(db: Session, event_id: str) -> CrmEvent | None:
 def record_event(db: Session, event: FlowEvent, **details: Any) -> FlowEvent:
     """Add an event to the caller's transaction: it commits with the change it describes, so the
     event exists exactly when the change does. The unique ``event_id`` refuses a second copy.
-    The payload is the event's JSON, as ``activities.events`` records it, plus ``details``."""
+    The payload is the event's JSON, as ``control.ingest`` records it, plus ``details``."""
     db.add(
         CrmEvent(
             event_id=event.event_id,

@@ -57,6 +57,17 @@ class FlowEvent(BaseModel):
     )
 
 
+class IngestReport(BaseModel):
+    """What one ingest of an event did: recorded it (or found it recorded), and whom it reached."""
+
+    event_id: str
+    new: bool  # False: the event id was recorded before
+    delivered: bool  # False: an earlier ingest had delivered it already; nothing was done
+    signalled: list[str] = []  # workflow ids of the active participants that got it
+    enrolled: list[str] = []  # flows whose triggers enrolled the contact
+    refused: dict[str, str] = {}  # flow id -> why its trigger did not enroll the contact
+
+
 def meets(criterion: SuccessCriterion, event: FlowEvent) -> bool:
     """Whether an event meets one of the flow's success criteria (spec §6), whoever caused it."""
     if criterion.kind.value != event.kind.value:

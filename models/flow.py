@@ -8,9 +8,10 @@ branch, and ``finish`` ends the path). Structural checks that need the whole gra
 
 from __future__ import annotations
 
+import typing
 from datetime import datetime, time
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -62,10 +63,19 @@ class Handoffs(Definition):
     add_to_selection: int | None = None
 
 
-# --- Send message ------------------------------------------------------------------------------
+class StepGroup(StrEnum):
+    """The product's five groups of step kinds (spec §3), plus finish."""
+
+    send_message = "send_message"
+    flow_control = "flow_control"
+    update_participant = "update_participant"
+    create_activity = "create_activity"
+    internal_action = "internal_action"
+    finish = "finish"
 
 
 class StepBase(Definition):
+    group: ClassVar[StepGroup]  # set by each kind; the diagram colours steps by it
     id: StepId
     name: str | None = Field(default=None, max_length=200, description="Shown in status and the UI")
 
@@ -74,12 +84,16 @@ class StepBase(Definition):
         return self.name or self.id
 
 
+# --- Send message ------------------------------------------------------------------------------
+
+
 class Attachment(Definition):
     path: str = Field(min_length=1, description="Relative to the flow document's folder")
     filename: str | None = None
 
 
 class SendEmail(StepBase):
+    group: ClassVar[StepGroup] = StepGroup.send_message
     type: Literal["send_email"]
     next: StepId
     subject: str = Field(min_length=1, max_length=998)
@@ -99,6 +113,7 @@ class SendEmail(StepBase):
 
 
 class SendSms(StepBase):
+    group: ClassVar[StepGroup] = StepGroup.send_message
     type: Literal["send_sms"]
     next: StepId
     sender: str | None = Field(default=None, description="Defaults to the flow's SMS sender")
@@ -111,6 +126,7 @@ class SendSms(StepBase):
 
 
 class WaitTime(StepBase):
+    group: ClassVar[StepGroup] = StepGroup.flow_control
     type: Literal["wait_time"]
     next: StepId
     mode: Literal["after", "until"] = "after"
@@ -156,6 +172,7 @@ class AwaitedAction(Definition):
 
 
 class WaitForAction(StepBase):
+    group: ClassVar[StepGroup] = StepGroup.flow_control
     type: Literal["wait_for_action"]
     next: StepId
     actions: list[AwaitedAction] = Field(min_length=1)
@@ -191,6 +208,7 @@ class EveryoneElse(Definition):
 
 
 class Split(StepBase):
+    group: ClassVar[StepGroup] = StepGroup.flow_control
     type: Literal["split"]
     basis: SplitBasis = SplitBasis.data
     form_id: int | None = None
@@ -248,12 +266,14 @@ class UpdateRow(Definition):
 
 
 class UpdateContact(StepBase):
+    group: ClassVar[StepGroup] = StepGroup.update_participant
     type: Literal["update_contact"]
     next: StepId
     rows: list[UpdateRow] = Field(min_length=1)
 
 
 class ListMembership(StepBase):
+    group: ClassVar[StepGroup] = StepGroup.update_participant
     next: StepId
     selection_id: int | None = None
     project_id: int | None = None
@@ -274,6 +294,7 @@ class RemoveFromList(ListMembership):
 
 
 class DistributeToOwner(StepBase):
+    group: ClassVar[StepGroup] = StepGroup.update_participant
     type: Literal["distribute_to_owner"]
     next: StepId
     associate_ids: list[int] = []
@@ -303,6 +324,7 @@ class Owner(Definition):
 
 
 class CreateFollowUp(StepBase):
+    group: ClassVar[StepGroup] = StepGroup.create_activity
     type: Literal["create_follow_up"]
     next: StepId
     title: str = Field(min_length=1, max_length=200)
@@ -318,6 +340,7 @@ class CreateFollowUp(StepBase):
 
 
 class CreateRequest(StepBase):
+    group: ClassVar[StepGroup] = StepGroup.create_activity
     type: Literal["create_request"]
     next: StepId
     title: str = Field(min_length=1, max_length=200)
@@ -337,6 +360,7 @@ class CreateRequest(StepBase):
 
 
 class CreateSale(StepBase):
+    group: ClassVar[StepGroup] = StepGroup.create_activity
     type: Literal["create_sale"]
     next: StepId
     title: str = Field(min_length=1, max_length=200)
@@ -354,6 +378,7 @@ class CreateSale(StepBase):
 
 
 class RunScript(StepBase):
+    group: ClassVar[StepGroup] = StepGroup.internal_action
     type: Literal["run_script"]
     next: StepId
     script: str = Field(min_length=1, max_length=200)
@@ -372,6 +397,7 @@ class Recipients(Definition):
 
 
 class NotifyEmail(StepBase):
+    group: ClassVar[StepGroup] = StepGroup.internal_action
     type: Literal["notify_email"]
     next: StepId
     to: Recipients
@@ -380,6 +406,7 @@ class NotifyEmail(StepBase):
 
 
 class NotifySms(StepBase):
+    group: ClassVar[StepGroup] = StepGroup.internal_action
     type: Literal["notify_sms"]
     next: StepId
     to: Recipients
@@ -388,6 +415,7 @@ class NotifySms(StepBase):
 
 
 class Finish(StepBase):
+    group: ClassVar[StepGroup] = StepGroup.finish
     type: Literal["finish"]
     suggest_flow_on_success: FlowId | None = None
     suggest_flow_otherwise: FlowId | None = None
@@ -414,7 +442,22 @@ Step = Annotated[
     Field(discriminator="type"),
 ]
 
-MESSAGE_STEP_TYPES = frozenset({"send_email", "send_sms"})
+# Every other list of step kinds derives from the union, so a new kind is one model and one line
+# above; mypy then points at the step dispatch (workflows.steps.run_step) until it handles it.
+STEP_MODELS: tuple[type[StepBase], ...] = typing.get_args(typing.get_args(Step)[0])
+
+
+def _kind(model: type[StepBase]) -> str:
+    (kind,) = typing.get_args(model.model_fields["type"].annotation)
+    return str(kind)
+
+
+STEP_KINDS: tuple[str, ...] = tuple(_kind(model) for model in STEP_MODELS)
+STEP_GROUPS: dict[StepGroup, tuple[str, ...]] = {
+    group: tuple(_kind(model) for model in STEP_MODELS if model.group is group)
+    for group in StepGroup
+}
+MESSAGE_STEP_TYPES = frozenset(STEP_GROUPS[StepGroup.send_message])
 WAIT_STEP_TYPES = frozenset({"wait_time", "wait_for_action"})
 
 

@@ -16,8 +16,10 @@ retry sends. One that dies between 2 and 3 leaves it ``sending``: the provider m
 have the message. Where the provider can be asked (the SMS API lists what it accepted), the retry
 asks it (``interrupted``, ``reopen``); where it cannot (SMTP), we prefer at most once: the next
 claim returns ``unconfirmed`` and sends nothing, because a duplicate marketing email is worse than
-an unconfirmed one (it is visible in the ledger and the participant's history). Step 2 sits so
-close to the hand-over that this window is a few microseconds wide.
+an unconfirmed one (it is visible in the ledger and the participant's history). Step 2 sits right
+before the hand-over, and from step 2 to step 3 the sending attempt defers its own cancellation
+(``activities.heartbeat.cancellation_deferred``): a timeout or an ended flow never stops it in
+between, so only a process killed in that stretch leaves ``sending`` behind.
 """
 
 from __future__ import annotations

@@ -8,11 +8,12 @@ raises on bad input: whatever the document holds, it returns a report.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any, Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from models.contact_update import row_problems
 from models.criteria import UNARY_OPERATORS, Criteria, Operator
@@ -39,36 +40,12 @@ from models.flow import (
     Split,
     Step,
     UpdateContact,
-    successors,
 )
 from models.merge_tags import unknown_tags
 from models.overlaps import overlaps
-from scripts import registered_scripts
 
 Level = Literal["error", "not_ready", "warning"]
-
-# The step kinds this engine runs. A flow may be saved with any of the 15 kinds; it can only be
-# started when every step is of a kind listed here (tests check this matches workflows.steps).
-RUNNABLE_STEP_TYPES = frozenset(
-    {
-        "send_email",
-        "send_sms",
-        "notify_email",
-        "notify_sms",
-        "wait_time",
-        "wait_for_action",
-        "split",
-        "add_to_list",
-        "remove_from_list",
-        "update_contact",
-        "distribute_to_owner",
-        "create_follow_up",
-        "create_request",
-        "create_sale",
-        "run_script",
-        "finish",
-    }
-)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -111,32 +88,99 @@ class FlowReport:
 
 
 def check_flow(
-    document: object, crm: CrmLists | None = None, *, actions: ActionCatalogue | None = None
+    document: object,
+    crm: CrmLists | None = None,
+    *,
+    actions: ActionCatalogue | None = None,
+    known_scripts: Collection[str] | None = None,
 ) -> FlowReport:
     """Validate a parsed JSON document; return the flow (if it parses) and every problem found.
+
+    Every problem, whatever else is wrong: when the document does not parse as a whole, each step
+    and setting that parses on its own is still checked (graph, fields, merge tags, readiness).
 
     With ``crm`` (``models.crm.crm_lists``, when a database is at hand) the request and sale
     steps' types, statuses, priorities, categories and stages are checked against the CRM too.
     With ``actions`` (``models.crm.action_catalogue``) steps that duplicate or contradict the own
-    actions of a form or link the flow uses are warned about (``models.overlaps``).
+    actions of a form or link the flow uses are warned about (``models.overlaps``). With
+    ``known_scripts`` (the names of the registered scripts) run_script steps must name one.
     """
     if not isinstance(document, dict):
         return FlowReport(None, [Problem("error", None, "", "a flow document is a JSON object")])
+    flow: Flow | None = None
     try:
         flow = Flow.model_validate(document)
     except ValidationError as exc:
         problems = list(_schema_problems(document, exc))
-        problems.extend(_graph_problems_raw(document))
-        return FlowReport(None, _unique(problems))
-    problems = [
-        *_graph_problems(flow),
-        *_content_problems(flow),
-        *_crm_step_problems(flow, crm),
-        *_readiness_problems(flow),
+        parts = _Parts.of_document(document)
+        graph = document
+    else:
+        problems = []
+        parts = _Parts.of_flow(flow)
+        graph = flow.model_dump(mode="json", by_alias=True)
+    problems += [
+        *_graph_problems(graph),
+        *_content_problems(parts),
+        *_crm_step_problems(parts, crm, known_scripts),
+        *_readiness_problems(parts),
     ]
-    if actions is not None:
+    if actions is not None and flow is not None:
         problems += [Problem("warning", *found) for found in overlaps(flow, actions)]
     return FlowReport(flow, _unique(problems))
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What the checks after the schema read: the whole flow's, or, when the document does not
+    parse, each step and setting that parses on its own (one that does not is None or left out,
+    and its schema errors say why)."""
+
+    steps: list[Step]
+    filter: Criteria | None = None
+    email: object = None  # only its presence counts
+    sms_sender: object = None
+    scheduled_start: datetime | None = None
+    enrollment_end: datetime | None = None
+
+    @classmethod
+    def of_flow(cls, flow: Flow) -> _Parts:
+        return cls(
+            flow.steps,
+            flow.filter,
+            flow.email,
+            flow.sms_sender,
+            flow.scheduled_start,
+            flow.enrollment_end,
+        )
+
+    @classmethod
+    def of_document(cls, document: dict[str, Any]) -> _Parts:
+        raw_steps = document.get("steps")
+        steps = [
+            step
+            for raw in (raw_steps if isinstance(raw_steps, list) else [])
+            if (step := _parsed(_STEP, raw)) is not None
+        ]
+        return cls(
+            steps,
+            _parsed(_CRITERIA, document.get("filter")),
+            document.get("email"),
+            document.get("sms_sender"),
+            _parsed(_INSTANT, document.get("scheduled_start")),
+            _parsed(_INSTANT, document.get("enrollment_end")),
+        )
+
+
+_STEP: TypeAdapter[Step] = TypeAdapter(Step)
+_CRITERIA: TypeAdapter[Criteria | None] = TypeAdapter(Criteria | None)
+_INSTANT: TypeAdapter[datetime | None] = TypeAdapter(datetime | None)
+
+
+def _parsed(adapter: TypeAdapter[T], value: object) -> T | None:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError:
+        return None
 
 
 def _unique(problems: Iterable[Problem]) -> list[Problem]:
@@ -198,7 +242,8 @@ def _graph_problems_raw(document: dict[str, Any]) -> Iterator[Problem]:
         yield Problem("error", None, "start", f"no step has id {start!r}")
 
 
-def _raw_references(raw: dict[str, Any]) -> Iterator[tuple[str, object]]:
+def _raw_edges(raw: dict[str, Any]) -> Iterator[tuple[str, object]]:
+    """Where a raw step leads on to: (field, target id), in branch order."""
     if "next" in raw:
         yield "next", raw["next"]
     branches = raw.get("branches")
@@ -208,6 +253,10 @@ def _raw_references(raw: dict[str, Any]) -> Iterator[tuple[str, object]]:
     everyone_else = raw.get("everyone_else")
     if isinstance(everyone_else, dict) and everyone_else.get("next") is not None:
         yield "everyone_else.next", everyone_else["next"]
+
+
+def _raw_references(raw: dict[str, Any]) -> Iterator[tuple[str, object]]:
+    yield from _raw_edges(raw)
     if "email_step" in raw:
         yield "email_step", raw["email_step"]
     actions = raw.get("actions")
@@ -219,32 +268,44 @@ def _raw_references(raw: dict[str, Any]) -> Iterator[tuple[str, object]]:
 # --- the graph ---------------------------------------------------------------------------------
 
 
-def _graph_problems(flow: Flow) -> Iterator[Problem]:
-    yield from _graph_problems_raw(flow.model_dump(mode="json", by_alias=True))
-    ids = {step.id for step in flow.steps}
-    if flow.start in ids:
-        reachable = _reachable(flow)
-        for step in flow.steps:
-            if step.id not in reachable:
-                yield Problem("error", step.id, "id", "unreachable from the start step")
-    for component in _cycles(flow):
-        if not any(flow.step(step_id).type in WAIT_STEP_TYPES for step_id in component):
+def _graph_problems(document: dict[str, Any]) -> Iterator[Problem]:
+    """References, reachability and loops, read from the raw document (the flow's dump when it
+    parses) so that they are found whatever else is wrong with its steps."""
+    yield from _graph_problems_raw(document)
+    steps = document.get("steps")
+    raw_steps: dict[str, dict[str, Any]] = {}
+    for raw in steps if isinstance(steps, list) else []:
+        if isinstance(raw, dict) and isinstance(raw.get("id"), str):
+            raw_steps.setdefault(raw["id"], raw)  # of duplicate ids, the first
+    edges = _edges(raw_steps)
+    start = document.get("start")
+    if isinstance(start, str) and start in edges:
+        reachable = _reachable(edges, start)
+        for step_id in raw_steps:
+            if step_id not in reachable:
+                yield Problem("error", step_id, "id", "unreachable from the start step")
+    for component in _cycles(edges):
+        kinds = [raw_steps[step_id].get("type") for step_id in component]
+        if not any(isinstance(kind, str) and kind in WAIT_STEP_TYPES for kind in kinds):
             first = sorted(component)[0]
             path = " → ".join(sorted(component))
             # The field of the first step that leads on into the loop (a split has no `next`).
-            raw = flow.step(first).model_dump(mode="json")
-            where = next(w for w, t in _raw_references(raw) if t in component)
+            where = next(
+                w for w, t in _raw_edges(raw_steps[first]) if isinstance(t, str) and t in component
+            )
             yield Problem("error", first, where, f"a loop without a wait step: {path}")
 
 
-def _edges(flow: Flow) -> dict[str, list[str]]:
-    ids = {step.id for step in flow.steps}
-    return {s.id: [t for t in successors(s) if t in ids] for s in flow.steps}
+def _edges(raw_steps: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    edges: dict[str, list[str]] = {}
+    for step_id, raw in raw_steps.items():
+        targets = [t for _, t in _raw_edges(raw) if isinstance(t, str) and t in raw_steps]
+        edges[step_id] = list(dict.fromkeys(targets))
+    return edges
 
 
-def _reachable(flow: Flow) -> set[str]:
-    edges = _edges(flow)
-    seen, stack = {flow.start}, [flow.start]
+def _reachable(edges: dict[str, list[str]], start: str) -> set[str]:
+    seen, stack = {start}, [start]
     while stack:
         for target in edges[stack.pop()]:
             if target not in seen:
@@ -253,9 +314,8 @@ def _reachable(flow: Flow) -> set[str]:
     return seen
 
 
-def _cycles(flow: Flow) -> list[set[str]]:
+def _cycles(edges: dict[str, list[str]]) -> list[set[str]]:
     """Strongly connected components that contain a cycle (Tarjan, iterative)."""
-    edges = _edges(flow)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     on_stack: set[str] = set()
@@ -354,7 +414,7 @@ def _texts(step: Step) -> Iterator[tuple[str, str]]:
             yield name, value
 
 
-def _content_problems(flow: Flow) -> Iterator[Problem]:
+def _content_problems(flow: _Parts) -> Iterator[Problem]:
     if flow.filter is not None:
         for where, message in _criteria_problems(flow.filter, "filter"):
             yield Problem("error", None, where, message)
@@ -376,15 +436,16 @@ def _content_problems(flow: Flow) -> Iterator[Problem]:
 CALENDAR_UNITS = frozenset({"days", "working_days", "weeks"})
 
 
-def _crm_step_problems(flow: Flow, crm: CrmLists | None) -> Iterator[Problem]:
-    scripts = registered_scripts()
+def _crm_step_problems(
+    flow: _Parts, crm: CrmLists | None, scripts: Collection[str] | None
+) -> Iterator[Problem]:
     for step in flow.steps:
         where: list[tuple[str, str]] = []
         if isinstance(step, UpdateContact):
             for index, row in enumerate(step.rows):
                 if row.enabled:  # an unticked row is not applied, so it may be unfinished
                     where += [(f"rows.{index}.{f}", m) for f, m in row_problems(row)]
-        elif isinstance(step, RunScript) and step.script not in scripts:
+        elif isinstance(step, RunScript) and scripts is not None and step.script not in scripts:
             known = ", ".join(sorted(scripts)) or "none registered"
             where.append(("script", f"no script named {step.script!r} (known: {known})"))
         after = step.after if isinstance(step, CreateFollowUp | CreateSale) else None
@@ -441,7 +502,7 @@ def _crm_list_problems(step: Step, crm: CrmLists) -> list[tuple[str, str]]:
 # --- ready to run ------------------------------------------------------------------------------
 
 
-def _readiness_problems(flow: Flow) -> Iterator[Problem]:
+def _readiness_problems(flow: _Parts) -> Iterator[Problem]:
     kinds = {step.type for step in flow.steps}
     if kinds & {"send_email", "notify_email"} and flow.email is None:
         first = next(s.id for s in flow.steps if isinstance(s, SendEmail | NotifyEmail))
@@ -450,10 +511,6 @@ def _readiness_problems(flow: Flow) -> Iterator[Problem]:
         if isinstance(step, SendSms | NotifySms) and not (step.sender or flow.sms_sender):
             yield Problem(
                 "not_ready", step.id, "sender", "no sender, and the flow has no SMS sender"
-            )
-        if step.type not in RUNNABLE_STEP_TYPES:
-            yield Problem(
-                "not_ready", step.id, "type", f"step type {step.type!r} is not supported yet"
             )
     for name, value in (
         ("scheduled_start", flow.scheduled_start),

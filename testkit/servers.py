@@ -15,7 +15,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
 from temporalio.testing import WorkflowEnvironment
 
-from workflows import search_attributes as sa
+from models import search_attributes as sa
 
 BIN = Path(sys.executable).parent
 TEMPORAL_CLI = BIN / "temporal"
@@ -45,12 +45,16 @@ async def start_dev_server(runtime: Runtime | None = None) -> WorkflowEnvironmen
 
 
 async def start_time_skipping_server(runtime: Runtime | None = None) -> WorkflowEnvironment:
-    """The time-skipping test server; ``shutdown()`` stops it.
-
-    It takes no search attributes on start and fails workflow tasks that upsert unknown ones:
-    register the participants' before running one."""
-    return await WorkflowEnvironment.start_time_skipping(
+    """The time-skipping test server, with the participants' search attributes registered (it
+    takes none on start); ``shutdown()`` stops it."""
+    env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=str(TEST_SERVER),
         runtime=runtime,
     )
+    try:
+        await sa.register_search_attributes(env.client)
+    except BaseException:
+        await env.shutdown()
+        raise
+    return env

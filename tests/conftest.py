@@ -16,8 +16,6 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
 from models.database import get_engine, migrate, session
@@ -27,29 +25,11 @@ from peers.twilio_api import TwilioApiServer
 from testkit.peers import Inbox, running_inbox, running_twilio_api
 from testkit.servers import start_dev_server, start_time_skipping_server
 from testkit.workers import fresh_task_queue
-from workflows import search_attributes as sa
-
-_INDEXED_TYPE = {
-    "KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-    "INT": IndexedValueType.INDEXED_VALUE_TYPE_INT,
-}
-
-
-async def register_search_attributes(env: WorkflowEnvironment) -> None:
-    """The test server takes no search attributes on start and fails workflow tasks that upsert
-    unknown ones: register them first."""
-    await env.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=env.client.namespace,
-            search_attributes={k.name: _INDEXED_TYPE[k.indexed_value_type.name] for k in sa.ALL},
-        )
-    )
 
 
 @pytest.fixture(scope="session")
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await start_time_skipping_server()
-    await register_search_attributes(env)
     yield env
     await env.shutdown()
 

@@ -1,110 +1,1000 @@
-"""Record the participant histories that tests/test_replay.py replays.
+"""Record the participant histories that tests/test_replay.py replays: the replay corpus.
 
     make record-histories          (python -m tests.record_histories)
 
-Re-record only on purpose: a recorded history is the promise that workflow code changes stay
-compatible with participants already running. Commit a new file beside the old ones rather
-than overwriting, unless the old history is truly obsolete.
+Each scenario below runs a real participant on the time-skipping server against a seeded SQLite
+CRM, a real SMTP server (one that hard-bounces some addresses) and the local Twilio API, then saves
+every run's history (continue-as-new gives several; a run_script step gives its Script child's too)
+and lists it in ``tests/histories/manifest.json`` with what it covers.
+
+Histories are never overwritten: a scenario whose file exists is skipped. New behaviour gets a new
+scenario (a new name) recorded beside the old ones; that is the promise that workflow changes stay
+compatible with participants already running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import tempfile
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from temporalio.contrib.pydantic import pydantic_data_converter
+from aiosmtpd.controller import Controller
+from sqlalchemy import Engine
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 
+import scripts.examples  # noqa: F401  (registers the scripts the flows run)
+from activities.email import SmtpSettings
 from models.database import create_tables, get_engine, session
-from models.demo import seed_demo
+from models.demo import DEMO_SELECTION_ID, VIP_SELECTION_ID, seed_demo
+from models.events import EventKind, FlowEvent
 from models.flow import Flow
-from models.participant import Enrollment
-from worker import build_worker
+from models.participant import Enrollment, ParticipantState, Resume
+from peers.smtp_inbox import MaildirHandler
+from peers.twilio_api import TwilioApiServer
+from testkit.peers import running_twilio_api, twilio_settings
+from testkit.servers import free_port, start_time_skipping_server
+from testkit.waiting import assert_eventually
+from worker import activities_for, build_worker
 from workflows.participant import ParticipantWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
-TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
+MANIFEST = HISTORIES / "manifest.json"
+STOCKHOLM = ZoneInfo("Europe/Stockholm")
 
-# Every runnable step kind, a working-days wait, an everyone-else branch and continue-as-new.
-RECORDED: dict[str, dict[str, object]] = {
-    "participant_v1": {
-        "id": "recorded",
-        "name": "Recorded",
-        "time_zone": "Europe/Stockholm",
-        "start": "wait",
-        "steps": [
+# Demo CRM (models/demo.py): contact 1 Karin (email, mobile, in the demo selection), 3 Emily (her
+# mobile is in a range no network uses: invalid), 5 Maja, 7 Charlotte (no mobile, no company).
+KARIN, EMILY, MAJA, CHARLOTTE = 1, 3, 5, 7
+MAJA_MOBILE = "+46709876543"
+BOUNCING = "emily.clarke@example.org"
+
+EMAIL = {
+    "subscription_type": "newsletter",
+    "from": {"kind": "address", "address": "news@flows.example.com", "name": "Flows"},
+}
+FINISH = {"id": "done", "type": "finish"}
+
+
+def flow(steps: list[dict[str, Any]], **settings: Any) -> Flow:
+    return Flow.model_validate(
+        {"id": "recorded", "name": "Recorded", "start": steps[0]["id"], "steps": steps, **settings}
+    )
+
+
+def event(kind: EventKind, contact_id: int = KARIN, **fields: Any) -> FlowEvent:
+    return FlowEvent(
+        event_id=str(uuid.uuid4()),
+        kind=kind,
+        contact_id=contact_id,
+        occurred_at=datetime(2026, 11, 30, 12, tzinfo=UTC),
+        **fields,
+    )
+
+
+Handle = WorkflowHandle[Any, ParticipantState]
+
+
+@dataclass
+class Peers:
+    """What a scenario may steer: the server's clock and the Twilio API's scripted answers."""
+
+    env: WorkflowEnvironment
+    twilio: TwilioApiServer
+
+    async def skip(self, duration: timedelta) -> None:
+        await self.env.sleep(duration)
+
+
+@dataclass
+class Scenario:
+    """One participant run. ``drive`` (if any) steers it while it runs, then the recorder waits
+    for the result; ``covers`` names the scenarios of the manifest's required list it shows."""
+
+    description: str
+    covers: list[str]
+    flow: Callable[[datetime], Flow]
+    contact_id: int = KARIN
+    enrollment: dict[str, Any] = field(default_factory=dict)
+    drive: Callable[[Handle, Peers], Awaitable[None]] | None = None
+    cancelled: bool = False
+
+
+async def waiting_at(handle: Handle, step_id: str, *, timer: bool = True) -> ParticipantState:
+    """The participant waits at a step (with a timer unless ``timer`` is False). Time does not
+    skip while this polls, so the wait cannot end under it."""
+    return await assert_eventually(
+        lambda: handle.query(ParticipantWorkflow.current_state),
+        timeout=30,
+        interval=0.05,
+        until=lambda state: (
+            state.current_step == step_id and (state.wait_until is not None) == timer
+        ),
+        what=f"waiting at {step_id}",
+    )
+
+
+def local(start: datetime, days: int, hour: int) -> str:
+    """A local Stockholm wall-clock time ``days`` after ``start``, at ``hour``: ISO, no offset."""
+    day = start.astimezone(STOCKHOLM).date() + timedelta(days=days)
+    return datetime(day.year, day.month, day.day, hour).isoformat()
+
+
+# --- the scenarios -----------------------------------------------------------------------------
+
+
+def messages_flow(now: datetime) -> Flow:
+    return flow(
+        [
             {
-                "id": "wait",
+                "id": "mail",
+                "type": "send_email",
+                "next": "text",
+                "subject": "Hello [[customer.firstname]]",
+                "html": '<p>Hi [[customer.firstname]], <a href="https://example.com/offer">'
+                "the offer</a></p>",
+            },
+            {"id": "text", "type": "send_sms", "next": "tell-email", "text": "Hi from Flows"},
+            {
+                "id": "tell-email",
+                "type": "notify_email",
+                "next": "tell-sms",
+                "to": {"our_contact": True, "addresses": ["sales@flows.example.com"]},
+                "subject": "[[customer.fullname]] is in the flow",
+                "text": "Say hello to [[customer.fullname]].",
+            },
+            {
+                "id": "tell-sms",
+                "type": "notify_sms",
+                "next": "two-working-days",
+                "to": {"our_contact": True, "addresses": ["+46701110002"]},
+                "text": "[[customer.fullname]] is in the flow",
+            },
+            {
+                "id": "two-working-days",
                 "type": "wait_time",
                 "amount": 2,
                 "unit": "working_days",
-                "next": "split",
+                "next": "until",
             },
             {
-                "id": "split",
+                "id": "until",
+                "type": "wait_time",
+                "mode": "until",
+                "until": local(now, 20, 9),
+                "next": "hours",
+            },
+            {"id": "hours", "type": "wait_time", "amount": 5, "unit": "hours", "next": "done"},
+            {
+                **FINISH,
+                "suggest_flow_otherwise": "other-flow",
+                "add_to_selection": VIP_SELECTION_ID,
+            },
+        ],
+        email=EMAIL,
+        sms_sender="Flows",
+        # Scheduled for 03:00 local: the sending window (08:00-17:00 every day) makes it wait.
+        scheduled_start=local(now, 2, 3),
+        sending_window={"weekdays": "all_days", "start": "08:00", "end": "17:00"},
+    )
+
+
+def final_answers_flow(now: datetime) -> Flow:
+    return flow(
+        [
+            {
+                "id": "mail",
+                "type": "send_email",
+                "next": "text",
+                "subject": "Hello",
+                "text": "Hello [[customer.firstname]]",
+            },
+            {"id": "text", "type": "send_sms", "next": "done", "text": "Hello"},
+            FINISH,
+        ],
+        email=EMAIL,
+        sms_sender="Flows",
+    )
+
+
+def sms_flow(now: datetime) -> Flow:
+    return flow(
+        [{"id": "text", "type": "send_sms", "next": "done", "text": "Hello"}, FINISH],
+        sms_sender="Flows",
+    )
+
+
+async def reject_majas_mobile(handle: Handle, peers: Peers) -> None:
+    del handle
+    peers.twilio.reject_number(MAJA_MOBILE, code=21610)
+
+
+def no_mobile_flow(now: datetime) -> Flow:
+    return flow(
+        [
+            {
+                "id": "text",
+                "type": "send_sms",
+                "next": "done",
+                "text": "Hello",
+                "exit_if_no_mobile": True,
+                "exit": {"add_to_selection": VIP_SELECTION_ID, "suggest_flow": "email-only"},
+            },
+            FINISH,
+        ],
+        sms_sender="Flows",
+    )
+
+
+def actions_flow(now: datetime) -> Flow:
+    """An event that arrives during a wait_time before the wait_for_action; then one awaited
+    during the wait; then a wait that times out without an exit."""
+    return flow(
+        [
+            {"id": "first", "type": "wait_time", "amount": 1, "unit": "days", "next": "form"},
+            {
+                "id": "form",
+                "type": "wait_for_action",
+                "actions": [{"kind": "form_submitted", "form_id": 7}],
+                "next": "click",
+            },
+            {
+                "id": "click",
+                "type": "wait_for_action",
+                "actions": [
+                    {
+                        "kind": "link_clicked",
+                        "email_step": "mail",
+                        "link": "https://example.com/offer",
+                    }
+                ],
+                "max_wait": {"amount": 3, "unit": "days"},
+                "next": "quiet",
+            },
+            {
+                "id": "quiet",
+                "type": "wait_for_action",
+                "actions": [{"kind": "form_submitted", "form_id": 9}],
+                "max_wait": {"amount": 2, "unit": "working_days"},
+                "next": "done",
+            },
+            FINISH,
+        ]
+    )
+
+
+async def answer_early_and_during(handle: Handle, peers: Peers) -> None:
+    await waiting_at(handle, "first")
+    await handle.signal(ParticipantWorkflow.event, event(EventKind.form_submitted, form_id=7))
+    await peers.skip(timedelta(days=1, minutes=1))
+    await waiting_at(handle, "click")
+    click = event(
+        EventKind.link_clicked, flow_id="recorded", step_id="mail", link="https://example.com/offer"
+    )
+    await handle.signal(ParticipantWorkflow.event, click)
+    # The same event again (a replayed click): ignored by event id.
+    await handle.signal(ParticipantWorkflow.event, click)
+
+
+def timeout_exit_flow(now: datetime) -> Flow:
+    return flow(
+        [
+            {
+                "id": "wait",
+                "type": "wait_for_action",
+                "actions": [{"kind": "form_submitted", "form_id": 7}],
+                "max_wait": {"amount": 1, "unit": "days"},
+                "exit_on_timeout": True,
+                "exit": {"add_to_selection": VIP_SELECTION_ID, "suggest_flow": "second-chance"},
+                "next": "done",
+            },
+            FINISH,
+        ]
+    )
+
+
+def event_splits_flow(now: datetime) -> Flow:
+    return flow(
+        [
+            {"id": "first", "type": "wait_time", "amount": 1, "unit": "days", "next": "submitted"},
+            {
+                "id": "submitted",
                 "type": "split",
+                "basis": "form_submitted",
+                "form_id": 7,
+                "branches": [
+                    {"name": "Submitted", "submitted": True, "next": "answers"},
+                    {"name": "Not submitted", "submitted": False, "next": "done"},
+                ],
+                "everyone_else": {"next": "done"},
+            },
+            {
+                "id": "answers",
+                "type": "split",
+                "basis": "form_data",
+                "form_id": 7,
                 "branches": [
                     {
-                        "name": "Customers",
-                        "next": "add",
+                        "name": "Large",
+                        "next": "clicks",
+                        "criteria": {
+                            "conditions": [
+                                {"field": "form.size", "operator": "equals", "value": "large"}
+                            ]
+                        },
+                    }
+                ],
+                "everyone_else": {"next": "clicks"},
+            },
+            {
+                "id": "clicks",
+                "type": "split",
+                "basis": "link_clicked",
+                "branches": [
+                    {"name": "Pricing", "link": "https://example.com/pricing", "next": "unclicked"},
+                    {"name": "Any link", "next": "unclicked"},
+                ],
+                "everyone_else": {"next": "unclicked"},
+            },
+            {
+                "id": "unclicked",
+                "type": "split",
+                "basis": "link_clicked",
+                "email_step": "never",
+                "branches": [{"name": "Clicked", "next": "done"}],
+                "everyone_else": {"next": "done"},
+            },
+            FINISH,
+        ]
+    )
+
+
+async def submit_and_click(handle: Handle, peers: Peers) -> None:
+    del peers
+    await waiting_at(handle, "first")
+    await handle.signal(
+        ParticipantWorkflow.event,
+        event(EventKind.form_submitted, form_id=7, data={"size": "large", "name": "Karin"}),
+    )
+    await handle.signal(
+        ParticipantWorkflow.event,
+        event(
+            EventKind.link_clicked,
+            flow_id="recorded",
+            step_id="mail",
+            link="https://example.com/blog",
+        ),
+    )
+
+
+def crm_splits_flow(now: datetime) -> Flow:
+    return flow(
+        [
+            {"id": "into-project", "type": "add_to_list", "project_id": 1, "next": "by-data"},
+            {
+                "id": "by-data",
+                "type": "split",
+                "basis": "data",
+                "branches": [
+                    {
+                        "name": "Decision makers",
+                        "next": "by-selection",
                         "criteria": {
                             "conditions": [
                                 {
-                                    "field": "company.category",
+                                    "field": "contact.category",
                                     "operator": "equals",
-                                    "value": "Customer",
+                                    "value": "Decision maker",
                                 }
                             ]
                         },
                     }
                 ],
-                "everyone_else": {"next": "add"},
+                "everyone_else": {"next": "by-selection"},
             },
-            {"id": "add", "type": "add_to_list", "selection_id": 2, "next": "remove"},
-            {"id": "remove", "type": "remove_from_list", "selection_id": 2, "next": "done"},
-            {"id": "done", "type": "finish", "add_to_selection": 2},
+            {
+                "id": "by-selection",
+                "type": "split",
+                "basis": "selection",
+                "branches": [
+                    {"name": "Demo", "selection_id": DEMO_SELECTION_ID, "next": "by-project"}
+                ],
+                "everyone_else": {"next": "by-project"},
+            },
+            {
+                "id": "by-project",
+                "type": "split",
+                "basis": "project",
+                "branches": [{"name": "Spring", "project_id": 1, "next": "by-data-again"}],
+                "everyone_else": {"next": "by-data-again"},
+            },
+            {
+                "id": "by-data-again",
+                "type": "split",
+                "basis": "data",
+                "branches": [
+                    {
+                        "name": "Partners",
+                        "next": "done",
+                        "criteria": {
+                            "conditions": [
+                                {
+                                    "field": "company.category",
+                                    "operator": "equals",
+                                    "value": "Partner",
+                                }
+                            ]
+                        },
+                    }
+                ],
+                "everyone_else": {"exit": {"add_to_selection": VIP_SELECTION_ID}},
+            },
+            FINISH,
+        ]
+    )
+
+
+def crm_steps_flow(now: datetime) -> Flow:
+    return flow(
+        [
+            {
+                "id": "add",
+                "type": "add_to_list",
+                "selection_id": VIP_SELECTION_ID,
+                "project_id": 1,
+                "next": "remove",
+            },
+            {
+                "id": "remove",
+                "type": "remove_from_list",
+                "selection_id": VIP_SELECTION_ID,
+                "next": "update",
+            },
+            {
+                "id": "update",
+                "type": "update_contact",
+                "next": "owner",
+                "rows": [
+                    {"field": "category", "action": "select", "value": "Customer"},
+                    {"field": "title", "action": "set", "value": "Head of Marketing"},
+                    {
+                        "target": "company",
+                        "field": "category",
+                        "action": "select",
+                        "value": "Partner",
+                    },
+                ],
+            },
+            {
+                "id": "owner",
+                "type": "distribute_to_owner",
+                "user_group_id": 1,
+                "only_if_unassigned": False,
+                "next": "fallback",
+            },
+            {
+                "id": "fallback",
+                "type": "distribute_to_owner",
+                "associate_ids": [999],
+                "only_if_unassigned": False,
+                "fallback_associate_id": 1,
+                "next": "todo",
+            },
+            {
+                "id": "todo",
+                "type": "create_follow_up",
+                "title": "Call [[customer.firstname]]",
+                "follow_up_type": "Phone",
+                "after": {"amount": 2, "unit": "working_days"},
+                "next": "meeting",
+            },
+            {
+                "id": "meeting",
+                "type": "create_follow_up",
+                "kind": "meeting",
+                "title": "Demo for [[company.name]]",
+                "follow_up_type": "Meeting",
+                "after": {"amount": 1, "unit": "weeks"},
+                "next": "request",
+            },
+            {
+                "id": "request",
+                "type": "create_request",
+                "title": "Check-in: [[company.name]]",
+                "request_type": "Support",
+                "status": "Open",
+                "category": "General",
+                "priority": "High",
+                "owner": "automatic",
+                "message": "<p>Hello</p>",
+                "next": "sale",
+            },
+            {
+                "id": "sale",
+                "type": "create_sale",
+                "title": "Licences for [[company.name]]",
+                "sale_type": "New business",
+                "amount": 12000,
+                "next": "script",
+            },
+            {
+                "id": "script",
+                "type": "run_script",
+                "script": "sync_webinar_attendee",
+                "next": "done",
+            },
+            {**FINISH, "suggest_flow_on_success": "customers", "suggest_flow_otherwise": "nurture"},
         ],
-    }
+        success={"criteria": [{"kind": "sale_created"}], "move_to_finish": False},
+    )
+
+
+def continue_as_new_flow(now: datetime) -> Flow:
+    return flow(
+        [
+            {"id": "add", "type": "add_to_list", "selection_id": VIP_SELECTION_ID, "next": "w1"},
+            {"id": "w1", "type": "wait_time", "amount": 1, "unit": "days", "next": "remove"},
+            {
+                "id": "remove",
+                "type": "remove_from_list",
+                "selection_id": VIP_SELECTION_ID,
+                "next": "w2",
+            },
+            {
+                "id": "w2",
+                "type": "wait_for_action",
+                "actions": [{"kind": "form_submitted", "form_id": 7}],
+                "max_wait": {"amount": 2, "unit": "days"},
+                "next": "done",
+            },
+            FINISH,
+        ]
+    )
+
+
+async def form_in_second_run(handle: Handle, peers: Peers) -> None:
+    await peers.skip(timedelta(days=1, minutes=1))
+    await waiting_at(handle, "w2")
+    await handle.signal(ParticipantWorkflow.event, event(EventKind.form_submitted, form_id=7))
+
+
+def pause_flow(now: datetime) -> Flow:
+    return flow(
+        [
+            {"id": "w1", "type": "wait_time", "amount": 1, "unit": "days", "next": "add"},
+            {"id": "add", "type": "add_to_list", "selection_id": VIP_SELECTION_ID, "next": "done"},
+            FINISH,
+        ]
+    )
+
+
+def edited_pause_flow(now: datetime) -> Flow:
+    """Version 2, deployed while paused: the next step changed, and a step added after it."""
+    return flow(
+        [
+            {"id": "w1", "type": "wait_time", "amount": 1, "unit": "days", "next": "add"},
+            {"id": "add", "type": "add_to_list", "project_id": 1, "next": "tag"},
+            {
+                "id": "tag",
+                "type": "update_contact",
+                "next": "done",
+                "rows": [{"field": "title", "action": "set", "value": "Reader"}],
+            },
+            FINISH,
+        ]
+    )
+
+
+async def pause_edit_resume(handle: Handle, peers: Peers) -> None:
+    await waiting_at(handle, "w1")
+    await handle.signal(ParticipantWorkflow.pause)
+    # The wait ends while paused: the participant freezes there (no timer).
+    await peers.skip(timedelta(days=1, minutes=1))
+    await waiting_at(handle, "w1", timer=False)
+    edited = edited_pause_flow(datetime.now(UTC))
+    await handle.signal(ParticipantWorkflow.resume, Resume(flow=edited, flow_version=2))
+
+
+def step_gone_flow(now: datetime) -> Flow:
+    return flow(
+        [
+            {"id": "w1", "type": "wait_time", "amount": 1, "unit": "days", "next": "done"},
+            FINISH,
+        ]
+    )
+
+
+async def pause_resume_with_current_step_gone(handle: Handle, peers: Peers) -> None:
+    await waiting_at(handle, "w1")
+    await handle.signal(ParticipantWorkflow.pause)
+    await peers.skip(timedelta(days=1, minutes=1))
+    await waiting_at(handle, "w1", timer=False)
+    edited = flow(
+        [{"id": "w9", "type": "wait_time", "amount": 1, "unit": "days", "next": "done"}, FINISH]
+    )
+    await handle.signal(ParticipantWorkflow.resume, Resume(flow=edited, flow_version=2))
+
+
+async def resume_queued(handle: Handle, peers: Peers) -> None:
+    del peers
+    await asyncio.sleep(0.5)  # enrolled while paused: it queues before the first step
+    await handle.signal(ParticipantWorkflow.resume, Resume())
+
+
+def success_flow(now: datetime) -> Flow:
+    return flow(
+        [
+            {"id": "long", "type": "wait_time", "amount": 30, "unit": "days", "next": "done"},
+            FINISH,
+        ],
+        success={"criteria": [{"kind": "sale_created"}], "move_to_finish": True},
+    )
+
+
+async def meet_success(handle: Handle, peers: Peers) -> None:
+    del peers
+    await waiting_at(handle, "long")
+    await handle.signal(ParticipantWorkflow.event, event(EventKind.sale_created, sale_id=5))
+
+
+def long_wait_flow(now: datetime) -> Flow:
+    return flow(
+        [
+            {"id": "long", "type": "wait_time", "amount": 30, "unit": "days", "next": "done"},
+            FINISH,
+        ]
+    )
+
+
+async def ask_to_leave(handle: Handle, peers: Peers) -> None:
+    del peers
+    await waiting_at(handle, "long")
+    await handle.signal(ParticipantWorkflow.leave, "enrolled in flow 'winter' that removes it")
+
+
+async def end_the_flow(handle: Handle, peers: Peers) -> None:
+    del peers
+    await waiting_at(handle, "long")
+    await handle.cancel()
+
+
+def excluded_flow(now: datetime) -> Flow:
+    return flow(
+        [
+            {"id": "add", "type": "add_to_list", "selection_id": VIP_SELECTION_ID, "next": "done"},
+            FINISH,
+        ],
+        exclusion_selections=[DEMO_SELECTION_ID],
+    )
+
+
+def failing_step_flow(now: datetime) -> Flow:
+    return flow(
+        [
+            {
+                "id": "ask",
+                "type": "create_request",
+                "next": "done",
+                "title": "Check-in",
+                "request_type": "Customer success",
+                "status": "Open",
+                "category": "Account management",
+                "priority": "Critical",
+                "owner": "unassigned",
+            },
+            FINISH,
+        ]
+    )
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "messages_sent": Scenario(
+        "send_email, send_sms, notify_email, notify_sms delivered; a scheduled start and the "
+        "sending window; waits for working days, until a local time and for hours; finish with "
+        "hand-offs",
+        [
+            "scheduled_start",
+            "sending_window",
+            "email.sent",
+            "sms.sent",
+            "notify_email.sent",
+            "notify_sms.sent",
+            "wait_time.working_days",
+            "wait_time.until",
+            "wait_time.hours",
+            "finish.handoffs",
+        ],
+        messages_flow,
+    ),
+    "final_answers": Scenario(
+        "a hard-bounced email (550 at RCPT) and an SMS skipped for an invalid mobile number",
+        ["email.bounced", "sms.invalid_mobile"],
+        final_answers_flow,
+        contact_id=EMILY,
+    ),
+    "sms_final_error": Scenario(
+        "an SMS the provider refuses for good (Twilio 21610, unsubscribed recipient)",
+        ["sms.final_error"],
+        sms_flow,
+        contact_id=MAJA,
+        drive=reject_majas_mobile,
+    ),
+    "sms_no_mobile_exit": Scenario(
+        "send_sms to a contact without a mobile number, leaving through the step's exit",
+        ["sms.no_mobile_exit"],
+        no_mobile_flow,
+        contact_id=CHARLOTTE,
+    ),
+    "wait_for_action_answered": Scenario(
+        "a form submitted before the participant reached wait_for_action counts at once; a click "
+        "answers a wait in progress (sent twice: once counted); a wait times out and continues",
+        [
+            "event_before_wait_for_action",
+            "wait_for_action.answered",
+            "wait_for_action.timed_out_continue",
+            "event.duplicate_ignored",
+        ],
+        actions_flow,
+        drive=answer_early_and_during,
+    ),
+    "wait_for_action_timeout_exit": Scenario(
+        "wait_for_action times out and leaves through its exit (hand-offs)",
+        ["wait_for_action.timed_out_exit"],
+        timeout_exit_flow,
+    ),
+    "event_splits": Scenario(
+        "splits on form submitted, form data and link clicked, each branch and everyone else",
+        [
+            "split.form_submitted",
+            "split.form_data",
+            "split.link_clicked",
+            "split.everyone_else.next",
+        ],
+        event_splits_flow,
+        drive=submit_and_click,
+    ),
+    "crm_splits": Scenario(
+        "splits on contact data, selection and project; everyone else continuing and leaving",
+        [
+            "split.data",
+            "split.selection",
+            "split.project",
+            "split.everyone_else.next",
+            "split.everyone_else.exit",
+        ],
+        crm_splits_flow,
+    ),
+    "crm_steps": Scenario(
+        "add_to_list, remove_from_list, update_contact, distribute_to_owner (in turn and the "
+        "fallback), create_follow_up (to-do and meeting), create_request, create_sale, "
+        "run_script (a Script child), each CRM change announced; success met without "
+        "move-to-finish",
+        [
+            "list.add",
+            "list.remove",
+            "update_contact",
+            "distribute_to_owner.next_in_turn",
+            "distribute_to_owner.fallback",
+            "follow_up.todo",
+            "follow_up.meeting",
+            "request",
+            "sale",
+            "run_script.child",
+            "crm_event.announced",
+            "success.at_finish",
+        ],
+        crm_steps_flow,
+    ),
+    "continue_as_new": Scenario(
+        "two steps per run: the state carried across continue-as-new, an event in a later run",
+        ["continue_as_new"],
+        continue_as_new_flow,
+        enrollment={"steps_per_run": 2},
+        drive=form_in_second_run,
+    ),
+    "pause_edit_resume": Scenario(
+        "paused during a wait, frozen at its end, resumed with an edited version (a step added)",
+        ["pause", "resume.edit_taken"],
+        pause_flow,
+        drive=pause_edit_resume,
+    ),
+    "pause_resume_step_gone": Scenario(
+        "resumed with a version that no longer has the current step: keeps its version",
+        ["resume.edit_kept_old_version"],
+        step_gone_flow,
+        drive=pause_resume_with_current_step_gone,
+    ),
+    "enrolled_while_paused": Scenario(
+        "enrolled into a paused flow: queues before the first step until resumed",
+        ["enrolled_paused"],
+        pause_flow,
+        enrollment={"paused": True},
+        drive=resume_queued,
+    ),
+    "success_move_to_finish": Scenario(
+        "a success criterion met in the middle of a 30-day wait, with move-to-finish",
+        ["success.move_to_finish"],
+        success_flow,
+        drive=meet_success,
+    ),
+    "leave_signal": Scenario(
+        "taken out of the flow by the leave signal in the middle of a wait",
+        ["leave"],
+        long_wait_flow,
+        drive=ask_to_leave,
+    ),
+    "end_cancel": Scenario(
+        "the flow is ended: the participant is cancelled in the middle of a wait",
+        ["end.cancel"],
+        long_wait_flow,
+        drive=end_the_flow,
+        cancelled=True,
+    ),
+    "excluded_before_step": Scenario(
+        "the checks before every step find the contact on the exclusion list",
+        ["check.exclusion_list"],
+        excluded_flow,
+    ),
+    "final_step_error": Scenario(
+        "a step's final (non-retryable) error drops the participant with the reason",
+        ["step.final_error"],
+        failing_step_flow,
+    ),
 }
 
 
-async def record(name: str, document: dict[str, object]) -> Path:
-    from tests.conftest import register_search_attributes
+# --- recording ---------------------------------------------------------------------------------
 
-    env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=str(TEST_SERVER)
-    )
-    await register_search_attributes(env)
+
+class BouncingHandler(MaildirHandler):
+    """The SMTP inbox, hard-bouncing one address at RCPT."""
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        del server, session, options
+        if address == BOUNCING:
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+async def runs_of(client: Client, workflow_id: str, first_run: str) -> list[WorkflowHistory]:
+    """Every run's history, following continue-as-new from the first run."""
+    histories: list[WorkflowHistory] = []
+    run_id: str | None = first_run
+    while run_id:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        histories.append(history)
+        last = history.events[-1]
+        run_id = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+    return histories
+
+
+def script_children(history: WorkflowHistory) -> list[str]:
+    return [
+        e.start_child_workflow_execution_initiated_event_attributes.workflow_id
+        for e in history.events
+        if e.HasField("start_child_workflow_execution_initiated_event_attributes")
+    ]
+
+
+async def record(
+    env: WorkflowEnvironment,
+    engine: Engine,
+    peers: Peers,
+    smtp: SmtpSettings,
+    name: str,
+    scenario: Scenario,
+) -> list[tuple[str, WorkflowHistory]]:
+    task_queue = f"record-{uuid.uuid4()}"
+    now = await env.get_current_time()
+    activities = activities_for(engine, smtp, twilio_settings(peers.twilio))
+    async with build_worker(env.client, engine, task_queue=task_queue, activities=activities):
+        handle: Handle = await env.client.start_workflow(
+            ParticipantWorkflow.run,
+            Enrollment(
+                flow=scenario.flow(now),
+                flow_version=1,
+                contact_id=scenario.contact_id,
+                **scenario.enrollment,
+            ),
+            id=f"flow-recorded-contact-{scenario.contact_id}-{name}",
+            task_queue=task_queue,
+        )
+        if scenario.drive is not None:
+            # Signals and queries go to the newest run (continue-as-new makes new ones).
+            latest = env.client.get_workflow_handle_for(ParticipantWorkflow.run, handle.id)
+            await scenario.drive(latest, peers)
+        try:
+            # Awaiting the result lets the server skip time to each timer.
+            state = await handle.result()
+            print(f"  {name}: {state.status.value}; {[(v.step, v.outcome) for v in state.trail]}")
+        except Exception as error:
+            if not scenario.cancelled:
+                raise
+            print(f"  {name}: {type(error).__name__} (ended)")
+        assert handle.result_run_id is not None
+        histories = await runs_of(
+            env.client, handle.id, handle.first_execution_run_id or handle.result_run_id
+        )
+        children = [
+            (child, await env.client.get_workflow_handle(child).result())
+            for run in histories
+            for child in script_children(run)
+        ]
+        recorded: list[tuple[str, WorkflowHistory]] = []
+        for index, history in enumerate(histories):
+            suffix = f"_run{index + 1}" if len(histories) > 1 else ""
+            recorded.append((f"{name}{suffix}", history))
+        for index, (child, _) in enumerate(children):
+            history = await env.client.get_workflow_handle(child).fetch_history()
+            recorded.append((f"{name}_script{index + 1}", history))
+    peers.twilio.reset()
+    return recorded
+
+
+def load_manifest() -> dict[str, Any]:
+    if MANIFEST.exists():
+        manifest: dict[str, Any] = json.loads(MANIFEST.read_text())
+        return manifest
+    return {"required": [], "histories": []}
+
+
+async def main(only: list[str]) -> None:
+    HISTORIES.mkdir(exist_ok=True)
+    manifest = load_manifest()
+    known = {entry["scenario"] for entry in manifest["histories"]}
+    todo = {n: s for n, s in SCENARIOS.items() if n not in known and (not only or n in only)}
+    if not todo:
+        print("every scenario is recorded already; histories are never overwritten")
+        return
+    env = await start_time_skipping_server()
     with tempfile.TemporaryDirectory() as folder:
         engine = get_engine(f"sqlite:///{folder}/record.db")
         create_tables(engine)
         with session(engine) as db:
             seed_demo(db)
-        task_queue = f"record-{uuid.uuid4()}"
-        async with build_worker(env.client, engine, task_queue=task_queue):
-            handle = await env.client.start_workflow(
-                ParticipantWorkflow.run,
-                Enrollment(flow=Flow.model_validate(document), flow_version=1, contact_id=1),
-                id=f"flow-recorded-contact-1-{name}",
-                task_queue=task_queue,
-            )
-            await handle.result()
-        history = await handle.fetch_history()
-        engine.dispose()
+        port = free_port()
+        controller = Controller(
+            BouncingHandler(Path(folder) / "mail"), hostname="127.0.0.1", port=port
+        )
+        controller.start()
+        smtp = SmtpSettings(host="127.0.0.1", port=port)
+        try:
+            with running_twilio_api() as twilio:
+                for name, scenario in todo.items():
+                    recorded = await record(env, engine, Peers(env, twilio), smtp, name, scenario)
+                    files = []
+                    for stem, history in recorded:
+                        path = HISTORIES / f"{stem}.json"
+                        if path.exists():
+                            raise SystemExit(f"{path} exists: histories are never overwritten")
+                        path.write_text(history.to_json())
+                        files.append(path.name)
+                        print(f"recorded {path} ({len(history.events)} events)")
+                    manifest["histories"].append(
+                        {
+                            "scenario": name,
+                            "files": files,
+                            "recorded": datetime.now(UTC).date().isoformat(),
+                            "description": scenario.description,
+                            "covers": scenario.covers,
+                        }
+                    )
+                    MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
+        finally:
+            controller.stop()
+            engine.dispose()
     await env.shutdown()
-    path = HISTORIES / f"{name}.json"
-    path.write_text(history.to_json())
-    return path
-
-
-async def main() -> None:
-    HISTORIES.mkdir(exist_ok=True)
-    for name, document in RECORDED.items():
-        print(f"recorded {await record(name, document)}")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(sys.argv[1:]))

@@ -18,8 +18,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.contacts import ContactActivities, ContactUpdate
 from activities.crm import CrmActivities, ListChange
-from activities.flows import FlowRejected, deploy_flow, read_document
 from activities.records import RecordActivities, SaleCreation
+from control.flows import FlowRejected, deploy_flow, read_document
 from models.crm import (
     Associate,
     Company,

@@ -13,8 +13,8 @@ from sqlmodel import select
 from temporalio.testing import WorkflowEnvironment
 
 import starter
-from activities.enrollment import enroll
-from activities.flows import deploy_flow
+from control.enrollment import enroll
+from control.flows import deploy_flow
 from models.demo import DEMO_SELECTION_ID
 from models.engine import Participant
 from models.settings import Settings

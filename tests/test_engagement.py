@@ -12,7 +12,7 @@ from sqlmodel import select
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from activities.flows import deploy_flow
+from control.flows import deploy_flow
 from models.crm import SelectionMember
 from models.database import session
 from models.demo import VIP_SELECTION_ID

@@ -20,14 +20,14 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 import starter
-from activities.enrollment import enroll
-from activities.events import IngestReport, ingest, triggered_by
-from activities.flows import deploy_flow, set_flow_status
+from control.enrollment import enroll
+from control.flows import deploy_flow, set_flow_status
+from control.ingest import ingest, triggered_by
 from models.crm import Contact, SelectionMember
 from models.database import session
 from models.demo import VIP_SELECTION_ID
 from models.engine import CrmEvent, FlowStatus, Participant, ParticipantStatus
-from models.events import EventKind, FlowEvent
+from models.events import EventKind, FlowEvent, IngestReport
 from models.flow import Trigger
 from models.participant import participant_workflow_id
 from models.settings import Settings

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from datetime import timedelta
 
 from temporalio import activity
 from temporalio.testing import ActivityEnvironment
 
-from activities.heartbeat import heartbeating
+from activities.heartbeat import heartbeating, heartbeating_in_background
 
 
 def environment(heartbeat_timeout: timedelta | None) -> tuple[ActivityEnvironment, list[object]]:
@@ -33,8 +34,9 @@ async def async_send() -> None:
 
 @activity.defn
 def sync_send() -> None:
-    # As the email activity does: its own event loop inside the worker's thread.
-    asyncio.run(working(0.5))
+    # Its thread blocked (in a database write, say) the whole time: the beats go on beside it.
+    with heartbeating_in_background():
+        time.sleep(0.5)
 
 
 async def test_an_async_activity_heartbeats_three_times_per_timeout() -> None:
@@ -43,7 +45,7 @@ async def test_an_async_activity_heartbeats_three_times_per_timeout() -> None:
     assert 4 <= len(beats) <= 7  # every 0.1 s for 0.5 s
 
 
-async def test_a_sync_activity_heartbeats_from_its_own_loop() -> None:
+async def test_a_blocked_sync_activity_heartbeats_from_a_thread_of_its_own() -> None:
     env, beats = environment(timedelta(seconds=0.3))
     await asyncio.to_thread(env.run, sync_send)
     assert 4 <= len(beats) <= 7
@@ -53,4 +55,8 @@ async def test_no_heartbeat_timeout_no_heartbeats() -> None:
     env, beats = environment(None)
     await env.run(async_send)
     assert beats == []
+    await asyncio.to_thread(env.run, sync_send)
+    assert beats == []
     await working(0.01)  # outside any activity it just runs
+    with heartbeating_in_background():
+        pass

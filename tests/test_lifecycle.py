@@ -13,9 +13,9 @@ from sqlalchemy import Engine
 from sqlmodel import select
 from temporalio.testing import WorkflowEnvironment
 
-from activities.enrollment import enroll
-from activities.flows import FlowRejected, deploy_flow, load_flow
-from activities.lifecycle import (
+from control.enrollment import enroll
+from control.flows import FlowRejected, deploy_flow, load_flow
+from control.lifecycle import (
     LifecycleError,
     delete_flow,
     end_flow,

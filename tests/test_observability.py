@@ -22,10 +22,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 import starter
-from activities.dry_run import DryRun, PlannedEvent, dry_run, render_timeline
-from activities.enrollment import enroll, selection_members
-from activities.flows import deploy_flow, load_flow
 from activities.metrics import metrics_runtime
+from control.dry_run import DryRun, PlannedEvent, dry_run, render_timeline
+from control.enrollment import enroll, selection_members
+from control.flows import deploy_flow, load_flow
 from models.crm import SelectionMember
 from models.database import session
 from models.demo import DEMO_SELECTION_ID

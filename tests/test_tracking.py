@@ -23,8 +23,8 @@ import pytest
 from sqlalchemy import Engine
 from temporalio.testing import WorkflowEnvironment
 
-from activities.enrollment import enroll
-from activities.flows import deploy_flow
+from control.enrollment import enroll
+from control.flows import deploy_flow
 from models.demo import DEMO_FORM_ID, SPRING_OFFER_URL
 from models.engine import ParticipantStatus
 from models.events import EventKind, FlowEvent

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from models.flow import WaitTime
+from models.flow import STEP_KINDS, WaitTime
 from models.validation import FlowReport, Problem, check_flow
 
 FLOWS = Path(__file__).resolve().parent.parent / "flows"
@@ -304,8 +304,12 @@ def test_a_step_that_is_not_an_object_is_named_by_position() -> None:
     document = base()
     document["steps"][1] = "tag"
     report = check_flow(document)
-    # The step has no id, so `pause` now points nowhere too.
-    assert where(report) == [("error", "#1", ""), ("error", "pause", "next")]
+    # The step has no id, so `pause` now points nowhere too, and nothing leads to `done`.
+    assert where(report) == [
+        ("error", "#1", ""),
+        ("error", "done", "id"),
+        ("error", "pause", "next"),
+    ]
 
 
 SALE: dict[str, Any] = {"type": "create_sale", "title": "Licence", "sale_type": "New business"}
@@ -474,6 +478,7 @@ def test_model_level_checks_name_their_field(
 def test_data_split_branch_without_criteria() -> None:
     document = base(start="choose")
     document["steps"].insert(0, split(branches=[{"name": "Swedes", "next": "tag"}]))
+    step(document, "choose")["everyone_else"]["next"] = "pause"
     report = check_flow(document)
     assert where(report) == [("error", "choose", "branches.0.criteria")]
     assert message(report, "choose", "branches.0.criteria") == "criteria is required for basis data"
@@ -822,6 +827,9 @@ def test_every_problem_of_a_document_that_does_not_parse_is_listed() -> None:
             ("error", "tag", "type"),
             ("error", "sale", "amount"),
             ("error", "done", "confetti"),
+            # The first `tag` leads nowhere: nothing reaches the steps after it.
+            ("error", "sale", "id"),
+            ("error", "done", "id"),
         ],
         key=repr,
     )
@@ -870,6 +878,34 @@ def test_every_problem_of_a_document_that_parses_is_listed() -> None:
         ],
         key=repr,
     )
+
+
+def test_a_document_that_does_not_parse_still_gets_its_content_checked() -> None:
+    # A misspelled time zone keeps the flow from parsing; its parts are checked all the same.
+    unknown = {"conditions": [{"field": "contact.mood", "operator": "is_not_empty"}]}
+    document = base(time_zone="Europe/Stokholm", filter=unknown)
+    document["steps"][1:] = [
+        {"id": "mail", "type": "send_email", "next": "gone", "subject": "Hi [[customer.nick]]"},
+        {"id": "mail", "type": "wait_time", "next": "done", "amount": 1, "unit": "days"},
+        {"id": "done", "type": "finish"},
+    ]
+    step(document, "mail")["text"] = "Hello"
+    step(document, "pause")["next"] = "mail"
+    expected = [
+        ("error", None, "filter.conditions.0.field"),
+        ("error", "mail", "id"),  # a duplicate id
+        ("error", "mail", "next"),  # no step "gone"
+        ("error", "mail", "subject"),  # unknown merge tag
+        ("error", "done", "id"),  # unreachable: the first "mail" leads nowhere
+        ("not_ready", "mail", "email"),
+    ]
+    report = check_flow(document)
+    assert where(report) == sorted([("error", None, "time_zone"), *expected], key=repr)
+    assert message(report, "mail", "subject") == "unknown merge tag [[customer.nick]]"
+    # With the zone fixed the flow parses, and the other problems are the same.
+    fixed = check_flow({**document, "time_zone": "Europe/Stockholm"})
+    assert fixed.flow is not None
+    assert where(fixed) == sorted(expected, key=repr)
 
 
 # --- reading problems --------------------------------------------------------------------------
@@ -921,46 +957,20 @@ def test_a_problem_is_one_line_whatever_the_document_holds() -> None:
 
 # --- the example flows -------------------------------------------------------------------------
 
-ALL_STEP_TYPES = {
-    "send_email",
-    "send_sms",
-    "wait_time",
-    "wait_for_action",
-    "split",
-    "update_contact",
-    "add_to_list",
-    "remove_from_list",
-    "distribute_to_owner",
-    "create_follow_up",
-    "create_request",
-    "create_sale",
-    "run_script",
-    "notify_email",
-    "notify_sms",
-    "finish",
-}
-
 
 def test_every_step_example_can_be_saved() -> None:
     report = check_flow(json.loads((FLOWS / "every-step.json").read_text()))
     assert report.errors == []
     assert report.can_save
     assert report.flow is not None
-    assert {s.type for s in report.flow.steps} == ALL_STEP_TYPES
+    assert {s.type for s in report.flow.steps} == set(STEP_KINDS)
     assert {s.mode for s in report.flow.steps if isinstance(s, WaitTime)} == {"after", "until"}
     assert report.flow.email is not None and report.flow.sms_sender and report.flow.sending_window
     # What keeps it from running is only what the engine does not support yet.
-    assert {p.field for p in report.problems} <= {"type", "basis", "triggers", "success"}
+    assert {p.field for p in report.problems} <= {"basis", "triggers", "success"}
 
 
 @pytest.mark.parametrize("path", sorted(FLOWS.glob("*.json")), ids=lambda p: p.name)
 def test_example_flows_can_be_saved(path: Path) -> None:
     report = check_flow(json.loads(path.read_text()))
     assert report.errors == [], [str(p) for p in report.errors]
-
-
-def test_runnable_step_types_are_exactly_those_the_workflow_runs() -> None:
-    from models.validation import RUNNABLE_STEP_TYPES
-    from workflows.steps import STEP_FUNCTIONS
-
-    assert set(STEP_FUNCTIONS) == RUNNABLE_STEP_TYPES

@@ -42,10 +42,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 from temporalio.client import Client
 
-from activities.events import IngestReport, ingest
+from control.ingest import ingest
 from models.crm import Form
 from models.database import session
-from models.events import EventKind, FlowEvent
+from models.events import EventKind, FlowEvent, IngestReport
 from models.settings import Settings, get_settings
 from models.tracking_links import TRACKED_SCHEMES, BadToken, ExpiredToken, Purpose, TrackingLinks
 

@@ -19,13 +19,13 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.participants import ParticipantRecord
+    from activities.participants import ParticipantActivities, ParticipantRecord
     from models import schedule
+    from models import search_attributes as sa
     from models.engine import ParticipantStatus
     from models.events import FlowEvent, meets
     from models.flow import Flow, Step
     from models.participant import Enrollment, ParticipantState, Resume, Standing, Visit
-    from workflows import search_attributes as sa
     from workflows.steps import Continue, Leave, Leaving, Outcome, hand_off, run_step
 
 TRAIL_LENGTH = 50
@@ -253,12 +253,12 @@ class ParticipantWorkflow:
         record = ParticipantRecord(
             state=self._state, exclusion_selections=self._flow.exclusion_selections
         )
-        standing: Standing | None = await workflow.execute_local_activity(
-            "record_participant",
+        # Histories recorded before the checks existed carry no standing (a null result, which
+        # decodes to None whatever the type): all is well.
+        standing: Standing | None = await workflow.execute_local_activity_method(
+            ParticipantActivities.record_participant,
             record,
-            result_type=Standing | None,  # type: ignore[arg-type]
             summary="Record participant",
             **RECORD_OPTIONS,
         )
-        # Histories recorded before the checks existed carry no standing: all is well.
         return standing or Standing()

@@ -14,7 +14,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.scripts import PreparedScript, ScriptStart
+    from activities.scripts import ScriptActivities, ScriptStart
 
 # Loading the context is a short database read: retry it like every CRM activity.
 PREPARE_ACTIVITY: dict[str, Any] = {
@@ -31,10 +31,9 @@ PREPARE_ACTIVITY: dict[str, Any] = {
 class ScriptWorkflow:
     @workflow.run
     async def run(self, start: ScriptStart) -> str:
-        prepared: PreparedScript = await workflow.execute_activity(
-            "prepare_script",
+        prepared = await workflow.execute_activity_method(
+            ScriptActivities.prepare_script,
             start,
-            result_type=PreparedScript,
             summary=f"Context for {start.script!r}: contact {start.contact_id}",
             **PREPARE_ACTIVITY,
         )
@@ -44,10 +43,9 @@ class ScriptWorkflow:
         )
         # The script's own limits (scripts.script(timeout=..., attempts=...)): each attempt is
         # cut at its timeout; retries back off from 1 s up to a minute between attempts.
-        result: str = await workflow.execute_activity(
-            "run_script",
+        return await workflow.execute_activity_method(
+            ScriptActivities.run_script,
             prepared,
-            result_type=str,
             summary=f"Run script {start.script!r}",
             start_to_close_timeout=timedelta(seconds=prepared.timeout_seconds),
             retry_policy=RetryPolicy(
@@ -57,4 +55,3 @@ class ScriptWorkflow:
                 maximum_attempts=prepared.attempts,
             ),
         )
-        return result

@@ -2,28 +2,37 @@
 
 A step function gets the running participant and its step, runs activities or timers, and returns
 where the participant goes next: ``Continue`` to a step id, or ``Leave`` the flow with a status.
-Activities are called by name so this module never imports database code into the sandbox; every
-timeout and retry policy sits next to the call that uses it.
+Activities are called by reference to their definitions, so their input and result types are
+checked; the modules that define them pass through the sandbox (imported once, outside it). Every
+timeout and retry policy sits next to the call that uses it. ``run_step`` dispatches on the step's
+kind, and mypy checks that it handles every kind of the ``Step`` union.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, assert_never
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.contacts import ContactUpdate, OwnerDistribution
-    from activities.crm import ListChange, SplitQuestion
-    from activities.email import EmailNotify, EmailSend
-    from activities.records import FollowUpCreation, RequestCreation, SaleCreation
+    from activities.contacts import ContactActivities, ContactUpdate, OwnerDistribution
+    from activities.crm import CrmActivities, ListChange, SplitQuestion
+    from activities.email import EmailActivities, EmailNotify, EmailSend
+    from activities.enrollment import EnrollmentActivities
+    from activities.events import EventActivities
+    from activities.records import (
+        FollowUpCreation,
+        RecordActivities,
+        RequestCreation,
+        SaleCreation,
+    )
     from activities.scripts import ScriptStart
-    from activities.sms import INVALID_MOBILE, NO_MOBILE, SmsNotify, SmsSend
+    from activities.sms import INVALID_MOBILE, NO_MOBILE, SmsActivities, SmsNotify, SmsSend
     from models import schedule
     from models.engine import ParticipantStatus, StepChange
     from models.events import EVENT_SPLIT_BASES, FlowEvent, answers, choose_by_events
@@ -50,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.ledger import DeliveryOutcome, DeliveryStatus
     from models.participant import ParticipantState, Suggestion
+    from workflows.script import ScriptWorkflow
 
 
 @dataclass(frozen=True)
@@ -161,10 +171,9 @@ async def send_email(participant: Participant, step: SendEmail) -> Outcome:
         step=step,
         settings=flow.email,
     )
-    outcome: DeliveryOutcome = await workflow.execute_activity(
-        "send_email",
+    outcome: DeliveryOutcome = await workflow.execute_activity_method(
+        EmailActivities.send_email,
         request,
-        result_type=DeliveryOutcome,
         # The address is only known inside the activity: name the contact by id here.
         summary=f"Send email {step.subject!r} to contact {participant.contact_id}",
         **SEND_ACTIVITY,
@@ -181,10 +190,9 @@ async def send_sms(participant: Participant, step: SendSms) -> Outcome:
         step=step,
         default_sender=participant.flow.sms_sender,
     )
-    outcome: DeliveryOutcome = await workflow.execute_activity(
-        "send_sms",
+    outcome: DeliveryOutcome = await workflow.execute_activity_method(
+        SmsActivities.send_sms,
         request,
-        result_type=DeliveryOutcome,
         summary=f"Send SMS {step.label!r} to contact {participant.contact_id}",
         **SEND_ACTIVITY,
     )
@@ -256,10 +264,9 @@ async def split(participant: Participant, step: Split) -> Outcome:
         # Decided from the events this participant has seen: no activity, deterministic.
         branch = choose_by_events(step, participant.state.events, participant.flow.id)
     else:
-        branch = await workflow.execute_activity(
-            "choose_split_branch",
+        branch = await workflow.execute_activity_method(
+            CrmActivities.choose_split_branch,
             SplitQuestion(contact_id=participant.contact_id, split=step),
-            result_type=int | None,  # type: ignore[arg-type]
             summary=f"Split {step.label!r} on {step.basis}",
             **CRM_ACTIVITY,
         )
@@ -282,8 +289,8 @@ async def add_to_list(participant: Participant, step: AddToList) -> Outcome:
         selection_id=step.selection_id,
         project_id=step.project_id,
     )
-    outcome: str = await workflow.execute_activity(
-        "add_to_list", change, result_type=str, summary=f"Add to {_lists(change)}", **CRM_ACTIVITY
+    outcome: str = await workflow.execute_activity_method(
+        CrmActivities.add_to_list, change, summary=f"Add to {_lists(change)}", **CRM_ACTIVITY
     )
     return Continue(step.next, outcome)
 
@@ -294,10 +301,9 @@ async def remove_from_list(participant: Participant, step: RemoveFromList) -> Ou
         selection_id=step.selection_id,
         project_id=step.project_id,
     )
-    outcome: str = await workflow.execute_activity(
-        "remove_from_list",
+    outcome: str = await workflow.execute_activity_method(
+        CrmActivities.remove_from_list,
         change,
-        result_type=str,
         summary=f"Remove from {_lists(change)}",
         **CRM_ACTIVITY,
     )
@@ -310,7 +316,7 @@ def _lists(change: ListChange) -> str:
     return " and ".join(parts)
 
 
-# Announcing is an ingest (activities.events): signals and perhaps enrollments, each quick;
+# Announcing is an ingest (control.ingest): signals and perhaps enrollments, each quick;
 # retried like a CRM write, since the event is recorded and ingesting it again is harmless.
 ANNOUNCE_ACTIVITY: dict[str, Any] = {
     "start_to_close_timeout": timedelta(minutes=1),
@@ -327,8 +333,8 @@ async def announce(change: StepChange) -> None:
     flows whose triggers match know what the step changed. Recording happened with the change."""
     if change.event is None:
         return
-    await workflow.execute_activity(
-        "emit_event",
+    await workflow.execute_activity_method(
+        EventActivities.emit_event,
         change.event,
         summary=f"Announce {change.event.kind.value} for contact {change.event.contact_id}",
         **ANNOUNCE_ACTIVITY,
@@ -344,10 +350,9 @@ async def update_contact(participant: Participant, step: UpdateContact) -> Outco
         rows=step.rows,
     )
     ticked = sum(row.enabled for row in step.rows)
-    change: StepChange = await workflow.execute_activity(
-        "update_contact",
+    change: StepChange = await workflow.execute_activity_method(
+        ContactActivities.update_contact,
         update,
-        result_type=StepChange,
         summary=f"Update contact {participant.contact_id}: {ticked} rows",
         **CRM_ACTIVITY,
     )
@@ -368,10 +373,9 @@ async def distribute_to_owner(participant: Participant, step: DistributeToOwner)
         if step.user_group_id is not None
         else f"associates {', '.join(map(str, step.associate_ids))}"
     )
-    change: StepChange = await workflow.execute_activity(
-        "distribute_to_owner",
+    change: StepChange = await workflow.execute_activity_method(
+        ContactActivities.distribute_to_owner,
         distribution,
-        result_type=StepChange,
         summary=f"Give contact {participant.contact_id} an owner from {pool}",
         **CRM_ACTIVITY,
     )
@@ -398,10 +402,9 @@ def _creation(participant: Participant, step: Step) -> dict[str, Any]:
 
 async def create_follow_up(participant: Participant, step: CreateFollowUp) -> Outcome:
     what = "meeting" if step.kind == "meeting" else "to-do"
-    change: StepChange = await workflow.execute_activity(
-        "create_follow_up",
+    change: StepChange = await workflow.execute_activity_method(
+        RecordActivities.create_follow_up,
         FollowUpCreation(step=step, **_creation(participant, step)),
-        result_type=StepChange,
         summary=f"Create {what} {step.title!r} for contact {participant.contact_id}",
         **CRM_ACTIVITY,
     )
@@ -410,10 +413,9 @@ async def create_follow_up(participant: Participant, step: CreateFollowUp) -> Ou
 
 
 async def create_request(participant: Participant, step: CreateRequest) -> Outcome:
-    change: StepChange = await workflow.execute_activity(
-        "create_request",
+    change: StepChange = await workflow.execute_activity_method(
+        RecordActivities.create_request,
         RequestCreation(step=step, **_creation(participant, step)),
-        result_type=StepChange,
         summary=f"Create request {step.title!r} for contact {participant.contact_id}",
         **CRM_ACTIVITY,
     )
@@ -422,10 +424,9 @@ async def create_request(participant: Participant, step: CreateRequest) -> Outco
 
 
 async def create_sale(participant: Participant, step: CreateSale) -> Outcome:
-    change: StepChange = await workflow.execute_activity(
-        "create_sale",
+    change: StepChange = await workflow.execute_activity_method(
+        RecordActivities.create_sale,
         SaleCreation(step=step, **_creation(participant, step)),
-        result_type=StepChange,
         summary=f"Create sale {step.title!r} for contact {participant.contact_id}",
         **CRM_ACTIVITY,
     )
@@ -446,10 +447,9 @@ async def notify_email(participant: Participant, step: NotifyEmail) -> Outcome:
         step=step,
         sender=str(email.sender.address),
     )
-    outcomes: list[DeliveryOutcome] = await workflow.execute_activity(
-        "notify_email",
+    outcomes: list[DeliveryOutcome] = await workflow.execute_activity_method(
+        EmailActivities.notify_email,
         request,
-        result_type=list[DeliveryOutcome],
         summary=f"Notify by email {step.subject!r}",
         **SEND_ACTIVITY,
     )
@@ -464,10 +464,9 @@ async def notify_sms(participant: Participant, step: NotifySms) -> Outcome:
         step=step,
         default_sender=participant.flow.sms_sender,
     )
-    outcomes: list[DeliveryOutcome] = await workflow.execute_activity(
-        "notify_sms",
+    outcomes: list[DeliveryOutcome] = await workflow.execute_activity_method(
+        SmsActivities.notify_sms,
         request,
-        result_type=list[DeliveryOutcome],
         summary=f"Notify by SMS {step.label!r}",
         **SEND_ACTIVITY,
     )
@@ -495,10 +494,9 @@ async def run_script(participant: Participant, step: RunScript) -> Outcome:
     script_id = f"script-{key}"
     try:
         handle = await workflow.start_child_workflow(
-            "Script",
+            ScriptWorkflow.run,
             start,
             id=script_id,
-            result_type=str,
             parent_close_policy=workflow.ParentClosePolicy.ABANDON,
             static_summary=f"Script {step.script!r} for contact {participant.contact_id}, "
             f"flow {flow.name!r}",
@@ -532,10 +530,9 @@ async def hand_off(participant: Participant, handoffs: Handoffs) -> None:
     decide), and/or add it to a static selection."""
     if handoffs.suggest_flow is not None:
         suggestion = Suggestion(flow_id=handoffs.suggest_flow, contact_id=participant.contact_id)
-        await workflow.execute_activity(
-            "suggest_contact",
+        await workflow.execute_activity_method(
+            EnrollmentActivities.suggest_contact,
             suggestion,
-            result_type=str,
             summary=f"Suggest for flow {handoffs.suggest_flow!r}",
             **CRM_ACTIVITY,
         )
@@ -543,36 +540,49 @@ async def hand_off(participant: Participant, handoffs: Handoffs) -> None:
         change = ListChange(
             contact_id=participant.contact_id, selection_id=handoffs.add_to_selection
         )
-        await workflow.execute_activity(
-            "add_to_list",
+        await workflow.execute_activity_method(
+            CrmActivities.add_to_list,
             change,
-            result_type=str,
             summary=f"Hand off to {_lists(change)}",
             **CRM_ACTIVITY,
         )
 
 
-StepFunction = Callable[[Participant, Any], Awaitable[Outcome]]
-
-STEP_FUNCTIONS: dict[str, StepFunction] = {
-    "send_email": send_email,
-    "send_sms": send_sms,
-    "notify_email": notify_email,
-    "notify_sms": notify_sms,
-    "wait_time": wait_time,
-    "wait_for_action": wait_for_action,
-    "split": split,
-    "add_to_list": add_to_list,
-    "remove_from_list": remove_from_list,
-    "update_contact": update_contact,
-    "distribute_to_owner": distribute_to_owner,
-    "create_follow_up": create_follow_up,
-    "create_request": create_request,
-    "create_sale": create_sale,
-    "run_script": run_script,
-    "finish": finish,
-}
-
-
 async def run_step(participant: Participant, step: Step) -> Outcome:
-    return await STEP_FUNCTIONS[step.type](participant, step)
+    """Do what the step's kind does. Every kind of the ``Step`` union has its case here:
+    ``assert_never`` makes mypy reject a kind without one."""
+    match step:
+        case SendEmail():
+            return await send_email(participant, step)
+        case SendSms():
+            return await send_sms(participant, step)
+        case WaitTime():
+            return await wait_time(participant, step)
+        case WaitForAction():
+            return await wait_for_action(participant, step)
+        case Split():
+            return await split(participant, step)
+        case UpdateContact():
+            return await update_contact(participant, step)
+        case AddToList():
+            return await add_to_list(participant, step)
+        case RemoveFromList():
+            return await remove_from_list(participant, step)
+        case DistributeToOwner():
+            return await distribute_to_owner(participant, step)
+        case CreateFollowUp():
+            return await create_follow_up(participant, step)
+        case CreateRequest():
+            return await create_request(participant, step)
+        case CreateSale():
+            return await create_sale(participant, step)
+        case RunScript():
+            return await run_script(participant, step)
+        case NotifyEmail():
+            return await notify_email(participant, step)
+        case NotifySms():
+            return await notify_sms(participant, step)
+        case Finish():
+            return await finish(participant, step)
+        case _:
+            assert_never(step)

@@ -17,8 +17,6 @@ from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
-from activities.enrollment import START_CONCURRENCY, enroll, selection_members
-from activities.flows import load_flow
 from bench.common import (
     Options,
     PartResult,
@@ -32,9 +30,11 @@ from bench.common import (
     seed_contacts,
     temp_database,
 )
+from control.enrollment import START_CONCURRENCY, enroll, selection_members
+from control.flows import load_flow
+from models import search_attributes as sa
 from models.engine import ParticipantStatus
 from models.participant import Enrollment, participant_workflow_id
-from workflows import search_attributes as sa
 from workflows.participant import ParticipantWorkflow
 
 NAME = "enrollment"

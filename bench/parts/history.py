@@ -24,7 +24,6 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
-from activities.enrollment import enroll
 from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
 from bench.common import (
     EMAIL_SETTINGS,
@@ -42,11 +41,12 @@ from bench.common import (
     temp_database,
     twilio_api,
 )
+from control.enrollment import enroll
+from models import search_attributes as sa
 from models.crm import Contact
 from models.database import session
 from models.demo import DEMO_SELECTION_ID, VIP_SELECTION_ID, seed_demo
 from models.participant import participant_workflow_id
-from workflows import search_attributes as sa
 
 NAME = "history"
 TITLE = "History cost: events per step kind (issue 7)"

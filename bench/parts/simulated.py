@@ -16,7 +16,6 @@ from typing import Any
 from sqlalchemy import Engine
 from temporalio.api.testservice.v1 import LockTimeSkippingRequest, UnlockTimeSkippingRequest
 
-from activities.enrollment import enroll
 from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
 from bench.common import (
     EMAIL_SETTINGS,
@@ -36,6 +35,7 @@ from bench.common import (
     temp_database,
     time_skipping_server,
 )
+from control.enrollment import enroll
 from models.participant import participant_workflow_id
 from workflows.participant import ParticipantWorkflow
 

@@ -21,7 +21,6 @@ from typing import Any
 from sqlalchemy import Engine, func
 from sqlmodel import select
 
-from activities.enrollment import START_CONCURRENCY, enroll
 from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
 from bench.common import (
     RUN_TIMEOUT,
@@ -42,6 +41,7 @@ from bench.common import (
     smtp_inbox,
     temp_database,
 )
+from control.enrollment import START_CONCURRENCY, enroll
 from models.database import session
 from models.engine import Participant
 from testkit.waiting import assert_eventually

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from activities.flows import deploy_flow
+from control.flows import deploy_flow
 from models.crm import Contact
 from models.database import get_engine, session
 from models.engine import Delivery, Participant, ParticipantStatus

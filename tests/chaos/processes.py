@@ -17,10 +17,10 @@ from typing import IO
 
 from temporalio.client import Client
 
+from models import search_attributes as sa
 from models.database import PROJECT_ROOT
 from testkit.servers import TEMPORAL_CLI, free_port
 from worker import connect
-from workflows import search_attributes as sa
 
 # How long a process gets to come up or to stop before the test gives up on it.
 START_TIMEOUT = 60.0

@@ -15,7 +15,7 @@ from aiosmtpd.controller import Controller
 from sqlmodel import select
 from temporalio.client import Client
 
-from activities.enrollment import enroll
+from control.enrollment import enroll
 from models.crm import Contact
 from models.database import session
 from models.engine import Delivery, ParticipantStatus

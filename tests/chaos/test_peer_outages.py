@@ -11,7 +11,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from activities.enrollment import enroll
+from control.enrollment import enroll
 from models.engine import ParticipantStatus
 from models.participant import participant_workflow_id
 from peers.smtp_inbox import inbox_controller

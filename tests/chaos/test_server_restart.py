@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from activities.enrollment import enroll
+from control.enrollment import enroll
 from models.engine import ParticipantStatus
 from peers.twilio_api import TwilioApiServer
 from testkit.peers import Inbox

@@ -22,30 +22,21 @@ from sqlalchemy import Engine
 from sqlmodel import select
 from temporalio.client import Client
 
+from models import search_attributes as sa
 from models.database import session
 from models.engine import Participant, ParticipantStatus
-from models.flow import Flow, SendSms, Split, Step, WaitForAction, successors
-from workflows import search_attributes as sa
+from models.flow import Flow, SendSms, Split, Step, StepGroup, WaitForAction, successors
 
 # Fill colours by the product's five step groups (spec §3), plus finish.
-GROUP_COLOURS = {
-    "send_email": "#dbeafe",
-    "send_sms": "#dbeafe",
-    "wait_time": "#fef3c7",
-    "wait_for_action": "#fef3c7",
-    "split": "#fde68a",
-    "update_contact": "#dcfce7",
-    "add_to_list": "#dcfce7",
-    "remove_from_list": "#dcfce7",
-    "distribute_to_owner": "#dcfce7",
-    "create_follow_up": "#ede9fe",
-    "create_request": "#ede9fe",
-    "create_sale": "#ede9fe",
-    "run_script": "#e5e7eb",
-    "notify_email": "#e5e7eb",
-    "notify_sms": "#e5e7eb",
-    "finish": "#d1d5db",
+GROUP_COLOURS: dict[StepGroup, str] = {
+    StepGroup.send_message: "#dbeafe",
+    StepGroup.flow_control: "#fef3c7",
+    StepGroup.update_participant: "#dcfce7",
+    StepGroup.create_activity: "#ede9fe",
+    StepGroup.internal_action: "#e5e7eb",
+    StepGroup.finish: "#d1d5db",
 }
+SPLIT_COLOUR = "#fde68a"  # the one step that branches stands out from the waits of its group
 START = "__start__"
 LEAVE = "__leave__"
 HISTORY_CONCURRENCY = 16
@@ -152,7 +143,7 @@ def to_graphviz(flow: Flow, version: int, counts: StepCounts, note: str = "") ->
         graph.node(
             step.id,
             label,
-            fillcolor=GROUP_COLOURS.get(step.type, "#ffffff"),
+            fillcolor=SPLIT_COLOUR if isinstance(step, Split) else GROUP_COLOURS[step.group],
             penwidth="2.5" if held else "1",
             color="#1d4ed8" if held else "#6b7280",
         )

@@ -24,7 +24,7 @@ from temporalio.api.workflowservice.v1 import (
 )
 from temporalio.client import Client
 
-from activities.flows import UnknownFlow, load_flow, set_flow_status
+from control.flows import UnknownFlow, load_flow, set_flow_status
 from models.database import session
 from models.engine import FlowRecord, FlowStatus, FlowVersion
 from models.participant import Resume

@@ -17,6 +17,7 @@ from models.database import session
 from models.engine import FlowRecord, FlowStatus, FlowVersion, Participant
 from models.flow import Flow
 from models.validation import FlowReport, check_flow
+from scripts import registered_scripts
 
 
 class FlowRejected(Exception):
@@ -72,7 +73,7 @@ def deploy_flow(engine: Engine, document: dict[str, Any]) -> Deployed:
     steps are checked against this CRM's types, statuses, priorities, categories and stages."""
     with session(engine) as db:
         lists = crm_lists(db)
-    report = check_flow(document, lists)
+    report = check_flow(document, lists, known_scripts=registered_scripts())
     if not report.can_save or report.flow is None:
         raise FlowRejected(report)
     flow = report.flow

@@ -13,7 +13,17 @@ a flow waiting at one step: ``FlowId='welcome' AND FlowStep='nurture-wait' AND
 ExecutionStatus='Running'``.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.common import SearchAttributeKey
+from temporalio.service import RPCError, RPCStatusCode
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
 
 FLOW_ID = SearchAttributeKey.for_keyword("FlowId")
 FLOW_VERSION = SearchAttributeKey.for_int("FlowVersion")
@@ -22,3 +32,24 @@ PARTICIPANT_STATUS = SearchAttributeKey.for_keyword("ParticipantStatus")
 CONTACT_ID = SearchAttributeKey.for_int("ContactId")
 
 ALL = (FLOW_ID, FLOW_VERSION, FLOW_STEP, PARTICIPANT_STATUS, CONTACT_ID)
+
+
+async def register_search_attributes(client: Client) -> None:
+    """Register every attribute above in the client's namespace; those already there stay.
+
+    The time-skipping test server takes no search attributes when it starts, and fails the
+    workflow task of a participant that upserts an unknown one (the participant then hangs).
+    """
+    request = AddSearchAttributesRequest(
+        namespace=client.namespace,
+        search_attributes={
+            key.name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{key.indexed_value_type.name}")
+            for key in ALL
+        },
+    )
+    try:
+        await client.operator_service.add_search_attributes(request)
+    except RPCError as error:
+        already = error.status is RPCStatusCode.ALREADY_EXISTS or "already" in str(error).lower()
+        if not already:
+            raise

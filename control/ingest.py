@@ -1,0 +1,169 @@
+"""Events in (spec §5): record an event once, then let it reach everyone it concerns.
+
+Every way in — the tracking service's clicks, opens and forms, its ``POST /events`` for CRM
+changes from outside, ``starter.py event`` and flow steps through the ``emit_event`` activity —
+ends in ``ingest``:
+
+1. the event is recorded in ``crm_events``, once per ``event_id``;
+2. it is signalled (``event``) to every active participant of its contact;
+3. every running or paused flow whose triggers it matches enrolls the contact through the flow's
+   own rules, with the event as the start signal (signal-with-start), so the new participant
+   knows what brought it in before its first step;
+4. the row is marked delivered.
+
+A second ingest of the same event id does nothing once the first was delivered. If the first
+was cut short between 1 and 4 (a crash, the Temporal server unreachable, or a flow step that
+recorded the row in its own transaction), the next ingest delivers it. Delivery is therefore at
+least once: participants ignore an event id they have already seen, and starting a participant is
+idempotent by workflow id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from control.enrollment import EVENT_SIGNAL, enroll
+from control.flows import FlowRejected
+from models.database import session
+from models.engine import (
+    CrmEvent,
+    FlowRecord,
+    FlowStatus,
+    FlowVersion,
+    Participant,
+    ParticipantStatus,
+)
+from models.engine import (
+    record_event as record_in,
+)
+from models.events import EventKind, FlowEvent, IngestReport
+from models.flow import Flow, Trigger
+
+# Triggers stay on while a flow is paused (spec §8): its new participants queue.
+TRIGGERING_STATUSES = (FlowStatus.running.value, FlowStatus.paused.value)
+_IMPORT_BLIND = frozenset({EventKind.contact_created, EventKind.contact_updated})
+
+
+def record_event(engine: Engine, event: FlowEvent) -> bool:
+    """Store the event; True if it is new, False if its id was recorded before."""
+    try:
+        with session(engine) as db:
+            record_in(db, event)
+    except IntegrityError:
+        return False  # the unique event_id: recorded already
+    return True
+
+
+def _delivered_before(engine: Engine, event_id: str) -> bool:
+    with session(engine) as db:
+        delivered = db.exec(
+            select(CrmEvent.delivered_at).where(CrmEvent.event_id == event_id)
+        ).first()
+    return delivered is not None
+
+
+def _mark_delivered(engine: Engine, event_id: str) -> None:
+    with session(engine) as db:
+        row = db.exec(select(CrmEvent).where(CrmEvent.event_id == event_id)).one()
+        row.delivered_at = datetime.now(UTC)
+        db.add(row)
+
+
+def _active_participants(engine: Engine, contact_id: int) -> list[str]:
+    with session(engine) as db:
+        rows = db.exec(
+            select(Participant.workflow_id)
+            .where(
+                Participant.contact_id == contact_id,
+                Participant.status == ParticipantStatus.active.value,
+            )
+            .distinct()
+        ).all()
+    return sorted(rows)
+
+
+def _triggering_flows(engine: Engine) -> list[Flow]:
+    """The latest version of every flow whose triggers are on."""
+    with session(engine) as db:
+        rows = db.exec(
+            select(FlowVersion)
+            .join(FlowRecord, col(FlowRecord.id) == col(FlowVersion.flow_id))
+            .where(
+                col(FlowRecord.status).in_(TRIGGERING_STATUSES),
+                col(FlowVersion.version) == col(FlowRecord.latest_version),
+            )
+            .order_by(col(FlowVersion.flow_id))
+        ).all()
+    return [Flow.model_validate(row.definition) for row in rows if row.definition.get("triggers")]
+
+
+def triggered_by(trigger: Trigger, event: FlowEvent) -> bool:
+    """Whether an event fires a trigger: same kind, and the same form, link, selection or
+    project when the trigger names one. Created/updated by import or bulk update fires none."""
+    if trigger.kind.value != event.kind.value:
+        return False
+    if event.kind in _IMPORT_BLIND and event.by_import:
+        return False
+    wanted = {
+        "form_id": trigger.form_id,
+        "link": trigger.link,
+        "selection_id": trigger.selection_id,
+        "project_id": trigger.project_id,
+    }
+    return all(value is None or getattr(event, name) == value for name, value in wanted.items())
+
+
+async def _signal(client: Client, workflow_id: str, event: FlowEvent) -> bool:
+    try:
+        await client.get_workflow_handle(workflow_id).signal(EVENT_SIGNAL, event)
+    except RPCError as error:
+        if error.status is RPCStatusCode.NOT_FOUND:
+            return False  # the participant closed since its row was read: nothing to tell
+        raise
+    return True
+
+
+async def deliver(
+    client: Client, engine: Engine, event: FlowEvent, *, task_queue: str
+) -> IngestReport:
+    """Steps 2 and 3 of ``ingest``: signal the contact's participants, fire matching triggers."""
+    report = IngestReport(event_id=event.event_id, new=False, delivered=True)
+    workflow_ids = await asyncio.to_thread(_active_participants, engine, event.contact_id)
+    reached = await asyncio.gather(*(_signal(client, w, event) for w in workflow_ids))
+    report.signalled = [w for w, ok in zip(workflow_ids, reached, strict=True) if ok]
+
+    for flow in await asyncio.to_thread(_triggering_flows, engine):
+        if not any(triggered_by(trigger, event) for trigger in flow.triggers):
+            continue
+        try:
+            enrollment = await enroll(
+                client, engine, flow.id, [event.contact_id], task_queue=task_queue, event=event
+            )
+        except FlowRejected as rejected:
+            report.refused[flow.id] = str(rejected).splitlines()[0]
+            continue
+        if event.contact_id in enrollment.enrolled:
+            report.enrolled.append(flow.id)
+        else:
+            report.refused[flow.id] = enrollment.refused.get(event.contact_id, "refused")
+    return report
+
+
+async def ingest(
+    client: Client, engine: Engine, event: FlowEvent, *, task_queue: str
+) -> IngestReport:
+    """Record the event once and deliver it (see the module's docstring)."""
+    new = await asyncio.to_thread(record_event, engine, event)
+    if not new and await asyncio.to_thread(_delivered_before, engine, event.event_id):
+        return IngestReport(event_id=event.event_id, new=False, delivered=False)
+    report = await deliver(client, engine, event, task_queue=task_queue)
+    report.new = new
+    await asyncio.to_thread(_mark_delivered, engine, event.event_id)
+    return report

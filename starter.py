@@ -9,15 +9,24 @@ python starter.py diagram welcome                   (-o welcome.png, --mermaid)
 python starter.py simulate welcome --contact 1      (a dry run on the time-skipping server)
 python starter.py schema > flow.schema.json
 python starter.py event form_submitted --contact 3 --form 1 --data topic=pricing
+
+Exit status: 0 done; 1 failed (an error the message explains, or `validate` found the document
+invalid); 2 invalid input (the command line, a missing or unreadable file, a malformed value);
+3 not done for everyone asked (`start` enrolled none of the contacts, or pause, resume or end
+could not reach every participant). Every command closes its database engine and its Temporal
+clients, runtime and threads before it exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import sys
+import traceback
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -26,13 +35,18 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Engine
 from sqlmodel import select
+from temporalio.client import Client
+from temporalio.runtime import Runtime, TelemetryConfig
+from temporalio.service import RPCError
 
-from control.dry_run import PlannedEvent, UnknownContact, dry_run, render_timeline
+from control.dry_run import DryRunStuck, PlannedEvent, UnknownContact, dry_run, render_timeline
 from control.enrollment import enroll, selection_members
 from control.flows import FlowRejected, UnknownFlow, deploy_flow, load_flow, read_document
 from control.ingest import ingest
 from control.lifecycle import (
+    BatchResult,
     LifecycleError,
+    ResumeResult,
     delete_flow,
     end_flow,
     pause_flow,
@@ -52,18 +66,55 @@ from reports.statistics import flow_statistics, render_table
 from scripts import registered_scripts
 from worker import TASK_QUEUE, connect
 
+DONE, FAILED, INVALID, NOT_FOR_EVERYONE = 0, 1, 2, 3  # exit statuses (see above)
+
 
 class CommandError(Exception):
     """A failure the user can act on: printed as one line, exit status 1."""
 
 
-def _engine() -> Engine:
-    engine = get_engine()
-    create_tables(engine)
-    return engine
+class InvalidInput(CommandError):
+    """The command line or a file it names is not usable as it is: exit status 2."""
 
 
-def cmd_schema(_: argparse.Namespace) -> int:
+class Resources:
+    """What a command opens — the database engine, and a Temporal runtime for its clients — and
+    closes before the process exits.
+
+    A Temporal runtime runs threads of its own. One still running when the interpreter shuts
+    down can abort the process after its work is done ("Fatal Python error: PyGILState_Release",
+    sdk-python issue 300), so the command's clients share one runtime that is not the SDK's
+    process-wide default, and ``close`` lets go of it (its threads stop with its last client)
+    while the interpreter is whole."""
+
+    def __init__(self) -> None:
+        self._engine: Engine | None = None
+        self._runtime: Runtime | None = None
+
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = get_engine()
+            create_tables(self._engine)
+        return self._engine
+
+    async def client(self) -> Client:
+        if self._runtime is None:
+            self._runtime = Runtime(telemetry=TelemetryConfig())
+        return await connect(runtime=self._runtime)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+        runtime = None if self._runtime is None else weakref.ref(self._runtime)
+        self._runtime = None
+        # Clients and workers (the dry run's too) hold their runtime in reference cycles.
+        gc.collect()
+        if runtime is not None and runtime() is not None:
+            print("warning: a Temporal client outlived its command", file=sys.stderr)
+
+
+def cmd_schema(_: argparse.Namespace, __: Resources) -> int:
     schema = TypeAdapter(Flow).json_schema(by_alias=True)
     print(json.dumps(schema, indent=2))
     return 0
@@ -73,41 +124,41 @@ def _read(path: str) -> dict[str, object]:
     try:
         return read_document(Path(path))
     except FileNotFoundError:
-        raise CommandError(f"{path}: no such file") from None
+        raise InvalidInput(f"{path}: no such file") from None
     except json.JSONDecodeError as exc:
-        raise CommandError(f"{path}: not JSON: {exc}") from None
+        raise InvalidInput(f"{path}: not JSON: {exc}") from None
     except (OSError, ValueError) as exc:
-        raise CommandError(str(exc)) from None
+        raise InvalidInput(str(exc)) from None
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
+def cmd_validate(args: argparse.Namespace, used: Resources) -> int:
     document = _read(args.file)
-    with session(_engine()) as db:
+    with session(used.engine()) as db:
         actions = action_catalogue(db)  # for warnings about forms' and links' own actions
     report = check_flow(document, actions=actions, known_scripts=registered_scripts())
     for problem in report.problems:
         print(problem)
     if not report.can_save:
         print(f"{args.file}: invalid ({len(report.errors)} errors)")
-        return 1
+        return FAILED
     verdict = "valid, ready to run" if report.can_run else "valid to save, not ready to run"
     print(f"{args.file}: {verdict}")
-    return 0
+    return DONE
 
 
-def cmd_deploy(args: argparse.Namespace) -> int:
+def cmd_deploy(args: argparse.Namespace, used: Resources) -> int:
     try:
-        deployed = deploy_flow(_engine(), _read(args.file))
+        deployed = deploy_flow(used.engine(), _read(args.file))
     except FlowRejected as exc:
         print(exc, file=sys.stderr)
-        return 1
+        return FAILED
     if deployed.created:
         print(f"deployed {deployed.flow_id} version {deployed.version}")
     else:
         print(f"{deployed.flow_id} version {deployed.version} is already this document")
     for problem in deployed.report.problems:
         print(f"  {problem}")
-    return 0
+    return DONE
 
 
 class ProgressBar:
@@ -127,16 +178,15 @@ class ProgressBar:
                 print(file=sys.stderr)
 
 
-async def _start(args: argparse.Namespace) -> int:
-    engine = _engine()
+async def _start(args: argparse.Namespace, used: Resources) -> int:
+    engine = used.engine()
     contacts: list[int] = list(args.contact or [])
     if args.selection is not None:
         contacts += selection_members(engine, args.selection)
         if not contacts:
             raise CommandError(f"selection {args.selection} has no members")
-    client = await connect()
     report = await enroll(
-        client,
+        await used.client(),
         engine,
         args.flow,
         contacts,
@@ -149,17 +199,17 @@ async def _start(args: argparse.Namespace) -> int:
         ids = [c for c, r in report.refused.items() if r == reason]
         shown = ", ".join(map(str, ids[:10])) + (" …" if len(ids) > 10 else "")
         print(f"  not enrolled ({count}): {reason}: {shown}")
-    return 0
+    return DONE if report.enrolled else NOT_FOR_EVERYONE
 
 
-def cmd_start(args: argparse.Namespace) -> int:
+def cmd_start(args: argparse.Namespace, used: Resources) -> int:
     if not args.contact and args.selection is None:
-        raise CommandError("name contacts with --contact ID… or a selection with --selection ID")
-    return asyncio.run(_start(args))
+        raise InvalidInput("name contacts with --contact ID… or a selection with --selection ID")
+    return asyncio.run(_start(args, used))
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    engine = _engine()
+def cmd_status(args: argparse.Namespace, used: Resources) -> int:
+    engine = used.engine()
     stored = load_flow(engine, args.flow)
     with session(engine) as db:
         rows = db.exec(select(Participant).where(Participant.flow_id == args.flow)).all()
@@ -177,15 +227,20 @@ def cmd_status(args: argparse.Namespace) -> int:
             label = labels.get(step_id or "", step_id or "(starting)")
             note = f"  {waiting[step_id]} waiting" if waiting[step_id] else ""
             print(f"  {label:<40} {count:>6}{note}")
+        versions = Counter(row.flow_version for row in active)
+        if len(versions) > 1:  # e.g. some kept theirs at a resume: the state query says why
+            print("active by version:")
+            for version, count in sorted(versions.items()):
+                print(f"  version {version:<32} {count:>6}")
     reasons = Counter(row.drop_out_reason for row in rows if row.drop_out_reason)
     if reasons:
         print("drop-out reasons:")
         for reason, count in reasons.most_common():
             print(f"  {reason:<40} {count:>6}")
-    return 0
+    return DONE
 
 
-def cmd_outbox(args: argparse.Namespace) -> int:
+def cmd_outbox(args: argparse.Namespace, _: Resources) -> int:
     """What the dev stack's local SMTP inbox and SMS endpoint received, oldest first."""
     folder = Path(args.folder)
     mails = read_inbox(folder / "mail")
@@ -198,37 +253,53 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     for text in texts[-args.last :]:
         body = str(text.get("body", "")).replace("\n", " ")
         print(f"  {text.get('date_created', '')}  {text.get('to', '')!s:<16} {body[:60]}")
-    return 0
+    return DONE
 
 
-async def _lifecycle(args: argparse.Namespace) -> int:
-    engine = _engine()
-    client = await connect()
-    change = {"pause": pause_flow, "resume": resume_flow, "end": end_flow}[args.command]
-    result = await change(client, engine, args.flow)
+async def _lifecycle(args: argparse.Namespace, used: Resources) -> int:
+    engine, client = used.engine(), await used.client()
+    result: BatchResult
+    if args.command == "pause":
+        result = await pause_flow(client, engine, args.flow)
+    elif args.command == "resume":
+        result = await resume_flow(client, engine, args.flow)
+    else:
+        result = await end_flow(client, engine, args.flow)
     failed = f", {result.failed} failed" if result.failed else ""
     print(f"{args.flow}: {result.status}; {result.reached} participants {args.command}d{failed}")
-    return 0
+    if isinstance(result, ResumeResult):
+        _print_versions(result)
+    return NOT_FOR_EVERYONE if result.failed else DONE
 
 
-def cmd_lifecycle(args: argparse.Namespace) -> int:
+def _print_versions(result: ResumeResult) -> None:
+    """Who took the version a resume offered, who kept their own and why."""
+    kept = sum(result.kept.values())
+    print(f"  {result.took} took version {result.version}, {kept} kept the version they had")
+    for (version, why), count in sorted(result.kept.items()):
+        print(f"  kept version {version} ({count}): {why}")
+    if result.unanswered:
+        print(f"  {result.unanswered} did not answer (is a worker running?)")
+
+
+def cmd_lifecycle(args: argparse.Namespace, used: Resources) -> int:
     if args.command == "run":
-        run_flow(_engine(), args.flow)
+        run_flow(used.engine(), args.flow)
         print(f"{args.flow}: running")
-        return 0
+        return DONE
     if args.command == "delete":
-        delete_flow(_engine(), args.flow)
+        delete_flow(used.engine(), args.flow)
         print(f"{args.flow}: deleted")
-        return 0
-    return asyncio.run(_lifecycle(args))
+        return DONE
+    return asyncio.run(_lifecycle(args, used))
 
 
-async def _event(args: argparse.Namespace) -> int:
+async def _event(args: argparse.Namespace, used: Resources) -> int:
     data: dict[str, str] = {}
     for pair in args.data or []:
         name, equals, value = pair.partition("=")
         if not equals:
-            raise CommandError(f"--data takes name=value, not {pair!r}")
+            raise InvalidInput(f"--data takes name=value, not {pair!r}")
         data[name] = value
     try:
         event = FlowEvent(
@@ -247,63 +318,62 @@ async def _event(args: argparse.Namespace) -> int:
             by_import=args.by_import,
         )
     except ValidationError as exc:
-        raise CommandError(str(exc)) from None
-    engine = _engine()
-    report = await ingest(await connect(), engine, event, task_queue=TASK_QUEUE)
+        raise InvalidInput(str(exc)) from None
+    report = await ingest(await used.client(), used.engine(), event, task_queue=TASK_QUEUE)
     if not report.delivered:
         print(f"{event.event_id}: recorded and delivered before; nothing to do")
-        return 0
+        return DONE
     print(f"{event.event_id}: {'recorded' if report.new else 'already recorded'}, delivered")
     print(f"  signalled {len(report.signalled)} participants: {', '.join(report.signalled) or '-'}")
     for flow_id in report.enrolled:
         print(f"  enrolled in {flow_id}")
     for flow_id, reason in report.refused.items():
         print(f"  not enrolled in {flow_id}: {reason}")
-    return 0
+    return DONE
 
 
-def cmd_event(args: argparse.Namespace) -> int:
-    return asyncio.run(_event(args))
+def cmd_event(args: argparse.Namespace, used: Resources) -> int:
+    return asyncio.run(_event(args, used))
 
 
-def cmd_stats(args: argparse.Namespace) -> int:
-    engine = _engine()
+def cmd_stats(args: argparse.Namespace, used: Resources) -> int:
+    engine = used.engine()
     stored = load_flow(engine, args.flow)
     stats = flow_statistics(engine, stored.flow, stored.version)
     print(stats.model_dump_json(indent=2) if args.json else render_table(stats))
-    return 0
+    return DONE
 
 
-async def _through(flow_id: str) -> Counter[str] | None:
+async def _through(flow_id: str, used: Resources) -> Counter[str] | None:
     try:
-        client = await connect()
+        client = await used.client()
     except RuntimeError as exc:
         print(f"note: Temporal not reachable ({exc}): 'through' counts left out", file=sys.stderr)
         return None
     return await diagram.participants_through(client, flow_id)
 
 
-def cmd_diagram(args: argparse.Namespace) -> int:
-    engine = _engine()
+def cmd_diagram(args: argparse.Namespace, used: Resources) -> int:
+    engine = used.engine()
     stored = load_flow(engine, args.flow)
     counts = diagram.StepCounts(
         at=diagram.participants_at(engine, args.flow),
-        through=None if args.no_temporal else asyncio.run(_through(args.flow)),
+        through=None if args.no_temporal else asyncio.run(_through(args.flow, used)),
     )
     mermaid = diagram.to_mermaid(stored.flow, stored.version, counts)
     if args.mermaid:
         print(mermaid, end="")
-        return 0
+        return DONE
     path = Path(args.output or PROJECT_ROOT / ".data" / "diagrams" / f"{args.flow}.svg")
     note = diagram.live_note(stored.flow)
     diagram.write_picture(diagram.to_graphviz(stored.flow, stored.version, counts, note), path)
     path.with_suffix(".mmd").write_text(mermaid, encoding="utf-8")
     print(f"wrote {path}\nwrote {path.with_suffix('.mmd')} (Mermaid)")
-    return 0
+    return DONE
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
-    engine = _engine()
+def cmd_simulate(args: argparse.Namespace, used: Resources) -> int:
+    engine = used.engine()
     try:
         run = asyncio.run(
             dry_run(
@@ -315,10 +385,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 events=args.event,
             )
         )
-    except UnknownContact as exc:
+    except (UnknownContact, DryRunStuck) as exc:
         raise CommandError(str(exc)) from None
     print(run.model_dump_json(indent=2) if args.json else render_timeline(run))
-    return 0
+    return DONE
 
 
 def _observability_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -366,7 +436,7 @@ def _observability_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="starter.py", description="Durable marketing flows.")
     sub = p.add_subparsers(dest="command", required=True)
-    commands: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
+    commands: dict[str, tuple[str, Callable[[argparse.Namespace, Resources], int]]] = {
         "schema": ("print the JSON Schema of a flow document", cmd_schema),
         "validate": ("check a flow document and list every problem", cmd_validate),
         "deploy": ("validate and store a new flow version", cmd_deploy),
@@ -411,18 +481,31 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(argv)  # usage errors exit here with status 2
+    used = Resources()
     try:
-        code: int = args.handler(args)
-    except (CommandError, UnknownFlow, LifecycleError) as exc:
+        return _run(args, used)
+    finally:
+        used.close()
+
+
+def _run(args: argparse.Namespace, used: Resources) -> int:
+    """The command's exit status; every failure is told on stderr and ends here, so nothing it
+    held (a client in a traceback) outlives the command."""
+    try:
+        code: int = args.handler(args, used)
+    except InvalidInput as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except FlowRejected as exc:
+        return INVALID
+    except (CommandError, UnknownFlow, LifecycleError, FlowRejected) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except RuntimeError as exc:  # e.g. the Temporal server cannot be reached
+        return FAILED
+    except (RuntimeError, RPCError) as exc:  # e.g. the Temporal server cannot be reached
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return FAILED
+    except Exception:
+        traceback.print_exc()
+        return FAILED
     return code
 
 

@@ -5,16 +5,22 @@ over a visibility query (``FlowId='…' AND ExecutionStatus='Running'``): the se
 signal or cancellation out, so ten thousand participants cost one request, not a Python loop.
 Participants enrolled while the flow is paused start paused (see ``enroll``), which closes the
 gap between a batch's query and a start that visibility has not indexed yet.
+
+A resume offers the latest version; a participant whose current step is gone from it keeps its
+own version (and its ``state`` says why). ``resume_flow`` asks every active participant afterwards
+and reports how many took the new version and how many kept theirs, and why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 from sqlalchemy import Engine
-from sqlmodel import col, delete
+from sqlmodel import col, delete, select
 from temporalio.api.batch.v1 import BatchOperationCancellation, BatchOperationSignal
 from temporalio.api.common.v1 import Payloads
 from temporalio.api.enums.v1 import BatchOperationState
@@ -22,14 +28,19 @@ from temporalio.api.workflowservice.v1 import (
     DescribeBatchOperationRequest,
     StartBatchOperationRequest,
 )
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowQueryFailedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from control.flows import UnknownFlow, load_flow, set_flow_status
 from models.database import session
-from models.engine import FlowRecord, FlowStatus, FlowVersion
-from models.participant import Resume
+from models.engine import FlowRecord, FlowStatus, FlowVersion, Participant, ParticipantStatus
+from models.participant import ParticipantState, Resume
+from workflows.participant import ParticipantWorkflow
 
 IDENTITY = "marketing-flows-starter"
+# Asking participants their state after a resume: a few at a time, each answered by a worker.
+ASK_CONCURRENCY = 32
+ASK_TIMEOUT = timedelta(seconds=10)
 
 
 class LifecycleError(Exception):
@@ -42,6 +53,14 @@ class BatchResult:
     status: FlowStatus
     reached: int  # participants the batch operation reached
     failed: int
+
+
+@dataclass(frozen=True)
+class ResumeResult(BatchResult):
+    version: int  # the version the participants were offered
+    took: int = 0  # active participants on that version now
+    kept: Counter[tuple[int, str]] = field(default_factory=Counter)  # (kept version, why) -> n
+    unanswered: int = 0  # active participants whose state could not be asked (no worker?)
 
 
 def running_participants(flow_id: str) -> str:
@@ -103,15 +122,67 @@ async def pause_flow(client: Client, engine: Engine, flow_id: str) -> BatchResul
     return BatchResult(flow_id, FlowStatus.paused, reached, failed)
 
 
-async def resume_flow(client: Client, engine: Engine, flow_id: str) -> BatchResult:
-    """Participants go on, with the latest version for the steps they have not reached yet."""
+async def resume_flow(client: Client, engine: Engine, flow_id: str) -> ResumeResult:
+    """Participants go on, with the latest version for the steps they have not reached yet;
+    one whose current step is gone from it keeps its own. The result counts both, from what
+    each active participant answers afterwards."""
     stored = load_flow(engine, flow_id)
     if stored.status is not FlowStatus.paused:
         raise LifecycleError(f"flow {flow_id!r} is {stored.status}, not paused")
     set_flow_status(engine, flow_id, FlowStatus.running)
     resume = Resume(flow=stored.flow, flow_version=stored.version)
     reached, failed = await _signal(client, flow_id, "resume", resume)
-    return BatchResult(flow_id, FlowStatus.running, reached, failed)
+    took, unanswered, kept = 0, 0, Counter[tuple[int, str]]()
+    for state in await _ask(client, await asyncio.to_thread(_active, engine, flow_id)):
+        if state is None:
+            unanswered += 1
+        elif state.status is not ParticipantStatus.active:
+            continue  # left since: neither took nor kept anything
+        elif state.flow_version == stored.version:
+            took += 1
+        else:
+            why = state.kept_version.reason if state.kept_version else "the resume did not reach it"
+            kept[(state.flow_version, why)] += 1
+    return ResumeResult(
+        flow_id, FlowStatus.running, reached, failed, stored.version, took, kept, unanswered
+    )
+
+
+def _active(engine: Engine, flow_id: str) -> list[str]:
+    with session(engine) as db:
+        rows = db.exec(
+            select(Participant.workflow_id).where(
+                Participant.flow_id == flow_id,
+                Participant.status == ParticipantStatus.active.value,
+            )
+        ).all()
+    return sorted(set(rows))
+
+
+async def _ask(client: Client, workflow_ids: list[str]) -> list[ParticipantState | None]:
+    """Each participant's state, which a worker answers after the signals before the query; None
+    for one that did not answer. After the first time-out (no worker polling?) the rest are not
+    asked: they would wait as long for nothing."""
+    gate = asyncio.Semaphore(ASK_CONCURRENCY)
+    silent = asyncio.Event()
+
+    async def ask(workflow_id: str) -> ParticipantState | None:
+        async with gate:
+            if silent.is_set():
+                return None
+            handle = client.get_workflow_handle_for(ParticipantWorkflow.run, workflow_id)
+            try:
+                return await handle.query(
+                    ParticipantWorkflow.current_state, rpc_timeout=ASK_TIMEOUT
+                )
+            except WorkflowQueryFailedError:
+                return None
+            except RPCError as error:
+                if error.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+                    silent.set()
+                return None
+
+    return list(await asyncio.gather(*(ask(w) for w in workflow_ids)))
 
 
 async def end_flow(client: Client, engine: Engine, flow_id: str) -> BatchResult:

@@ -22,6 +22,14 @@ class Visit(BaseModel):
     outcome: str = ""
 
 
+class KeptVersion(BaseModel):
+    """A resume offered a version this participant could not take, so it keeps its own."""
+
+    version: int  # the version it keeps
+    offered: int  # the version it was offered
+    reason: str
+
+
 class ParticipantState(BaseModel):
     """What a participant carries across continue-as-new; the ``state`` query returns it."""
 
@@ -48,6 +56,9 @@ class ParticipantState(BaseModel):
     )
     success: bool = Field(default=False, description="A success criterion was met")
     paused: bool = Field(default=False, description="The flow is paused: frozen where it is")
+    kept_version: KeptVersion | None = Field(
+        default=None, description="The last resume's version could not be taken: which, and why"
+    )
 
 
 class Resume(BaseModel):

@@ -375,7 +375,8 @@ async def test_the_starter_takes_an_event_in(
     assert "delivered before; nothing to do" in capsys.readouterr().out
     [row] = crm_events(engine)
     assert row.payload["data"] == {"topic": "pricing", "size": "10"}
-    assert await asyncio.to_thread(starter.main, [*args[:4], "--data", "oops"]) == 1
+    # Malformed input: exit status 2.
+    assert await asyncio.to_thread(starter.main, [*args[:4], "--data", "oops"]) == 2
 
 
 # --- remove from other flows -------------------------------------------------------------------

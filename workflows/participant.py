@@ -25,7 +25,14 @@ with workflow.unsafe.imports_passed_through():
     from models.engine import ParticipantStatus
     from models.events import FlowEvent, meets
     from models.flow import Flow, Step
-    from models.participant import Enrollment, ParticipantState, Resume, Standing, Visit
+    from models.participant import (
+        Enrollment,
+        KeptVersion,
+        ParticipantState,
+        Resume,
+        Standing,
+        Visit,
+    )
     from workflows.steps import Continue, Leave, Leaving, Outcome, hand_off, run_step
 
 TRAIL_LENGTH = 50
@@ -96,12 +103,20 @@ class ParticipantWorkflow:
 
     @workflow.signal
     def resume(self, resume: Resume) -> None:
-        """Continue; edits made while paused apply to the steps not yet reached."""
+        """Continue; edits made while paused apply to the steps not yet reached. A participant
+        whose current step is gone from the new version keeps its own, and records why."""
         if resume.flow is not None and resume.flow_version is not None:
             current = self._state.current_step
             if current is None or any(step.id == current for step in resume.flow.steps):
                 self._flow = resume.flow
                 self._state.flow_version = resume.flow_version
+                self._state.kept_version = None
+            else:
+                self._state.kept_version = KeptVersion(
+                    version=self._state.flow_version,
+                    offered=resume.flow_version,
+                    reason=f"its current step {current!r} is not in version {resume.flow_version}",
+                )
         self._state.paused = False
 
     @workflow.signal

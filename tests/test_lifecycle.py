@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from control.lifecycle import (
 from models.database import session
 from models.engine import FlowStatus, Participant
 from models.participant import KeptVersion, ParticipantState
+from models.settings import Settings
 from worker import activities_for, build_worker
 from workflows.participant import ParticipantWorkflow
 
@@ -166,7 +168,7 @@ async def test_resume_reports_who_kept_their_version(
     dev_env: WorkflowEnvironment,
     engine: Engine,
     task_queue: str,
-    monkeypatch: pytest.MonkeyPatch,
+    settings_env: Callable[..., Settings],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     flow_id = f"kept-{uuid.uuid4().hex[:8]}"
@@ -206,8 +208,10 @@ async def test_resume_reports_who_kept_their_version(
         second = dict(first, start="long", steps=first["steps"][1:])
         assert deploy_flow(engine, second).version == 2
 
-        monkeypatch.setenv("DATABASE_URL", engine.url.render_as_string(hide_password=False))
-        monkeypatch.setenv("TEMPORAL_ADDRESS", dev_env.client.service_client.config.target_host)
+        settings_env(
+            DATABASE_URL=engine.url.render_as_string(hide_password=False),
+            TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,
+        )
         assert await asyncio.to_thread(starter.main, ["resume", flow_id]) == 0
         out = capsys.readouterr().out
         assert f"{flow_id}: running; 3 participants resumed" in out

@@ -324,11 +324,11 @@ async def test_one_record_per_step_with_the_checks_at_a_wait(
     """An action step and a finish without hand-offs: one record each (the finish's is the last
     one), none of its own at enrollment. A wait's entry is recorded with its wait, and the
     checks made there take a deleted contact out before it waits."""
-    steps = [
+    steps: list[dict[str, Any]] = [
         {"id": "add", "type": "add_to_list", "selection_id": VIP_SELECTION_ID, "next": "done"},
         {"id": "done", "type": "finish"},
     ]
-    waiting = [
+    waiting: list[dict[str, Any]] = [
         {"id": "wait", "type": "wait_time", "amount": 30, "unit": "days", "next": "done"},
         {"id": "done", "type": "finish"},
     ]

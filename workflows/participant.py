@@ -168,8 +168,8 @@ class ParticipantWorkflow:
             raise
         standing = await self._record()
         if self._entry_unrecorded:
-            # The finish step's checks, made with this last record, found the contact may not
-            # finish: it drops out instead, as it would have on entering the step.
+            # A finish step's entry is this last record: if its checks say the contact may not
+            # finish, it drops out instead, as it would have on entering the step.
             self._entry_unrecorded = False
             if standing.leave_reason is not None:
                 reason = standing.leave_reason

@@ -26,17 +26,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
+import socket
 import ssl
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from email.policy import SMTP as SMTP_POLICY
+from typing import TypeVar, cast
 
 import aiosmtplib
 from aiosmtplib.protocol import SMTPProtocol
 from pydantic import BaseModel
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -57,15 +63,22 @@ from models.ledger import (
     DeliveryOutcome,
     DeliveryStatus,
     claim,
+    claim_in,
     mark_sending,
     record_skip,
     release,
     settle,
+    settle_in,
 )
 from models.settings import Settings, get_settings
 from models.tracking_links import TrackingLinks
 
 CHANNEL = "email"
+# A kept SMTP connection serves this many messages, and is not reused after this long idle
+# (servers drop idle clients after a few minutes: RFC 5321 §4.5.3.2.7).
+MESSAGES_PER_CONNECTION = 100
+CONNECTION_IDLE_SECONDS = 30.0
+T = TypeVar("T")
 # RFC 5321 §4.5.2: a line of the message that starts with a dot gets one more.
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
@@ -171,24 +184,42 @@ class EmailActivities:
     ) -> None:
         self._engine = engine
         self._smtp = smtp
-        self._tls_context = smtp.ssl_context()
+        self._lines = SmtpLines(smtp)
         self._after_handover = after_handover
 
     @activity.defn
     @counts_messages
     def send_email(self, request: EmailSend) -> DeliveryOutcome:
+        # A worker that dies during the send is noticed within seconds; a live one blocked in the
+        # database or starved of the GIL keeps beating from its own thread.
+        with heartbeating_in_background():
+            for _ in range(2):  # a concurrent first claim of the key loses the insert race once
+                try:
+                    with session(self._engine) as db:
+                        prepared = self._prepare(db, request)
+                except IntegrityError:
+                    continue
+                if isinstance(prepared, DeliveryOutcome):
+                    return prepared
+                return self._hand_over_claimed(request.delivery_key, prepared)
+        raise RuntimeError(f"could not claim delivery {request.delivery_key!r}")
+
+    def _prepare(self, db: Session, request: EmailSend) -> DeliveryOutcome | Outgoing:
+        """In one transaction: read the contact, check and build the message, and claim the send
+        (an ``Outgoing`` to hand over), or settle it without one (the outcome, maybe earlier)."""
         key = request.delivery_key
-        with session(self._engine) as db:
-            contact = db.get(Contact, request.contact_id)
-            facts = contact_facts(db, request.contact_id)
+        contact = db.get(Contact, request.contact_id)
+        facts = contact_facts(db, request.contact_id)
         if contact is None or facts is None:
-            return record_skip(self._engine, key, CHANNEL, "", "contact not found")
+            return settle_in(db, key, CHANNEL, "", DeliveryStatus.skipped, "contact not found")
         if request.settings is None:
-            return self._record_failure(key, contact.email or "", "the flow has no email settings")
+            reason = "the flow has no email settings"
+            return settle_in(db, key, CHANNEL, contact.email or "", DeliveryStatus.failed, reason)
         try:
             recipient = marketing_recipient(contact, facts, request.settings.subscription_type)
         except Refused as refusal:
-            return record_skip(self._engine, key, CHANNEL, contact.email or "", str(refusal))
+            address = contact.email or ""
+            return settle_in(db, key, CHANNEL, address, DeliveryStatus.skipped, str(refusal))
         try:
             outgoing = marketing_message(
                 self._smtp,
@@ -202,8 +233,9 @@ class EmailActivities:
                 recipient=recipient,
             )
         except Unsendable as problem:
-            return self._record_failure(key, recipient, str(problem))
-        return self._deliver(key, outgoing)
+            return settle_in(db, key, CHANNEL, recipient, DeliveryStatus.failed, str(problem))
+        claimed = claim_in(db, key, CHANNEL, outgoing.recipient)
+        return outgoing if claimed is None else claimed
 
     @activity.defn
     @counts_messages
@@ -270,15 +302,13 @@ class EmailActivities:
         return settle(self._engine, key, DeliveryStatus.failed, detail=reason)
 
     def _deliver(self, key: str, outgoing: Outgoing) -> DeliveryOutcome:
-        # A worker that dies during the send is noticed within seconds; a live one blocked in the
-        # database or starved of the GIL keeps beating from its own thread.
         with heartbeating_in_background():
-            return self._claim_and_hand_over(key, outgoing)
+            claimed = claim(self._engine, key, CHANNEL, outgoing.recipient)
+            if claimed is not None:
+                return claimed  # handled by an earlier attempt: never send twice
+            return self._hand_over_claimed(key, outgoing)
 
-    def _claim_and_hand_over(self, key: str, outgoing: Outgoing) -> DeliveryOutcome:
-        claimed = claim(self._engine, key, CHANNEL, outgoing.recipient)
-        if claimed is not None:
-            return claimed  # handled by an earlier attempt: never send twice
+    def _hand_over_claimed(self, key: str, outgoing: Outgoing) -> DeliveryOutcome:
         # From the mark to the settled outcome no cancellation of this attempt (a timeout, an
         # ended flow) may cut in: landing after the mark and before the final dot, it would leave
         # the row `sending` with nothing handed over, and the retry would not send it. One that
@@ -295,7 +325,7 @@ class EmailActivities:
         self, key: str, outgoing: Outgoing, point_of_no_return: Callable[[], bool]
     ) -> DeliveryOutcome:
         try:
-            reply = asyncio.run(self._converse(outgoing, point_of_no_return))
+            reply = self._lines.run(lambda line: _converse(line, outgoing, point_of_no_return))
         except _Superseded as superseded:
             # Retried later, this attempt finds the other one's outcome.
             raise ApplicationError(str(superseded), type="SendInProgress") from None
@@ -319,71 +349,201 @@ class EmailActivities:
             self._after_handover(key)
         return outcome
 
-    async def _converse(self, outgoing: Outgoing, point_of_no_return: Callable[[], bool]) -> str:
-        """One SMTP conversation for one message; returns the server's reply to DATA.
 
-        ``point_of_no_return()`` is called once the whole message but its final dot is on its
-        way; False stops there, and the server, never sent the dot, keeps nothing."""
-        smtp = self._smtp
-        client = aiosmtplib.SMTP(
-            hostname=smtp.host,
-            port=smtp.port,
-            start_tls=smtp.starttls,
-            tls_context=self._tls_context,
-            timeout=smtp.timeout,
-        )
-        payload = outgoing.message.as_bytes(policy=SMTP_POLICY)
+async def _converse(
+    line: SmtpLine, outgoing: Outgoing, point_of_no_return: Callable[[], bool]
+) -> str:
+    """One message over the thread's SMTP connection; returns the server's reply to DATA.
+
+    ``point_of_no_return()`` is called once the whole message but its final dot is on its way;
+    False stops there, and the server, never sent the dot, keeps nothing. A connection kept from
+    an earlier message that turns out broken before the final dot is replaced by a fresh one and
+    the message begun again: without the dot the server kept nothing of the first try."""
+    payload = outgoing.message.as_bytes(policy=SMTP_POLICY)
+    while True:
+        client, reused = await _connection(line)
         try:
-            try:
-                await client.connect()
-                if smtp.username is not None:
-                    await client.login(smtp.username, smtp.password or "")
-                await client.mail(outgoing.envelope_from)
-                await client.rcpt(outgoing.recipient)
-            except aiosmtplib.SMTPRecipientRefused as error:
-                if error.code >= 500:
-                    raise _Final(DeliveryStatus.bounced, f"{error.code} {error.message}") from None
-                raise _Transient(f"recipient deferred: {error.code} {error.message}") from error
-            except aiosmtplib.SMTPSenderRefused as error:
-                if error.code >= 500:
-                    raise _Final(DeliveryStatus.failed, f"sender refused: {error}") from None
-                raise _Transient(f"sender deferred: {error.code} {error.message}") from error
-            except (aiosmtplib.SMTPException, OSError) as error:
-                # Connection, TLS, AUTH or EHLO trouble is the setup's, not the message's.
-                raise _Transient(f"SMTP server unavailable: {error!r}") from error
-            except ValueError as error:  # e.g. an address the server's encoding cannot carry
-                raise Unsendable(f"cannot hand over: {error}") from None
+            await _up_to_the_final_dot(client, outgoing, payload)
+        except _Transient as trouble:
+            _hang_up(client)
+            if reused and _broken(trouble.__cause__):
+                continue  # the kept connection had died meanwhile: once more on a fresh one
+            raise
+        except BaseException:
+            _hang_up(client)
+            raise
+        break
+    try:
+        response = await _the_final_dot(client, line.settings.timeout, point_of_no_return)
+    except BaseException:
+        _hang_up(client)  # without the dot the server drops an unfinished message
+        raise
+    # The transaction is complete: the next message of this thread may use the connection.
+    line.keep(client, reused)
+    return response
 
-            try:
-                await _send_message_data(client, payload)
-            except aiosmtplib.SMTPResponseException as error:
-                if error.code >= 500:
-                    raise _Final(DeliveryStatus.failed, f"{error.code} {error.message}") from None
-                raise _Transient(f"message deferred: {error.code} {error.message}") from error
-            except (aiosmtplib.SMTPException, OSError) as error:
-                # Without the final dot the server keeps nothing.
-                raise _Transient(f"connection lost before the end of DATA: {error!r}") from error
 
-            if not point_of_no_return():
-                raise _Superseded("another attempt is handing this message over")
-            protocol = client.protocol
-            if protocol is None or not protocol.is_connected:
-                # Lost before the final dot went out: the server has nothing.
-                raise _Transient("connection lost before the end of DATA")
-            try:
-                response = await _end_message_data(protocol, smtp.timeout)
-            except aiosmtplib.SMTPResponseException as error:
-                if error.code >= 500:
-                    raise _Final(DeliveryStatus.failed, f"{error.code} {error.message}") from None
-                raise _Transient(f"message deferred: {error.code} {error.message}") from error
-            except (aiosmtplib.SMTPException, OSError) as error:
-                raise _Unconfirmed(f"connection lost at the end of DATA: {error!r}") from error
-            return f"{response.code} {response.message}"
+async def _the_final_dot(
+    client: aiosmtplib.SMTP, timeout: float, point_of_no_return: Callable[[], bool]
+) -> str:
+    if not point_of_no_return():
+        raise _Superseded("another attempt is handing this message over")
+    protocol = client.protocol
+    if protocol is None or not protocol.is_connected:
+        # Lost before the final dot went out: the server has nothing.
+        raise _Transient("connection lost before the end of DATA")
+    try:
+        response = await _end_message_data(protocol, timeout)
+    except aiosmtplib.SMTPResponseException as error:
+        if error.code >= 500:
+            raise _Final(DeliveryStatus.failed, f"{error.code} {error.message}") from None
+        raise _Transient(f"message deferred: {error.code} {error.message}") from error
+    except (aiosmtplib.SMTPException, OSError) as error:
+        raise _Unconfirmed(f"connection lost at the end of DATA: {error!r}") from error
+    return f"{response.code} {response.message}"
+
+
+async def _connection(line: SmtpLine) -> tuple[aiosmtplib.SMTP, bool]:
+    """The thread's kept connection (True) or a new one, greeted and logged in (False)."""
+    kept = line.take()
+    if kept is not None:
+        return kept, True
+    smtp = line.settings
+    client = aiosmtplib.SMTP(
+        hostname=smtp.host,
+        port=smtp.port,
+        start_tls=smtp.starttls,
+        tls_context=line.tls_context,
+        timeout=smtp.timeout,
+        local_hostname=_local_hostname(),
+    )
+    try:
+        await client.connect()
+        if smtp.username is not None:
+            await client.login(smtp.username, smtp.password or "")
+    except (aiosmtplib.SMTPException, OSError) as error:
+        _hang_up(client)
+        # Connection, TLS, AUTH or EHLO trouble is the setup's, not the message's.
+        raise _Transient(f"SMTP server unavailable: {error!r}") from error
+    except BaseException:
+        _hang_up(client)
+        raise
+    return client, False
+
+
+async def _up_to_the_final_dot(client: aiosmtplib.SMTP, outgoing: Outgoing, payload: bytes) -> None:
+    """MAIL, RCPT, DATA and the message, all but the line that ends it."""
+    try:
+        await client.mail(outgoing.envelope_from)
+        await client.rcpt(outgoing.recipient)
+    except aiosmtplib.SMTPRecipientRefused as error:
+        if error.code >= 500:
+            raise _Final(DeliveryStatus.bounced, f"{error.code} {error.message}") from None
+        raise _Transient(f"recipient deferred: {error.code} {error.message}") from error
+    except aiosmtplib.SMTPSenderRefused as error:
+        if error.code >= 500:
+            raise _Final(DeliveryStatus.failed, f"sender refused: {error}") from None
+        raise _Transient(f"sender deferred: {error.code} {error.message}") from error
+    except (aiosmtplib.SMTPException, OSError) as error:
+        raise _Transient(f"SMTP server unavailable: {error!r}") from error
+    except ValueError as error:  # e.g. an address the server's encoding cannot carry
+        raise Unsendable(f"cannot hand over: {error}") from None
+
+    try:
+        await _send_message_data(client, payload)
+    except aiosmtplib.SMTPResponseException as error:
+        if error.code >= 500:
+            raise _Final(DeliveryStatus.failed, f"{error.code} {error.message}") from None
+        raise _Transient(f"message deferred: {error.code} {error.message}") from error
+    except (aiosmtplib.SMTPException, OSError) as error:
+        # Without the final dot the server keeps nothing.
+        raise _Transient(f"connection lost before the end of DATA: {error!r}") from error
+
+
+@dataclass(eq=False)
+class SmtpLine:
+    """One worker thread's way out: an event loop that lives as long as the thread (no loop to
+    make and tear down per send) and the SMTP connection kept open from its last message."""
+
+    settings: SmtpSettings
+    tls_context: ssl.SSLContext | None
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    client: aiosmtplib.SMTP | None = None
+    messages: int = 0  # accepted over the kept connection
+    idle_since: float = 0.0
+
+    def take(self) -> aiosmtplib.SMTP | None:
+        """The kept connection, unless it is closed, old or idle long enough for the server to
+        have dropped it; the caller owns it until it ``keep``s it again."""
+        client, self.client = self.client, None
+        if client is None:
+            return None
+        if (
+            not client.is_connected
+            or self.messages >= MESSAGES_PER_CONNECTION
+            or time.monotonic() - self.idle_since > CONNECTION_IDLE_SECONDS
+        ):
+            _hang_up(client)
+            return None
+        return client
+
+    def keep(self, client: aiosmtplib.SMTP, reused: bool) -> None:
+        """Keep a connection whose last transaction is complete (the server answered the dot)."""
+        self.client = client
+        self.messages = self.messages + 1 if reused else 1
+        self.idle_since = time.monotonic()
+
+    def close(self, unfinished: asyncio.Task[object]) -> None:
+        unfinished.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            self.loop.run_until_complete(unfinished)
+        if self.client is not None:
+            _hang_up(self.client)
+        self.loop.close()
+
+
+class SmtpLines:
+    """An ``SmtpLine`` per worker thread, so a connection is never shared by two sends."""
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self._settings = settings
+        self._tls_context = settings.ssl_context()
+        self._local = threading.local()
+
+    def run(self, conversation: Callable[[SmtpLine], Coroutine[object, None, T]]) -> T:
+        line: SmtpLine | None = getattr(self._local, "line", None)
+        if line is None:
+            line = self._local.line = SmtpLine(self._settings, self._tls_context)
+        task = line.loop.create_task(conversation(line))
+        try:
+            return line.loop.run_until_complete(task)
         finally:
-            if client.is_connected:
-                with contextlib.suppress(aiosmtplib.SMTPException, OSError):
-                    await client.quit()
-            client.close()
+            if not task.done():
+                # An exception raised into this thread (the activity's cancellation) stopped the
+                # loop mid-conversation: end that one, and begin the next on a new line.
+                self._local.line = None
+                line.close(cast("asyncio.Task[object]", task))
+
+
+def _hang_up(client: aiosmtplib.SMTP) -> None:
+    """Drop a connection without a word: one in mid-DATA must not get anything that could pass
+    for the end of the message, and the server discards an unfinished transaction."""
+    client.close()
+
+
+def _broken(error: BaseException | None) -> bool:
+    """Trouble that says the connection is gone rather than anything about the message."""
+    if isinstance(error, aiosmtplib.SMTPResponseException):
+        return error.code == aiosmtplib.SMTPStatus.domain_unavailable  # 421: closing
+    return isinstance(
+        error, (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError)
+    )
+
+
+@functools.cache
+def _local_hostname() -> str:
+    # What aiosmtplib would look up (a DNS query) for every new connection.
+    return socket.getfqdn()
 
 
 async def _send_message_data(client: aiosmtplib.SMTP, payload: bytes) -> None:

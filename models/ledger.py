@@ -30,7 +30,7 @@ from enum import StrEnum
 from pydantic import BaseModel
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from models.database import session, utcnow
 from models.engine import Delivery
@@ -85,25 +85,50 @@ def claim(engine: Engine, key: str, channel: str, recipient: str) -> DeliveryOut
     for _ in range(2):  # a concurrent first claim of the same key loses the insert race once
         try:
             with session(engine) as db:
-                row = db.exec(select(Delivery).where(Delivery.key == key)).first()
-                if row is None:
-                    db.add(
-                        Delivery(key=key, channel=channel, recipient=recipient, status="pending")
-                    )
-                    return None
-                if row.status == DeliveryStatus.sending:
-                    row.status = DeliveryStatus.unconfirmed
-                    row.detail = "an earlier attempt stopped mid-send; not sent again"
-                    db.add(row)
-                    return _outcome(row, already_settled=True)
-                if row.status in FINAL:
-                    return _outcome(row, already_settled=True)
-                row.recipient = recipient
-                db.add(row)
-                return None
+                return claim_in(db, key, channel, recipient)
         except IntegrityError:
             continue
     raise RuntimeError(f"could not claim delivery {key!r}")
+
+
+def claim_in(db: Session, key: str, channel: str, recipient: str) -> DeliveryOutcome | None:
+    """``claim`` inside the caller's transaction, so that reading what the send needs and
+    reserving it take one. The commit raises ``IntegrityError`` when a concurrent first claim of
+    the same key won the insert: run the whole transaction again then."""
+    return _claim_row(db, key, channel, recipient)[1]
+
+
+def settle_in(
+    db: Session, key: str, channel: str, recipient: str, status: DeliveryStatus, detail: str
+) -> DeliveryOutcome:
+    """Claim and settle in the caller's transaction a send that ends before any hand-over (a
+    refused contact, a message that cannot be built); an earlier outcome wins."""
+    assert status in FINAL, status
+    row, earlier = _claim_row(db, key, channel, recipient)
+    if earlier is not None:
+        return earlier
+    row.status, row.detail = status, detail
+    return _outcome(row)
+
+
+def _claim_row(
+    db: Session, key: str, channel: str, recipient: str
+) -> tuple[Delivery, DeliveryOutcome | None]:
+    row = db.exec(select(Delivery).where(Delivery.key == key)).first()
+    if row is None:
+        row = Delivery(key=key, channel=channel, recipient=recipient, status="pending")
+        db.add(row)
+        return row, None
+    if row.status == DeliveryStatus.sending:
+        row.status = DeliveryStatus.unconfirmed
+        row.detail = "an earlier attempt stopped mid-send; not sent again"
+        db.add(row)
+        return row, _outcome(row, already_settled=True)
+    if row.status in FINAL:
+        return row, _outcome(row, already_settled=True)
+    row.recipient = recipient
+    db.add(row)
+    return row, None
 
 
 def mark_sending(engine: Engine, key: str) -> bool:

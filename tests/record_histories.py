@@ -694,6 +694,20 @@ def failing_step_flow(now: datetime) -> Flow:
     )
 
 
+def excluded_at_wait_flow(now: datetime) -> Flow:
+    return flow(
+        [
+            {"id": "wait", "type": "wait_time", "amount": 1, "unit": "days", "next": "done"},
+            FINISH,
+        ],
+        exclusion_selections=[DEMO_SELECTION_ID],
+    )
+
+
+def excluded_at_finish_flow(now: datetime) -> Flow:
+    return flow([FINISH], exclusion_selections=[DEMO_SELECTION_ID])
+
+
 SCENARIOS: dict[str, Scenario] = {
     "messages_sent": Scenario(
         "send_email, send_sms, notify_email, notify_sms delivered; a scheduled start and the "
@@ -846,6 +860,61 @@ SCENARIOS: dict[str, Scenario] = {
         "a step's final (non-retryable) error drops the participant with the reason",
         ["step.final_error"],
         failing_step_flow,
+    ),
+    # One record per step (workflow.patched "record-once-per-step"): no record of its own at
+    # enrollment, a wait step's entry recorded with its wait, a finish without hand-offs recorded
+    # once as the participant leaves. The same scenarios as above, recorded again, and the checks
+    # before a step made at those merged records.
+    "messages_sent_v2": Scenario(
+        "as messages_sent, one record per step: a scheduled start still records at enrollment; "
+        "each wait's entry recorded with its timer; a finish with hand-offs recorded at entry",
+        ["records_once_per_step.scheduled_start", "records_once_per_step.wait_time"],
+        messages_flow,
+    ),
+    "crm_steps_v2": Scenario(
+        "as crm_steps, one record per step: no enrollment record before the first step",
+        ["records_once_per_step.action_steps"],
+        crm_steps_flow,
+    ),
+    "continue_as_new_v2": Scenario(
+        "as continue_as_new, one record per step, in every run",
+        ["records_once_per_step.continue_as_new"],
+        continue_as_new_flow,
+        enrollment={"steps_per_run": 2},
+        drive=form_in_second_run,
+    ),
+    "pause_edit_resume_v2": Scenario(
+        "as pause_edit_resume, one record per step: paused during a wait recorded with its timer; "
+        "a finish without hand-offs recorded once, as the participant leaves",
+        ["records_once_per_step.pause", "records_once_per_step.finish"],
+        pause_flow,
+        drive=pause_edit_resume,
+    ),
+    "enrolled_while_paused_v2": Scenario(
+        "as enrolled_while_paused, one record per step: queued, so recorded at enrollment",
+        ["records_once_per_step.enrolled_paused"],
+        pause_flow,
+        enrollment={"paused": True},
+        drive=resume_queued,
+    ),
+    "wait_for_action_answered_v2": Scenario(
+        "as wait_for_action_answered, one record per step: an action already there (no wait) and "
+        "a wait that times out, each recorded once",
+        ["records_once_per_step.wait_for_action"],
+        actions_flow,
+        drive=answer_early_and_during,
+    ),
+    "excluded_at_wait_v2": Scenario(
+        "one record per step: the checks made with a wait step's record find the contact on the "
+        "exclusion list, before it waits",
+        ["records_once_per_step.checks_at_wait"],
+        excluded_at_wait_flow,
+    ),
+    "excluded_at_finish_v2": Scenario(
+        "one record per step: the checks made with the last record find the contact on the "
+        "exclusion list at a finish without hand-offs: dropped out, recorded again",
+        ["records_once_per_step.checks_at_finish"],
+        excluded_at_finish_flow,
     ),
 }
 

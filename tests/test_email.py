@@ -13,6 +13,7 @@ import shutil
 import ssl
 import subprocess
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage, MIMEPart
 from email.parser import BytesParser
@@ -35,7 +36,7 @@ from models.crm import Associate, Company, Contact
 from models.database import PROJECT_ROOT, session
 from models.engine import Delivery
 from models.flow import EmailSettings, NotifyEmail, SendEmail
-from models.ledger import DeliveryStatus, claim, mark_sending
+from models.ledger import DeliveryOutcome, DeliveryStatus, claim, mark_sending
 from models.merge_tags import MergeTagError, render, render_header
 from models.settings import Settings
 from testkit.peers import running_inbox
@@ -132,11 +133,14 @@ class RecordingHandler:
     accepted: list[Accepted] = field(default_factory=list)
     rcpt_attempts: int = 0
     rcpt_reply: str | None = None  # e.g. "550 5.1.1 no such user"; None accepts
+    connections: list[Any] = field(default_factory=list)  # the server side of each, in order
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
         self.rcpt_attempts += 1
+        if not self.connections or self.connections[-1] is not server:
+            self.connections.append(server)
         if self.rcpt_reply is not None:
             return self.rcpt_reply
         envelope.rcpt_tos.append(address)
@@ -541,6 +545,87 @@ async def test_lines_starting_with_a_dot_arrive_as_written(
     await asyncio.to_thread(EmailActivities(engine, smtp).send_email, _send(contact_id, step))
     [accepted] = smtp_server[0].accepted
     assert _text(accepted.message.get_body(preferencelist=("plain",))) == text + "\n"
+
+
+def _sends(activities: EmailActivities, *requests: EmailSend) -> list[DeliveryOutcome]:
+    """Send one after another on one thread, as one worker thread takes activity after activity."""
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return [thread.submit(activities.send_email, request).result() for request in requests]
+
+
+async def test_messages_of_one_worker_thread_share_a_connection(
+    engine: Engine,
+    contact_id: int,
+    smtp: SmtpSettings,
+    smtp_server: tuple[RecordingHandler, int],
+) -> None:
+    handler, _ = smtp_server
+    keys = [f"{KEY}-{visit}" for visit in range(3)]
+    outcomes = await asyncio.to_thread(
+        _sends, EmailActivities(engine, smtp), *(_send(contact_id, key=key) for key in keys)
+    )
+    assert [outcome.status for outcome in outcomes] == [DeliveryStatus.sent] * 3
+    assert [accepted.message["Message-ID"] for accepted in handler.accepted] == [
+        message_id(key, "mail.flows.example.com") for key in keys
+    ]
+    assert len(handler.connections) == 1
+    assert all(accepted.tls and accepted.authenticated for accepted in handler.accepted)
+
+
+async def test_a_kept_connection_the_server_dropped_is_replaced_without_a_duplicate(
+    engine: Engine,
+    contact_id: int,
+    smtp: SmtpSettings,
+    smtp_server: tuple[RecordingHandler, int],
+) -> None:
+    # The server hangs up on the idle connection between two messages: the second message,
+    # begun on it, fails before its final dot and goes out once over a fresh connection.
+    handler, _ = smtp_server
+    activities = EmailActivities(engine, smtp)
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        first = await asyncio.wrap_future(thread.submit(activities.send_email, _send(contact_id)))
+        [server] = handler.connections
+        server.loop.call_soon_threadsafe(server.transport.close)
+        await asyncio.sleep(0.2)
+        request = _send(contact_id, key=f"{KEY}-again")
+        second = await asyncio.wrap_future(thread.submit(activities.send_email, request))
+    assert (first.status, second.status) == (DeliveryStatus.sent, DeliveryStatus.sent)
+    assert not second.already_settled
+    assert len(handler.accepted) == 2 and len(handler.connections) == 2
+    assert _ledger(engine, f"{KEY}-again").status == "sent"
+
+
+async def test_a_send_stopped_before_its_final_dot_leaves_no_connection_behind(
+    engine: Engine,
+    contact_id: int,
+    smtp: SmtpSettings,
+    smtp_server: tuple[RecordingHandler, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An attempt superseded at its point of no return drops its connection in mid-DATA; the
+    # thread's next message opens a new one, and the server holds only that one message.
+    handler, _ = smtp_server
+    real_mark = mark_sending
+    superseded = [True]
+
+    def other_attempt_first(engine: Engine, key: str) -> bool:
+        if superseded:
+            superseded.clear()
+            assert real_mark(engine, key)  # the other attempt, a moment earlier
+        return real_mark(engine, key)
+
+    monkeypatch.setattr(email_activities, "mark_sending", other_attempt_first)
+    activities = EmailActivities(engine, smtp)
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        with pytest.raises(ApplicationError, match="handing this message over"):
+            await asyncio.wrap_future(thread.submit(activities.send_email, _send(contact_id)))
+        request = _send(contact_id, key=f"{KEY}-next")
+        outcome = await asyncio.wrap_future(thread.submit(activities.send_email, request))
+    assert outcome.status is DeliveryStatus.sent
+    assert [accepted.message["Message-ID"] for accepted in handler.accepted] == [
+        message_id(f"{KEY}-next", "mail.flows.example.com")
+    ]
+    assert len(handler.connections) == 2
 
 
 async def test_a_claim_that_never_reached_the_point_of_no_return_is_sent_by_the_retry(

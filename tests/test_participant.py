@@ -321,3 +321,43 @@ async def test_long_flows_continue_as_new_carrying_their_state(
     assert first_run_events[-1].HasField("workflow_execution_continued_as_new_event_attributes")
     last = await handle.describe()
     assert last.run_id != handle.first_execution_run_id
+
+
+async def test_one_record_per_step_with_the_checks_at_a_wait(
+    time_skipping_env: WorkflowEnvironment, engine: Engine, task_queue: str
+) -> None:
+    """An action step and a finish without hand-offs: one record each (the finish's is the last
+    one), none of its own at enrollment. A wait's entry is recorded with its wait, and the
+    checks made there take a deleted contact out before it waits."""
+    steps: list[dict[str, Any]] = [
+        {"id": "add", "type": "add_to_list", "selection_id": VIP_SELECTION_ID, "next": "done"},
+        {"id": "done", "type": "finish"},
+    ]
+    waiting: list[dict[str, Any]] = [
+        {"id": "wait", "type": "wait_time", "amount": 30, "unit": "days", "next": "done"},
+        {"id": "done", "type": "finish"},
+    ]
+    async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
+        handle = await start(time_skipping_env, task_queue, flow_of(steps), first_contact(engine))
+        finished = await handle.result()
+        gone = await (
+            await start(time_skipping_env, task_queue, flow_of(waiting), 999_999)
+        ).result()
+    history = await handle.fetch_history()
+    records = [
+        e
+        for e in history.events
+        if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+    ]
+    assert finished.status is ParticipantStatus.finished
+    assert len(records) == 2
+    assert (gone.status, gone.drop_out_reason) == (
+        ParticipantStatus.dropped_out,
+        "the contact no longer exists",
+    )
+    assert [v.step for v in gone.trail] == ["wait"]
+    assert gone.finished_at is not None
+    assert gone.finished_at - gone.enrolled_at < timedelta(days=1)
+    with session(engine) as db:
+        row = db.get(Participant, gone.participant_id)
+    assert row is not None and (row.status, row.wait_until) == ("Dropped out", None)

@@ -25,6 +25,7 @@ from temporalio.worker import Replayer
 
 from models.flow import STEP_KINDS
 from workflows.participant import ParticipantWorkflow
+from workflows.sandbox import WORKFLOW_RUNNER
 from workflows.script import ScriptWorkflow
 
 FOLDER = Path(__file__).parent / "histories"
@@ -35,7 +36,9 @@ HISTORIES.remove(FOLDER / "manifest.json")
 
 def _replayer() -> Replayer:
     return Replayer(
-        workflows=[ParticipantWorkflow, ScriptWorkflow], data_converter=pydantic_data_converter
+        workflows=[ParticipantWorkflow, ScriptWorkflow],
+        data_converter=pydantic_data_converter,
+        workflow_runner=WORKFLOW_RUNNER,
     )
 
 

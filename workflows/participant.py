@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
     from models.engine import ParticipantStatus
     from models.events import FlowEvent, meets
-    from models.flow import Flow, Step
+    from models.flow import Finish, Flow, Step, WaitForAction, WaitTime
     from models.participant import (
         Enrollment,
         KeptVersion,
@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         Standing,
         Visit,
     )
+    from workflows.flow_versions import shared
     from workflows.steps import Continue, Leave, Leaving, Outcome, hand_off, run_step
 
 TRAIL_LENGTH = 50
@@ -45,11 +46,19 @@ RECORD_OPTIONS: dict[str, Any] = {
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=30)),
 }
 
+# One record per step: no record of its own at enrollment unless the participant waits before
+# its first step (scheduled start, paused flow); a wait step's entry record is the wait's record,
+# and a finish step without hand-offs is recorded once, as the participant leaves, with the
+# checks made there. Participants started before keep their records as they were.
+RECORD_ONCE_PER_STEP = "record-once-per-step"
+
 
 @workflow.defn(name="Participant")
 class ParticipantWorkflow:
     @workflow.init
     def __init__(self, enrollment: Enrollment) -> None:
+        # The input (alive as long as the run) keeps the worker's shared copy, not its own.
+        enrollment.flow = shared(enrollment.flow, enrollment.flow_version)
         self._flow = enrollment.flow
         self._state = enrollment.state or ParticipantState(
             participant_id=workflow.info().run_id,
@@ -61,6 +70,9 @@ class ParticipantWorkflow:
         )
         # Set by a signal to make the participant leave at once, even in the middle of a wait.
         self._interrupt: Leave | None = None
+        self._once_per_step = False  # RECORD_ONCE_PER_STEP, decided once per run
+        # The step entered has not been recorded nor checked yet: its first record does both.
+        self._entry_unrecorded = False
 
     @property
     def flow(self) -> Flow:
@@ -108,7 +120,7 @@ class ParticipantWorkflow:
         if resume.flow is not None and resume.flow_version is not None:
             current = self._state.current_step
             if current is None or any(step.id == current for step in resume.flow.steps):
-                self._flow = resume.flow
+                self._flow = shared(resume.flow, resume.flow_version)
                 self._state.flow_version = resume.flow_version
                 self._state.kept_version = None
             else:
@@ -128,9 +140,15 @@ class ParticipantWorkflow:
 
     @workflow.run
     async def run(self, enrollment: Enrollment) -> ParticipantState:
+        self._once_per_step = workflow.patched(RECORD_ONCE_PER_STEP)
         try:
             if self._state.current_step is None:
-                await self._record()
+                if (
+                    not self._once_per_step
+                    or self._flow.scheduled_start is not None
+                    or self._state.paused
+                ):
+                    await self._record()  # visible while it waits for its first step
                 await self._wait_for_scheduled_start()
                 await self._unfrozen()  # enrolled while paused: queue before the first step
                 self._state.current_step = self._flow.start
@@ -163,7 +181,16 @@ class ParticipantWorkflow:
             self._leave(Leave(ParticipantStatus.cancelled, "cancelled"))
             await self._record()
             raise
-        await self._record()
+        standing = await self._record()
+        if self._entry_unrecorded:
+            # A finish step's entry is this last record: if its checks say the contact may not
+            # finish, it drops out instead, as it would have on entering the step.
+            self._entry_unrecorded = False
+            if standing.leave_reason is not None:
+                reason = standing.leave_reason
+                self._state.trail[-1].outcome = reason
+                self._leave(Leave(ParticipantStatus.dropped_out, reason, reason=reason))
+                await self._record()
         return self._state
 
     @property
@@ -189,6 +216,9 @@ class ParticipantWorkflow:
         state.trail = [*state.trail, Visit(step=step.id, entered_at=workflow.now())][-TRAIL_LENGTH:]
         workflow.upsert_search_attributes([sa.FLOW_STEP.value_set(step.id)])
         workflow.set_current_details(f"At step {step.label!r} ({step.type})")
+        self._entry_unrecorded = self._once_per_step and _recorded_later(step)
+        if self._entry_unrecorded:
+            return Standing()
         return await self._record()
 
     async def _run(self, step: Step, standing: Standing) -> Outcome:
@@ -238,12 +268,17 @@ class ParticipantWorkflow:
         that falls during the wait freezes the participant at its end.
         """
         if done():
+            await self._record_entry()
             return True
         timeout = None if until is None else until - workflow.now()
         if timeout is not None and timeout <= timedelta(0):
+            await self._record_entry()
             return False
         self._state.wait_until = until
-        await self._record()
+        if self._entry_unrecorded:
+            await self._record_entry()
+        else:
+            await self._record()
         with contextlib.suppress(TimeoutError):  # the deadline passed: done() says which
             await workflow.wait_condition(
                 lambda: done() or self._interrupt is not None,
@@ -264,6 +299,18 @@ class ParticipantWorkflow:
     def delivery_key(self, step: Step) -> str:
         return f"{self._state.participant_id}/{step.id}/{self._state.visits.get(step.id, 0)}"
 
+    async def _record_entry(self) -> None:
+        """The record a wait step's entry left to its wait: made now (with the wait's deadline,
+        if it waits), and its checks leave before the wait begins."""
+        if not self._entry_unrecorded:
+            return
+        self._entry_unrecorded = False
+        standing = await self._record()
+        if standing.leave_reason is not None:
+            self._state.wait_until = None
+            reason = standing.leave_reason
+            raise Leaving(Leave(ParticipantStatus.dropped_out, reason, reason=reason))
+
     async def _record(self) -> Standing:
         record = ParticipantRecord(
             state=self._state, exclusion_selections=self._flow.exclusion_selections
@@ -277,3 +324,14 @@ class ParticipantWorkflow:
             **RECORD_OPTIONS,
         )
         return standing or Standing()
+
+
+def _recorded_later(step: Step) -> bool:
+    """Steps whose entry is recorded (and checked) by their first record: a wait's, before it
+    waits; a finish's without hand-offs, as the participant leaves."""
+    if isinstance(step, WaitTime | WaitForAction):
+        return True
+    if isinstance(step, Finish):
+        suggested = (step.suggest_flow_on_success, step.suggest_flow_otherwise)
+        return all(flow is None for flow in suggested) and step.add_to_selection is None
+    return False

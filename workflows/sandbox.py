@@ -1,0 +1,20 @@
+"""The sandbox the participant and script workflows run in.
+
+By default the sandbox re-imports a workflow's module, and everything it imports that is not
+passed through, for every workflow instance: at campaign scale that is most of the cost of
+starting (or waking from the cache) a participant, and most of its memory. The project's own
+modules hold no mutable module state and take time only from ``workflow.now()``, so they are
+imported once and shared; the sandbox keeps checking everything else.
+"""
+
+from __future__ import annotations
+
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+# Deterministic project packages: flow and participant models, the workflow definitions, and
+# the activity definitions the workflows call by reference (their bodies never run in here).
+PASSED_THROUGH = ("models", "workflows", "activities")
+
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSED_THROUGH)
+)

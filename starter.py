@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import sys
 import traceback
 import uuid
@@ -31,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar, NoReturn
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Engine
@@ -106,12 +108,31 @@ class Resources:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
-        runtime = None if self._runtime is None else weakref.ref(self._runtime)
+        if self._runtime is not None:
+            Resources._closed_runtimes.append(weakref.ref(self._runtime))
         self._runtime = None
         # Clients and workers (the dry run's too) hold their runtime in reference cycles.
         gc.collect()
-        if runtime is not None and runtime() is not None:
-            print("warning: a Temporal client outlived its command", file=sys.stderr)
+
+    # Runtimes let go of by commands: one that something still holds (a traceback kept by the
+    # SDK's internals, now and then) would run its threads into the interpreter's shutdown.
+    _closed_runtimes: ClassVar[list[weakref.ref[Runtime]]] = []
+
+    @classmethod
+    def lingering(cls) -> bool:
+        gc.collect()
+        return any(runtime() is not None for runtime in cls._closed_runtimes)
+
+
+def exit_process(code: int) -> NoReturn:
+    """Exit with the command's status. Should a Temporal runtime still be alive, skip the
+    interpreter's shutdown, whose clean-up its threads could abort (everything the command had to
+    do is done and its output flushed; the database engine is disposed)."""
+    if Resources.lingering():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def cmd_schema(_: argparse.Namespace, __: Resources) -> int:
@@ -510,4 +531,4 @@ def _run(args: argparse.Namespace, used: Resources) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

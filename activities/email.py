@@ -55,6 +55,7 @@ from activities.mime import (
     marketing_message,
     notification_message,
 )
+from activities.participants import ParticipantRecord, enter_message_step
 from models.consent import Refused, marketing_recipient, notification_recipient
 from models.crm import Contact, contact_facts
 from models.database import PROJECT_ROOT, session
@@ -134,6 +135,9 @@ class EmailSend(BaseModel):
     contact_id: int
     step: SendEmail
     settings: EmailSettings | None
+    # The step's entry record and its checks, when the participant leaves them to the send (one
+    # transaction for both); absent in sends scheduled before, which were recorded apart.
+    record: ParticipantRecord | None = None
 
 
 class EmailNotify(BaseModel):
@@ -205,9 +209,15 @@ class EmailActivities:
         raise RuntimeError(f"could not claim delivery {request.delivery_key!r}")
 
     def _prepare(self, db: Session, request: EmailSend) -> DeliveryOutcome | Outgoing:
-        """In one transaction: read the contact, check and build the message, and claim the send
-        (an ``Outgoing`` to hand over), or settle it without one (the outcome, maybe earlier)."""
+        """In one transaction: record the step's entry and make the checks before it (when the
+        request carries the record), read the contact, check and build the message, and claim
+        the send (an ``Outgoing`` to hand over), or settle it without one (the outcome, maybe
+        earlier)."""
         key = request.delivery_key
+        if request.record is not None:
+            left = enter_message_step(db, request.record, key, CHANNEL)
+            if left is not None:
+                return left
         contact = db.get(Contact, request.contact_id)
         facts = contact_facts(db, request.contact_id)
         if contact is None or facts is None:

@@ -53,7 +53,12 @@ def count_messages(outcomes: Iterable[DeliveryOutcome]) -> None:
 
 def _outcomes(result: object) -> list[DeliveryOutcome]:
     found = result if isinstance(result, list) else [result]
-    return [outcome for outcome in found if isinstance(outcome, DeliveryOutcome)]
+    # A participant that left at the step's entry was not a message.
+    return [
+        outcome
+        for outcome in found
+        if isinstance(outcome, DeliveryOutcome) and outcome.leave_reason is None
+    ]
 
 
 def counts_messages(send: Callable[P, R]) -> Callable[P, R]:

@@ -10,6 +10,7 @@ from temporalio import activity
 from models.crm import Contact, SelectionMember
 from models.database import session
 from models.engine import Participant
+from models.ledger import DeliveryOutcome, DeliveryStatus, known_in
 from models.participant import ParticipantState, Standing, participant_workflow_id
 
 
@@ -27,24 +28,51 @@ class ParticipantActivities:
         """Upsert the participant's row (the workflow is its only writer, so the last call wins)
         and report whether the contact may go on: one database round trip for both, at every
         step entry."""
-        state = record.state
         with session(self._engine) as db:
-            row = db.get(Participant, state.participant_id) or Participant(
-                id=state.participant_id,
-                workflow_id=participant_workflow_id(state.flow_id, state.contact_id),
-                flow_id=state.flow_id,
-                flow_version=state.flow_version,
-                contact_id=state.contact_id,
-                enrolled_at=state.enrolled_at,
-            )
-            row.flow_version = state.flow_version
-            row.status = state.status.value
-            row.current_step = state.current_step
-            row.wait_until = state.wait_until
-            row.drop_out_reason = state.drop_out_reason
-            row.finished_at = state.finished_at
-            db.add(row)
-            return Standing(leave_reason=leave_reason(db, record))
+            return record_in(db, record)
+
+
+def record_in(db: Session, record: ParticipantRecord) -> Standing:
+    """``record_participant`` inside the caller's transaction."""
+    state = record.state
+    row = db.get(Participant, state.participant_id) or Participant(
+        id=state.participant_id,
+        workflow_id=participant_workflow_id(state.flow_id, state.contact_id),
+        flow_id=state.flow_id,
+        flow_version=state.flow_version,
+        contact_id=state.contact_id,
+        enrolled_at=state.enrolled_at,
+    )
+    row.flow_version = state.flow_version
+    row.status = state.status.value
+    row.current_step = state.current_step
+    row.wait_until = state.wait_until
+    row.drop_out_reason = state.drop_out_reason
+    row.finished_at = state.finished_at
+    db.add(row)
+    return Standing(leave_reason=leave_reason(db, record))
+
+
+def enter_message_step(
+    db: Session, record: ParticipantRecord, delivery_key: str, channel: str
+) -> DeliveryOutcome | None:
+    """A message step's entry, recorded and checked by its send in the send's own transaction:
+    None to go on, or an outcome that sends nothing and says why the participant leaves.
+
+    The checks belong to the step's entry, so they are made once per step: a retry that finds
+    the send in the ledger (an earlier attempt passed them and claimed it) goes on whatever
+    they would say now, and never disowns a message that may have left."""
+    reason = record_in(db, record).leave_reason
+    if reason is None or known_in(db, delivery_key):
+        return None
+    return DeliveryOutcome(
+        key=delivery_key,
+        channel=channel,
+        recipient="",
+        status=DeliveryStatus.skipped,
+        detail=reason,
+        leave_reason=reason,
+    )
 
 
 def leave_reason(db: Session, record: ParticipantRecord) -> str | None:

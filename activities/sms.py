@@ -39,6 +39,7 @@ from twilio.rest import Client
 
 from activities.heartbeat import heartbeating
 from activities.metrics import counts_messages
+from activities.participants import ParticipantRecord, enter_message_step
 from models.crm import contact_facts
 from models.database import session, utcnow
 from models.flow import NotifySms, Recipients, SendSms
@@ -147,6 +148,9 @@ class SmsSend(BaseModel):
     contact_id: int
     step: SendSms
     default_sender: str | None  # the flow's SMS sender, used when the step names none
+    # The step's entry record and its checks, when the participant leaves them to the send (one
+    # transaction with reading the contact); absent in sends scheduled before, recorded apart.
+    record: ParticipantRecord | None = None
 
 
 class SmsNotify(BaseModel):
@@ -192,8 +196,14 @@ class SmsActivities:
 
         The workflow decides from ``step.exit_if_no_mobile`` whether a skipped participant leaves.
         """
-        facts = await self._facts(request.contact_id)
         key = request.delivery_key
+        if request.record is None:
+            facts = await self._facts(request.contact_id)
+        else:
+            entered = await self._entered(request.record, key)
+            if isinstance(entered, DeliveryOutcome):
+                return entered
+            facts = entered
         mobile = _text(facts.get("contact.mobile"))
         if mobile is None:
             return await self._skip(key, "", NO_MOBILE)
@@ -354,6 +364,22 @@ class SmsActivities:
     async def _skip(self, key: str, recipient: str, reason: str) -> DeliveryOutcome:
         return await asyncio.to_thread(record_skip, self._engine, key, CHANNEL, recipient, reason)
 
+    async def _entered(
+        self, record: ParticipantRecord, key: str
+    ) -> dict[str, object] | DeliveryOutcome:
+        """The step's entry recorded and checked, and the contact read, in one transaction: the
+        contact's facts, or the outcome that makes the participant leave without a send."""
+
+        def enter() -> dict[str, object] | DeliveryOutcome | None:
+            with session(self._engine) as db:
+                left = enter_message_step(db, record, key, CHANNEL)
+                return left if left is not None else contact_facts(db, record.state.contact_id)
+
+        entered = await asyncio.to_thread(enter)
+        if entered is None:
+            raise _missing_contact(record.state.contact_id)
+        return entered
+
     async def _facts(self, contact_id: int) -> dict[str, object]:
         def load() -> dict[str, object] | None:
             with session(self._engine) as db:
@@ -361,11 +387,15 @@ class SmsActivities:
 
         facts = await asyncio.to_thread(load)
         if facts is None:
-            # Non-retryable: retrying cannot make a deleted contact reappear.
-            raise ApplicationError(
-                f"contact {contact_id} does not exist", type="MissingContact", non_retryable=True
-            )
+            raise _missing_contact(contact_id)
         return facts
+
+
+def _missing_contact(contact_id: int) -> ApplicationError:
+    # Non-retryable: retrying cannot make a deleted contact reappear.
+    return ApplicationError(
+        f"contact {contact_id} does not exist", type="MissingContact", non_retryable=True
+    )
 
 
 def compose(template: str, facts: dict[str, object], sender: str | None) -> tuple[str, str | None]:

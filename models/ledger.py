@@ -65,6 +65,9 @@ class DeliveryOutcome(BaseModel):
     provider_id: str | None = None
     detail: str | None = None
     already_settled: bool = False  # True when a retry found the outcome of an earlier attempt
+    # Set when the checks made at the step's entry (former employee, exclusion list, …) say the
+    # participant leaves: nothing was sent nor claimed, and the participant leaves with this.
+    leave_reason: str | None = None
 
 
 def _outcome(row: Delivery, already_settled: bool = False) -> DeliveryOutcome:
@@ -96,6 +99,11 @@ def claim_in(db: Session, key: str, channel: str, recipient: str) -> DeliveryOut
     reserving it take one. The commit raises ``IntegrityError`` when a concurrent first claim of
     the same key won the insert: run the whole transaction again then."""
     return _claim_row(db, key, channel, recipient)[1]
+
+
+def known_in(db: Session, key: str) -> bool:
+    """Whether an attempt already claimed this send (whatever became of it)."""
+    return db.exec(select(Delivery.key).where(Delivery.key == key)).first() is not None
 
 
 def settle_in(

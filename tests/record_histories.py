@@ -708,6 +708,25 @@ def excluded_at_finish_flow(now: datetime) -> Flow:
     return flow([FINISH], exclusion_selections=[DEMO_SELECTION_ID])
 
 
+def excluded_at_email_flow(now: datetime) -> Flow:
+    return flow(
+        [
+            {"id": "mail", "type": "send_email", "next": "done", "subject": "Hi", "text": "Hi"},
+            FINISH,
+        ],
+        email=EMAIL,
+        exclusion_selections=[DEMO_SELECTION_ID],
+    )
+
+
+def excluded_at_sms_flow(now: datetime) -> Flow:
+    return flow(
+        [{"id": "text", "type": "send_sms", "next": "done", "text": "Hello"}, FINISH],
+        sms_sender="Flows",
+        exclusion_selections=[DEMO_SELECTION_ID],
+    )
+
+
 SCENARIOS: dict[str, Scenario] = {
     "messages_sent": Scenario(
         "send_email, send_sms, notify_email, notify_sms delivered; a scheduled start and the "
@@ -915,6 +934,44 @@ SCENARIOS: dict[str, Scenario] = {
         "exclusion list at a finish without hand-offs: dropped out, recorded again",
         ["records_once_per_step.checks_at_finish"],
         excluded_at_finish_flow,
+    ),
+    # A message step's entry recorded and checked by its send (workflow.patched
+    # "record-in-message-step"): no record of its own unless it waits for its sending window.
+    "messages_sent_v3": Scenario(
+        "as messages_sent, a message step's entry recorded by its send: the email waits for its "
+        "sending window (recorded before the wait), the SMS in the window is recorded by its send",
+        [
+            "records_in_message_step.sending_window",
+            "records_in_message_step.email",
+            "records_in_message_step.sms",
+        ],
+        messages_flow,
+    ),
+    "final_answers_v3": Scenario(
+        "as final_answers, each message step's entry recorded by its send: a hard bounce and an "
+        "invalid mobile number",
+        ["records_in_message_step.final_answers"],
+        final_answers_flow,
+        contact_id=EMILY,
+    ),
+    "sms_no_mobile_exit_v3": Scenario(
+        "as sms_no_mobile_exit, the step's entry recorded by its send: no mobile number, leaving "
+        "through the step's exit",
+        ["records_in_message_step.sms_exit"],
+        no_mobile_flow,
+        contact_id=CHARLOTTE,
+    ),
+    "excluded_at_send_v3": Scenario(
+        "the checks made by send_email at the step's entry find the contact on the exclusion "
+        "list: nothing sent, dropped out with the reason",
+        ["records_in_message_step.checks_at_email"],
+        excluded_at_email_flow,
+    ),
+    "excluded_at_sms_v3": Scenario(
+        "the checks made by send_sms at the step's entry find the contact on the exclusion "
+        "list: nothing sent, dropped out with the reason",
+        ["records_in_message_step.checks_at_sms"],
+        excluded_at_sms_flow,
     ),
 }
 

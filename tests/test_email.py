@@ -32,12 +32,14 @@ import activities.email as email_activities
 import activities.mime as mime
 from activities.email import EmailActivities, EmailNotify, EmailSend, SmtpSettings
 from activities.mime import message_id
+from activities.participants import ParticipantRecord
 from models.crm import Associate, Company, Contact
-from models.database import PROJECT_ROOT, session
-from models.engine import Delivery
+from models.database import PROJECT_ROOT, session, utcnow
+from models.engine import Delivery, Participant
 from models.flow import EmailSettings, NotifyEmail, SendEmail
-from models.ledger import DeliveryOutcome, DeliveryStatus, claim, mark_sending
+from models.ledger import DeliveryOutcome, DeliveryStatus, claim, mark_sending, settle
 from models.merge_tags import MergeTagError, render, render_header
+from models.participant import ParticipantState
 from models.settings import Settings
 from testkit.peers import running_inbox
 from testkit.servers import free_port
@@ -905,3 +907,67 @@ async def test_dev_inbox_stores_what_the_activity_sends(
     assert stored.recipients == "Anna Svensson <anna@brodsalt.example.com>"
     assert stored.subject == "Hej Anna från Bröd & Salt AB"
     assert stored.date.tzinfo is not None
+
+
+def _entry(contact_id: int) -> ParticipantRecord:
+    state = ParticipantState(
+        participant_id="run-1",
+        flow_id="spring-campaign",
+        flow_version=1,
+        contact_id=contact_id,
+        current_step="step-mail",
+        enrolled_at=utcnow(),
+    )
+    return ParticipantRecord(state=state)
+
+
+async def test_the_send_records_the_steps_entry_in_its_transaction(
+    engine: Engine,
+    contact_id: int,
+    smtp: SmtpSettings,
+    smtp_server: tuple[RecordingHandler, int],
+) -> None:
+    request = _send(contact_id).model_copy(update={"record": _entry(contact_id)})
+    outcome = await asyncio.to_thread(EmailActivities(engine, smtp).send_email, request)
+    assert (outcome.status, outcome.leave_reason) == (DeliveryStatus.sent, None)
+    with session(engine) as db:
+        row = db.get(Participant, "run-1")
+    assert row is not None and (row.status, row.current_step) == ("Active", "step-mail")
+
+
+async def test_a_failed_entry_check_sends_and_claims_nothing(
+    engine: Engine,
+    contact_id: int,
+    smtp: SmtpSettings,
+    smtp_server: tuple[RecordingHandler, int],
+) -> None:
+    _update_contact(engine, contact_id, retired=True)
+    request = _send(contact_id).model_copy(update={"record": _entry(contact_id)})
+    outcome = await asyncio.to_thread(EmailActivities(engine, smtp).send_email, request)
+    assert (outcome.status, outcome.leave_reason) == (DeliveryStatus.skipped, "former employee")
+    assert smtp_server[0].rcpt_attempts == 0
+    with session(engine) as db:
+        assert db.exec(select(Delivery)).all() == []
+        assert db.get(Participant, "run-1") is not None  # the entry is recorded all the same
+
+
+async def test_a_retry_of_a_claimed_send_goes_on_whatever_the_checks_say_now(
+    engine: Engine,
+    contact_id: int,
+    smtp: SmtpSettings,
+    smtp_server: tuple[RecordingHandler, int],
+) -> None:
+    """The checks belong to the step's entry: an earlier attempt that claimed the send passed
+    them, so a retry never disowns a message that may have gone out."""
+    # The first attempt claimed and sent it, and its completion was lost.
+    assert claim(engine, KEY, "email", "anna@brodsalt.example.com") is None
+    settle(engine, KEY, DeliveryStatus.sent, provider_id="<first@attempt>", detail="250 OK")
+    _update_contact(engine, contact_id, retired=True)  # then the contact retired
+    request = _send(contact_id).model_copy(update={"record": _entry(contact_id)})
+    outcome = await asyncio.to_thread(EmailActivities(engine, smtp).send_email, request)
+    assert (outcome.status, outcome.already_settled, outcome.leave_reason) == (
+        DeliveryStatus.sent,
+        True,
+        None,
+    )
+    assert smtp_server[0].rcpt_attempts == 0

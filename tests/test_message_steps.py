@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
 from temporalio.testing import WorkflowEnvironment
@@ -15,8 +16,8 @@ from activities.email import EmailActivities
 from activities.sms import SmsActivities
 from models.crm import Contact, SelectionMember
 from models.database import session
-from models.demo import VIP_SELECTION_ID
-from models.engine import Delivery, ParticipantStatus
+from models.demo import DEMO_SELECTION_ID, VIP_SELECTION_ID
+from models.engine import Delivery, Participant, ParticipantStatus
 from peers.twilio_api import TwilioApiServer
 from testkit.peers import Inbox, twilio_settings
 from tests.test_participant import STOCKHOLM, entered, flow_of, next_weekday, start
@@ -230,3 +231,58 @@ async def test_without_the_exit_option_a_contact_without_mobile_skips_the_step(
     assert state.trail[0].outcome == "sms skipped: no mobile number"
     assert [m.subject for m in smtp_inbox.messages()] == ["Still here"]
     assert STOCKHOLM  # the shared helpers come from test_participant
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"id": "send", "type": "send_email", "subject": "Hi", "text": "Hi", "next": "done"},
+        {"id": "send", "type": "send_sms", "text": "Hi", "next": "done"},
+    ],
+    ids=["email", "sms"],
+)
+async def test_a_message_steps_send_records_its_entry_and_makes_the_checks(
+    time_skipping_env: WorkflowEnvironment,
+    engine: Engine,
+    task_queue: str,
+    twilio_api: TwilioApiServer,
+    smtp_inbox: Inbox,
+    step: dict[str, Any],
+) -> None:
+    """No record of its own before a message step: the send upserts the row and makes the checks
+    in its transaction. Excluded, the contact leaves as it would have on that record: nothing
+    sent or claimed, dropped out with the reason, the row saying so."""
+    flow = flow_of(
+        [step, {"id": "done", "type": "finish"}],
+        email=EMAIL_SETTINGS,
+        sms_sender="Flows",
+        exclusion_selections=[DEMO_SELECTION_ID],
+    )
+    activities = activities_for(engine, smtp_inbox.settings, twilio_settings(twilio_api))
+    async with build_worker(
+        time_skipping_env.client, engine, task_queue=task_queue, activities=activities
+    ):
+        handle = await start(time_skipping_env, task_queue, flow, contact_named(engine, "Karin"))
+        state = await handle.result()
+        markers = [
+            e.marker_recorded_event_attributes.marker_name
+            async for e in handle.fetch_history_events()
+            if e.HasField("marker_recorded_event_attributes")
+        ]
+    assert (state.status, state.drop_out_reason) == (
+        ParticipantStatus.dropped_out,
+        "on the exclusion list",
+    )
+    assert [(v.step, v.outcome) for v in state.trail] == [("send", "on the exclusion list")]
+    assert smtp_inbox.messages() == [] and twilio_api.messages == []
+    # Two patches asked, one record (as the participant leaves): none before the send.
+    assert markers == ["core_patch", "core_patch", "core_local_activity"]
+    with session(engine) as db:
+        assert db.exec(select(Delivery)).all() == []
+        row = db.get(Participant, state.participant_id)
+    assert row is not None
+    assert (row.status, row.drop_out_reason, row.current_step) == (
+        ParticipantStatus.dropped_out.value,
+        "on the exclusion list",
+        "send",
+    )

@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
     from models.engine import ParticipantStatus
     from models.events import FlowEvent, meets
-    from models.flow import Finish, Flow, Step, WaitForAction, WaitTime
+    from models.flow import Finish, Flow, SendEmail, SendSms, Step, WaitForAction, WaitTime
     from models.participant import (
         Enrollment,
         KeptVersion,
@@ -52,6 +52,12 @@ RECORD_OPTIONS: dict[str, Any] = {
 # checks made there. Participants started before keep their records as they were.
 RECORD_ONCE_PER_STEP = "record-once-per-step"
 
+# A message step's entry record (and the checks before the step) rides in its send activity, in
+# the send's own transaction, instead of a local activity of its own; a message step that waits
+# for its sending window still records before the wait. Asked only of runs that record once per
+# step; participants started before keep their records as they were.
+RECORD_IN_MESSAGE_STEP = "record-in-message-step"
+
 
 @workflow.defn(name="Participant")
 class ParticipantWorkflow:
@@ -71,6 +77,7 @@ class ParticipantWorkflow:
         # Set by a signal to make the participant leave at once, even in the middle of a wait.
         self._interrupt: Leave | None = None
         self._once_per_step = False  # RECORD_ONCE_PER_STEP, decided once per run
+        self._record_in_send = False  # RECORD_IN_MESSAGE_STEP, decided once per run
         # The step entered has not been recorded nor checked yet: its first record does both.
         self._entry_unrecorded = False
 
@@ -141,6 +148,7 @@ class ParticipantWorkflow:
     @workflow.run
     async def run(self, enrollment: Enrollment) -> ParticipantState:
         self._once_per_step = workflow.patched(RECORD_ONCE_PER_STEP)
+        self._record_in_send = self._once_per_step and workflow.patched(RECORD_IN_MESSAGE_STEP)
         try:
             if self._state.current_step is None:
                 if (
@@ -216,7 +224,7 @@ class ParticipantWorkflow:
         state.trail = [*state.trail, Visit(step=step.id, entered_at=workflow.now())][-TRAIL_LENGTH:]
         workflow.upsert_search_attributes([sa.FLOW_STEP.value_set(step.id)])
         workflow.set_current_details(f"At step {step.label!r} ({step.type})")
-        self._entry_unrecorded = self._once_per_step and _recorded_later(step)
+        self._entry_unrecorded = self._once_per_step and _recorded_later(step, self._record_in_send)
         if self._entry_unrecorded:
             return Standing()
         return await self._record()
@@ -299,6 +307,18 @@ class ParticipantWorkflow:
     def delivery_key(self, step: Step) -> str:
         return f"{self._state.participant_id}/{step.id}/{self._state.visits.get(step.id, 0)}"
 
+    def entry_record(self) -> ParticipantRecord | None:
+        """The step's entry record, when it is still to be made: the step's own activity takes
+        it (and makes the checks before the step) from here on. None once it was made."""
+        if not self._entry_unrecorded:
+            return None
+        self._entry_unrecorded = False
+        # It travels in the activity's input, kept in the history: only what the row holds.
+        state = self._state.model_copy(
+            update={"visits": {}, "trail": [], "events": [], "left_waits": {}}
+        )
+        return ParticipantRecord(state=state, exclusion_selections=self._flow.exclusion_selections)
+
     async def _record_entry(self) -> None:
         """The record a wait step's entry left to its wait: made now (with the wait's deadline,
         if it waits), and its checks leave before the wait begins."""
@@ -312,9 +332,7 @@ class ParticipantWorkflow:
             raise Leaving(Leave(ParticipantStatus.dropped_out, reason, reason=reason))
 
     async def _record(self) -> Standing:
-        record = ParticipantRecord(
-            state=self._state, exclusion_selections=self._flow.exclusion_selections
-        )
+        record = self._participant_record()
         # Histories recorded before the checks existed carry no standing (a null result, which
         # decodes to None whatever the type): all is well.
         standing: Standing | None = await workflow.execute_local_activity_method(
@@ -325,11 +343,19 @@ class ParticipantWorkflow:
         )
         return standing or Standing()
 
+    def _participant_record(self) -> ParticipantRecord:
+        return ParticipantRecord(
+            state=self._state, exclusion_selections=self._flow.exclusion_selections
+        )
 
-def _recorded_later(step: Step) -> bool:
+
+def _recorded_later(step: Step, record_in_send: bool) -> bool:
     """Steps whose entry is recorded (and checked) by their first record: a wait's, before it
-    waits; a finish's without hand-offs, as the participant leaves."""
+    waits; a finish's without hand-offs, as the participant leaves; a message step's (with
+    ``record_in_send``) by its send, or before it waits for its sending window."""
     if isinstance(step, WaitTime | WaitForAction):
+        return True
+    if record_in_send and isinstance(step, SendEmail | SendSms):
         return True
     if isinstance(step, Finish):
         suggested = (step.suggest_flow_on_success, step.suggest_flow_otherwise)

@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.email import EmailActivities, EmailNotify, EmailSend
     from activities.enrollment import EnrollmentActivities
     from activities.events import EventActivities
+    from activities.participants import ParticipantRecord
     from activities.records import (
         FollowUpCreation,
         RecordActivities,
@@ -111,6 +112,10 @@ class Participant(Protocol):
         """Stable across retries and continue-as-new: participant, step and visit."""
         ...
 
+    def entry_record(self) -> ParticipantRecord | None:
+        """The step's entry record if it is the step's activity to make (taken once)."""
+        ...
+
 
 # CRM writes are short and idempotent: retry without limit, so a database outage delays
 # participants (visibly, as a retrying activity in the UI) rather than dropping them.
@@ -156,6 +161,15 @@ async def within_sending_window(participant: Participant) -> None:
         await participant.sleep_until(opening, f"Sending window opens {when}")
 
 
+def _left_at_entry(outcome: DeliveryOutcome) -> Leave | None:
+    """The checks the send made at the step's entry say the participant leaves (nothing sent):
+    as it would have left on a record of its own before the step."""
+    reason = outcome.leave_reason
+    if reason is None:
+        return None
+    return Leave(ParticipantStatus.dropped_out, reason, reason=reason)
+
+
 def _sent(outcome: DeliveryOutcome) -> str:
     return f"{outcome.channel} {outcome.status}" + (f": {outcome.detail}" if outcome.detail else "")
 
@@ -170,6 +184,7 @@ async def send_email(participant: Participant, step: SendEmail) -> Outcome:
         contact_id=participant.contact_id,
         step=step,
         settings=flow.email,
+        record=participant.entry_record(),
     )
     outcome: DeliveryOutcome = await workflow.execute_activity_method(
         EmailActivities.send_email,
@@ -178,7 +193,7 @@ async def send_email(participant: Participant, step: SendEmail) -> Outcome:
         summary=f"Send email {step.subject!r} to contact {participant.contact_id}",
         **SEND_ACTIVITY,
     )
-    return Continue(step.next, _sent(outcome))
+    return _left_at_entry(outcome) or Continue(step.next, _sent(outcome))
 
 
 async def send_sms(participant: Participant, step: SendSms) -> Outcome:
@@ -189,6 +204,7 @@ async def send_sms(participant: Participant, step: SendSms) -> Outcome:
         contact_id=participant.contact_id,
         step=step,
         default_sender=participant.flow.sms_sender,
+        record=participant.entry_record(),
     )
     outcome: DeliveryOutcome = await workflow.execute_activity_method(
         SmsActivities.send_sms,
@@ -196,6 +212,9 @@ async def send_sms(participant: Participant, step: SendSms) -> Outcome:
         summary=f"Send SMS {step.label!r} to contact {participant.contact_id}",
         **SEND_ACTIVITY,
     )
+    left = _left_at_entry(outcome)
+    if left is not None:
+        return left
     no_mobile = outcome.status is DeliveryStatus.skipped and outcome.detail in (
         NO_MOBILE,
         INVALID_MOBILE,

@@ -226,9 +226,34 @@ class Capture:
         self._record("record participant (not written)", record, standing)
         return standing
 
+    def _left_at_entry(
+        self, record: ParticipantRecord | None, key: str, channel: str, what: str
+    ) -> DeliveryOutcome | None:
+        """A message step's entry checks, which the real send makes (and records) first: the
+        outcome that makes the participant leave without a send, or None."""
+        if record is None or key in self.settled:
+            return None
+        with session(self.engine) as db:
+            reason = leave_reason(db, record)
+        if reason is None:
+            return None
+        outcome = DeliveryOutcome(
+            key=key,
+            channel=channel,
+            recipient="",
+            status=DeliveryStatus.skipped,
+            detail=reason,
+            leave_reason=reason,
+        )
+        self._record(f"{what} not sent: {reason}", record, outcome)
+        return outcome
+
     @activity.defn(name="send_email")
     async def send_email(self, request: EmailSend) -> DeliveryOutcome:
         key, step = request.delivery_key, request.step
+        left = self._left_at_entry(request.record, key, EMAIL, f"email {step.subject!r}")
+        if left is not None:
+            return left
         contact, facts = self._facts(request.contact_id)
         subject = step.subject
         with contextlib.suppress(ValueError):
@@ -260,6 +285,9 @@ class Capture:
     @activity.defn(name="send_sms")
     async def send_sms(self, request: SmsSend) -> DeliveryOutcome:
         key, step = request.delivery_key, request.step
+        left = self._left_at_entry(request.record, key, SMS, f"SMS {step.label!r}")
+        if left is not None:
+            return left
         _, facts = self._facts(request.contact_id)
         if facts is None:
             error = _missing_contact(request.contact_id)

@@ -288,6 +288,7 @@ async def test_one_batch_is_refused_by_every_rule_and_starts_the_rest(
     missing = 999_999
     with session(engine) as db:
         gustav = db.exec(select(Contact.id).where(Contact.first_name == "Gustav")).one()
+        assert gustav is not None
         db.add(SelectionMember(selection_id=VIP_SELECTION_ID, contact_id=EMILY))
     document = flow_document(
         "ev-batch",

@@ -7,12 +7,12 @@ already active in the flow is reported as such instead of being enrolled twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine
-from sqlmodel import select
+from sqlmodel import col, select
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import (
     SearchAttributePair,
@@ -43,6 +43,8 @@ LEAVE_SIGNAL = "leave"
 
 # Concurrent start requests: enough to keep a dev server busy without queueing thousands of RPCs.
 START_CONCURRENCY = 32
+# Candidates screened by the flow's rules per database session: a few queries per batch.
+SCREEN_BATCH = 500
 
 
 @dataclass
@@ -63,34 +65,75 @@ def selection_members(engine: Engine, selection_id: int) -> list[int]:
     return sorted(rows)
 
 
-def _why_not(engine: Engine, stored: StoredFlow, contact_id: int) -> str | None:
-    """The flow's enrollment rules (spec §2) for one candidate; None when it may enter."""
+@dataclass
+class Screening:
+    """The flow's rules applied to a batch of candidates: who may not enter and why, and the
+    short names of the others (for the workflow list's summary)."""
+
+    refused: dict[int, str] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)
+
+
+def _screen(engine: Engine, stored: StoredFlow, contact_ids: Sequence[int]) -> Screening:
+    """The flow's enrollment rules (spec §2) for a batch of candidates, in the order a single
+    candidate meets them: the contact exists, is on no exclusion list, has not taken part before
+    when the flow allows it only once, and matches the filter. A few queries per batch."""
     flow = stored.flow
+    screening = Screening()
     with session(engine) as db:
-        if db.get(Contact, contact_id) is None:
-            return "no such contact"
-        if flow.exclusion_selections:
-            excluded = db.exec(
-                select(SelectionMember).where(
-                    SelectionMember.contact_id == contact_id,
-                    SelectionMember.selection_id.in_(flow.exclusion_selections),  # type: ignore[attr-defined]
-                )
-            ).first()
-            if excluded is not None:
-                return f"on the exclusion list (selection {excluded.selection_id})"
-        if flow.only_once:
-            earlier = db.exec(
-                select(Participant).where(
-                    Participant.flow_id == flow.id, Participant.contact_id == contact_id
-                )
-            ).first()
-            if earlier is not None:
-                return "already took part, and the flow allows it only once"
         if flow.filter is not None:
-            facts = contact_facts(db, contact_id) or {}
-            if not evaluate(flow.filter, facts):
-                return "does not match the flow's filter"
-    return None
+            # Whole rows: the filter's facts read them again, from the session rather than the
+            # database.
+            contacts = db.exec(select(Contact).where(col(Contact.id).in_(contact_ids))).all()
+            names = {c.id: short_name(c.first_name, c.last_name) for c in contacts}
+        else:
+            rows = db.exec(
+                select(Contact.id, Contact.first_name, Contact.last_name).where(
+                    col(Contact.id).in_(contact_ids)
+                )
+            ).all()
+            names = {contact_id: short_name(first, last) for contact_id, first, last in rows}
+        excluded: dict[int, int] = {}
+        if flow.exclusion_selections:
+            memberships = db.exec(
+                select(SelectionMember.contact_id, SelectionMember.selection_id)
+                .where(
+                    col(SelectionMember.contact_id).in_(contact_ids),
+                    col(SelectionMember.selection_id).in_(flow.exclusion_selections),
+                )
+                # On several exclusion lists: the one it joined first is named.
+                .order_by(col(SelectionMember.id))
+            ).all()
+            for contact_id, selection_id in memberships:
+                excluded.setdefault(contact_id, selection_id)
+        earlier: set[int] = set()
+        if flow.only_once:
+            earlier = set(
+                db.exec(
+                    select(Participant.contact_id).where(
+                        Participant.flow_id == flow.id,
+                        col(Participant.contact_id).in_(contact_ids),
+                    )
+                ).all()
+            )
+        for contact_id in contact_ids:
+            if contact_id not in names:
+                screening.refused[contact_id] = "no such contact"
+            elif contact_id in excluded:
+                screening.refused[contact_id] = (
+                    f"on the exclusion list (selection {excluded[contact_id]})"
+                )
+            elif contact_id in earlier:
+                screening.refused[contact_id] = (
+                    "already took part, and the flow allows it only once"
+                )
+            elif flow.filter is not None and not evaluate(
+                flow.filter, contact_facts(db, contact_id) or {}
+            ):
+                screening.refused[contact_id] = "does not match the flow's filter"
+            else:
+                screening.names[contact_id] = names[contact_id]
+    return screening
 
 
 async def enroll(
@@ -123,16 +166,17 @@ async def enroll(
     if stored.status is FlowStatus.not_running:
         set_flow_status(engine, flow_id, FlowStatus.running)
 
+    # The rules are checked a batch at a time, just ahead of the starts: the next batch is
+    # screened while the last starts of this one are in flight.
     gate = asyncio.Semaphore(START_CONCURRENCY)
+    failed = False
 
-    async def start_one(contact_id: int) -> None:
-        async with gate:
-            reason = await asyncio.to_thread(_why_not, engine, stored, contact_id)
-            if reason is None:
-                name = await asyncio.to_thread(_short_name, engine, contact_id)
-                reason = await _start(
-                    client, stored, contact_id, name, task_queue, steps_per_run, event
-                )
+    async def start_one(contact_id: int, name: str) -> None:
+        nonlocal failed
+        try:
+            reason = await _start(
+                client, stored, contact_id, name, task_queue, steps_per_run, event
+            )
             if reason is None:
                 result.enrolled.append(contact_id)
                 removed = await _remove_from_other_flows(client, stored.flow, contact_id)
@@ -140,18 +184,34 @@ async def enroll(
                     result.removed[contact_id] = removed
             else:
                 result.refused[contact_id] = reason
-            if progress is not None:
-                progress(1)
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            gate.release()
+        if progress is not None:
+            progress(1)
 
-    await asyncio.gather(*(start_one(contact_id) for contact_id in candidates))
+    starts: list[asyncio.Task[None]] = []
+    for first in range(0, len(candidates), SCREEN_BATCH):
+        batch = candidates[first : first + SCREEN_BATCH]
+        screening = await asyncio.to_thread(_screen, engine, stored, batch)
+        for contact_id in batch:
+            if failed:
+                break  # the error surfaces below; no more starts after it
+            reason = screening.refused.get(contact_id)
+            if reason is not None:
+                result.refused[contact_id] = reason
+                if progress is not None:
+                    progress(1)
+                continue
+            await gate.acquire()
+            starts.append(asyncio.create_task(start_one(contact_id, screening.names[contact_id])))
+        if failed:
+            break
+    await asyncio.gather(*starts)
     result.enrolled.sort()
     return result
-
-
-def _short_name(engine: Engine, contact_id: int) -> str:
-    with session(engine) as db:
-        contact = db.get(Contact, contact_id)
-        return short_name(contact.first_name, contact.last_name) if contact is not None else ""
 
 
 async def _start(

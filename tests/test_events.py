@@ -279,6 +279,59 @@ async def test_a_trigger_enrolls_through_the_filter_exclusion_and_only_once(
 
 
 @pytest.mark.usefixtures("worker")
+async def test_one_batch_is_refused_by_every_rule_and_starts_the_rest(
+    dev_env: WorkflowEnvironment, engine: Engine, task_queue: str
+) -> None:
+    """The rules of spec §2 for a whole selection at once: each refused contact gets the reason
+    it would get alone, the others start with their short name in the summary."""
+    client = dev_env.client
+    missing = 999_999
+    with session(engine) as db:
+        gustav = db.exec(select(Contact.id).where(Contact.first_name == "Gustav")).one()
+        assert gustav is not None
+        db.add(SelectionMember(selection_id=VIP_SELECTION_ID, contact_id=EMILY))
+    document = flow_document(
+        "ev-batch",
+        [DONE],
+        filter={
+            "conditions": [
+                {"field": "contact.category", "operator": "equals", "value": "Decision maker"}
+            ]
+        },
+        exclusion_selections=[VIP_SELECTION_ID],
+        only_once=True,
+    )
+    flow_id = running_flow(engine, document)
+    with session(engine) as db:
+        db.add(
+            Participant(
+                id=f"earlier-{flow_id}",
+                workflow_id=participant_workflow_id(flow_id, gustav),
+                flow_id=flow_id,
+                flow_version=1,
+                contact_id=gustav,
+                status=ParticipantStatus.finished.value,
+            )
+        )
+    report = await enroll(
+        client, engine, flow_id, [missing, LARS, KARIN, EMILY, gustav, KARIN], task_queue=task_queue
+    )
+    assert report.enrolled == [KARIN]
+    assert report.refused == {
+        missing: "no such contact",
+        LARS: "does not match the flow's filter",
+        EMILY: f"on the exclusion list (selection {VIP_SELECTION_ID})",
+        gustav: "already took part, and the flow allows it only once",
+    }
+    description = await client.get_workflow_handle(
+        participant_workflow_id(flow_id, KARIN)
+    ).describe()
+    assert await description.static_summary() == (
+        f"Karin S. (contact {KARIN}) in {document['name']!r} v1"
+    )
+
+
+@pytest.mark.usefixtures("worker")
 async def test_a_trigger_never_makes_a_contact_active_twice_and_stops_at_enrollment_end(
     dev_env: WorkflowEnvironment, engine: Engine, task_queue: str
 ) -> None:

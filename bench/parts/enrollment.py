@@ -1,9 +1,10 @@
 """Enrollment (issue 7): starting participants for every contact of one selection.
 
-Engine: ``enroll(...)`` for the selection's members (the flow's rules checked per contact against
-the database, then one ``start_workflow`` each, 32 in flight). Baseline: a plain concurrent loop of
-the same ``start_workflow`` calls (same workflow, input, id pattern, search attributes; as many in
-flight) without the rule checks. No worker polls the task queue: only starting is timed.
+Engine: ``enroll(...)`` for the selection's members (the flow's rules checked against the
+database a batch of candidates at a time, then one ``start_workflow`` each, 32 in flight).
+Baseline: a plain concurrent loop of the same ``start_workflow`` calls (same workflow, input, id
+pattern, search attributes; as many in flight) without the rule checks. No worker polls the task
+queue: only starting is timed.
 """
 
 from __future__ import annotations

@@ -20,13 +20,36 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DEFAULT_TUNING, Options, PartResult, Tuning
-from bench.parts import email, enrollment, history, simulated, throughput, tuning, waiting
+from bench.parts import (
+    burst,
+    email,
+    enrollment,
+    history,
+    scaleout,
+    simulated,
+    throughput,
+    tuning,
+    waiting,
+)
 from bench.report import PROJECT_ROOT, load_average, machine, part_markdown, write
 
 PARTS: dict[str, ModuleType] = {
     module.NAME: module
-    for module in (email, throughput, tuning, history, enrollment, waiting, simulated)
+    for module in (
+        email,
+        throughput,
+        tuning,
+        history,
+        enrollment,
+        waiting,
+        simulated,
+        burst,
+        scaleout,
+    )
 }
+# Parts that run only when named in --only: each takes many minutes at its default size.
+LONG_PARTS = {burst.NAME, scaleout.NAME}
+DEFAULT_PARTS = [name for name in PARTS if name not in LONG_PARTS]
 
 TUNINGS: dict[str, Tuning] = {
     tuning.name: tuning
@@ -56,17 +79,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        default=",".join(PARTS),
-        help=f"comma-separated parts to run (default: all: {','.join(PARTS)})",
+        default=",".join(DEFAULT_PARTS),
+        help=f"comma-separated parts to run (default: {','.join(DEFAULT_PARTS)}; "
+        f"also known: {','.join(sorted(LONG_PARTS))})",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds per part (median)")
     parser.add_argument(
         "--participants",
         type=int,
         default=None,
-        help="participants in the email, throughput and tuning parts "
+        help="participants in the email, throughput, tuning, burst and scaleout parts "
         f"(defaults: {email.DEFAULT_PARTICIPANTS}, {throughput.DEFAULT_PARTICIPANTS}, "
-        f"{tuning.DEFAULT_PARTICIPANTS})",
+        f"{tuning.DEFAULT_PARTICIPANTS}, {burst.DEFAULT_PARTICIPANTS}, "
+        f"{scaleout.DEFAULT_PARTICIPANTS})",
     )
     parser.add_argument(
         "--enroll-count",

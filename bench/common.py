@@ -447,7 +447,7 @@ class Tuning:
 
 
 DEFAULT_TUNING = Tuning()
-WORKER_PY_ACTIVITY_SLOTS = 16  # build_worker's max_concurrent_activities and thread pool
+WORKER_PY_ACTIVITY_SLOTS = worker_module.ACTIVITY_SLOTS  # build_worker's activity slots and threads
 
 
 def worker_py_options(

@@ -19,7 +19,6 @@ from typing import Any
 
 from sqlalchemy import Engine
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
@@ -36,6 +35,7 @@ from activities.sms import SmsActivities, TwilioSettings
 from control.enrollment import suggest
 from control.ingest import ingest
 from models.database import create_tables, get_engine
+from models.payloads import DATA_CONVERTER
 from models.settings import get_settings
 from workflows.participant import ParticipantWorkflow
 from workflows.sandbox import WORKFLOW_RUNNER
@@ -123,7 +123,7 @@ async def connect(
     return await Client.connect(
         address or settings.temporal_address,
         namespace=namespace or settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
         runtime=runtime,
     )
 

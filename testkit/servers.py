@@ -11,11 +11,11 @@ import socket
 import sys
 from pathlib import Path
 
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
 from temporalio.testing import WorkflowEnvironment
 
 from models import search_attributes as sa
+from models.payloads import DATA_CONVERTER
 
 BIN = Path(sys.executable).parent
 TEMPORAL_CLI = BIN / "temporal"
@@ -35,7 +35,7 @@ async def start_dev_server(runtime: Runtime | None = None) -> WorkflowEnvironmen
     """Temporal's dev server, in memory, on a free loopback port, with the participants' search
     attributes; ``shutdown()`` stops it."""
     return await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
         dev_server_existing_path=str(TEMPORAL_CLI),
         search_attributes=list(sa.ALL),
         ui=False,
@@ -48,7 +48,7 @@ async def start_time_skipping_server(runtime: Runtime | None = None) -> Workflow
     """The time-skipping test server, with the participants' search attributes registered (it
     takes none on start); ``shutdown()`` stops it."""
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
         test_server_existing_path=str(TEST_SERVER),
         runtime=runtime,
     )

@@ -18,7 +18,6 @@ from sqlalchemy import Engine
 from sqlmodel import select
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 import starter
@@ -31,6 +30,7 @@ from models.database import session
 from models.demo import DEMO_SELECTION_ID
 from models.engine import CrmEvent, Delivery, Participant
 from models.participant import Enrollment, ParticipantState
+from models.payloads import DATA_CONVERTER
 from models.personal_data import mask_email, mask_phone, short_name
 from models.settings import Settings
 from peers.twilio_api import TwilioApiServer
@@ -137,7 +137,7 @@ async def _settled(engine: Engine, flow_id: str, count: int) -> list[Participant
 
 
 def _summaries(events: list[HistoryEvent]) -> list[str]:
-    converter = pydantic_data_converter.payload_converter
+    converter = DATA_CONVERTER.payload_converter
     return [
         converter.from_payload(e.user_metadata.summary, str)
         for e in events
@@ -466,7 +466,7 @@ async def test_the_worker_serves_engine_counters_to_prometheus(
     port = free_port()
     client = await Client.connect(
         dev_env.client.service_client.config.target_host,
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
         runtime=metrics_runtime(port),
     )
     flow = hold_flow(f"obs-{uuid.uuid4().hex[:6]}")

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from models.flow import STEP_KINDS
+from models.payloads import DATA_CONVERTER
 from workflows.participant import ParticipantWorkflow
 from workflows.sandbox import WORKFLOW_RUNNER
 from workflows.script import ScriptWorkflow
@@ -37,7 +37,7 @@ HISTORIES.remove(FOLDER / "manifest.json")
 def _replayer() -> Replayer:
     return Replayer(
         workflows=[ParticipantWorkflow, ScriptWorkflow],
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
         workflow_runner=WORKFLOW_RUNNER,
     )
 

@@ -23,7 +23,6 @@ from sqlalchemy import Engine
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -40,6 +39,7 @@ from models.crm import Contact
 from models.database import session
 from models.engine import ParticipantStatus
 from models.participant import Enrollment, ParticipantState
+from models.payloads import DATA_CONVERTER
 from models.personal_data import short_name
 from models.search_attributes import register_search_attributes
 from models.validation import check_flow
@@ -96,7 +96,7 @@ async def dry_run(
     own = env is None
     if env is None:
         env = await WorkflowEnvironment.start_time_skipping(
-            data_converter=pydantic_data_converter,
+            data_converter=DATA_CONVERTER,
             test_server_existing_path=str(TEST_SERVER),
             # The test server is no production server: keep the SDK's warnings about that off
             # the timeline. (Made here, not at import: a runtime starts threads.)

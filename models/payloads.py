@@ -1,0 +1,38 @@
+"""How values travel to and from Temporal: pydantic models as JSON, byte for byte as the SDK's
+pydantic converter writes them, with one pydantic converter per process.
+
+The SDK builds a payload converter for every workflow instance, and a cached participant keeps
+it as long as it stays in the cache. The SDK's pydantic converter caches its type adapters per
+converter, so each participant would build, and hold, its own adapters for the same few types
+(a few KiB a participant, and the CPU to build them on every start or wake). The pydantic JSON
+converter holds no per-run state (no serialization context, a thread-safe cache), so every
+instance shares one; the other encodings were already shared.
+"""
+
+from __future__ import annotations
+
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DataConverter,
+    DefaultPayloadConverter,
+    JSONPlainPayloadConverter,
+)
+
+_PYDANTIC_JSON = PydanticJSONPlainPayloadConverter()
+
+
+class PayloadConverter(CompositePayloadConverter):
+    """The SDK's pydantic payload converter: same encodings, same order, shared JSON one."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            *(
+                _PYDANTIC_JSON if isinstance(converter, JSONPlainPayloadConverter) else converter
+                for converter in DefaultPayloadConverter.default_encoding_payload_converters
+            )
+        )
+
+
+DATA_CONVERTER = DataConverter(payload_converter_class=PayloadConverter)
+"""The client's, the workers' and the replayer's data converter."""

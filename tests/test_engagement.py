@@ -20,7 +20,7 @@ from models.engine import ParticipantStatus
 from models.events import EventKind, FlowEvent
 from models.participant import ParticipantState, Resume, participant_workflow_id
 from testkit.waiting import assert_eventually
-from tests.test_participant import first_contact, flow_of, start
+from tests.test_participant import STOCKHOLM, first_contact, flow_of, start
 from worker import build_worker
 from workflows.participant import ParticipantWorkflow
 
@@ -66,8 +66,12 @@ async def test_the_awaited_action_moves_the_participant_on(
         handle = await start(time_skipping_env, task_queue, flow, contact)
         waiting = await at_step(handle, "wait")
         assert waiting.wait_until is not None
-        waited = waiting.wait_until - waiting.trail[-1].entered_at
-        assert abs(waited - timedelta(days=7)) < timedelta(seconds=1)  # the default maximum
+        # The default maximum, seven days on the flow's wall clock (DST may fall in between).
+        until, entered = (
+            moment.astimezone(STOCKHOLM).replace(tzinfo=None)
+            for moment in (waiting.wait_until, waiting.trail[-1].entered_at)
+        )
+        assert abs(until - entered - timedelta(days=7)) < timedelta(seconds=1)
         await handle.signal(
             ParticipantWorkflow.event, event(EventKind.form_submitted, contact, form_id=8)
         )
@@ -88,7 +92,13 @@ async def test_no_action_within_the_maximum_time_exits_with_the_hand_offs(
         state = await (await start(time_skipping_env, task_queue, flow, contact)).result()
     assert (state.status, state.drop_out_reason) == (ParticipantStatus.dropped_out, "no response")
     assert state.finished_at is not None
-    assert state.finished_at - state.enrolled_at >= timedelta(days=7)
+    # Seven days on the flow's wall clock: across a DST change that is 6 d 23 h or 7 d 1 h of UTC
+    # (the time-skipping server's clock is wherever earlier tests have moved it).
+    local = [
+        moment.astimezone(STOCKHOLM).replace(tzinfo=None)
+        for moment in (state.enrolled_at, state.finished_at)
+    ]
+    assert local[1] - local[0] >= timedelta(days=7)
     with session(engine) as db:
         members = db.exec(
             select(SelectionMember).where(SelectionMember.contact_id == contact)

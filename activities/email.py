@@ -41,7 +41,6 @@ import aiosmtplib
 from aiosmtplib.protocol import SMTPProtocol
 from pydantic import BaseModel
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -65,11 +64,13 @@ from models.ledger import (
     DeliveryStatus,
     claim,
     claim_in,
+    claiming,
     mark_sending,
     record_skip,
     release,
     settle,
     settle_in,
+    settle_unsent,
 )
 from models.settings import Settings, get_settings
 from models.tracking_links import TrackingLinks
@@ -197,16 +198,11 @@ class EmailActivities:
         # A worker that dies during the send is noticed within seconds; a live one blocked in the
         # database or starved of the GIL keeps beating from its own thread.
         with heartbeating_in_background():
-            for _ in range(2):  # a concurrent first claim of the key loses the insert race once
-                try:
-                    with session(self._engine) as db:
-                        prepared = self._prepare(db, request)
-                except IntegrityError:
-                    continue
-                if isinstance(prepared, DeliveryOutcome):
-                    return prepared
-                return self._hand_over_claimed(request.delivery_key, prepared)
-        raise RuntimeError(f"could not claim delivery {request.delivery_key!r}")
+            key = request.delivery_key
+            prepared = claiming(self._engine, key, lambda db: self._prepare(db, request))
+            if isinstance(prepared, DeliveryOutcome):
+                return prepared
+            return self._hand_over_claimed(key, prepared)
 
     def _prepare(self, db: Session, request: EmailSend) -> DeliveryOutcome | Outgoing:
         """In one transaction: record the step's entry and make the checks before it (when the
@@ -300,16 +296,11 @@ class EmailActivities:
                 recipient=recipient,
             )
         except Unsendable as problem:
-            return self._record_failure(key, recipient, str(problem))
+            failed = DeliveryStatus.failed
+            return settle_unsent(self._engine, key, CHANNEL, recipient, failed, str(problem))
         return self._deliver(key, outgoing)
 
     # --- the hand-over -----------------------------------------------------------------------
-
-    def _record_failure(self, key: str, recipient: str, reason: str) -> DeliveryOutcome:
-        claimed = claim(self._engine, key, CHANNEL, recipient)
-        if claimed is not None:
-            return claimed
-        return settle(self._engine, key, DeliveryStatus.failed, detail=reason)
 
     def _deliver(self, key: str, outgoing: Outgoing) -> DeliveryOutcome:
         with heartbeating_in_background():

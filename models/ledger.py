@@ -24,8 +24,10 @@ between, so only a process killed in that stretch leaves ``sending`` behind.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
+from typing import TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import Engine, update
@@ -34,6 +36,8 @@ from sqlmodel import Session, col, select
 
 from models.database import session, utcnow
 from models.engine import Delivery
+
+T = TypeVar("T")
 
 
 class DeliveryStatus(StrEnum):
@@ -82,22 +86,28 @@ def _outcome(row: Delivery, already_settled: bool = False) -> DeliveryOutcome:
     )
 
 
-def claim(engine: Engine, key: str, channel: str, recipient: str) -> DeliveryOutcome | None:
-    """Reserve a send. None means: go ahead and prepare it (then ``mark_sending`` before the
-    hand-over). An outcome means: it was handled before; send nothing."""
-    for _ in range(2):  # a concurrent first claim of the same key loses the insert race once
+def claiming(engine: Engine, key: str, work: Callable[[Session], T]) -> T:
+    """Run ``work``, which claims ``key`` (``claim_in``, ``settle_in``), in a transaction of its
+    own: once more when a concurrent first claim of the same key won the insert (the commit then
+    raises ``IntegrityError``, and the second run finds that claim)."""
+    for _ in range(2):
         try:
             with session(engine) as db:
-                return claim_in(db, key, channel, recipient)
+                return work(db)
         except IntegrityError:
             continue
     raise RuntimeError(f"could not claim delivery {key!r}")
 
 
+def claim(engine: Engine, key: str, channel: str, recipient: str) -> DeliveryOutcome | None:
+    """Reserve a send. None means: go ahead and prepare it (then ``mark_sending`` before the
+    hand-over). An outcome means: it was handled before; send nothing."""
+    return claiming(engine, key, lambda db: claim_in(db, key, channel, recipient))
+
+
 def claim_in(db: Session, key: str, channel: str, recipient: str) -> DeliveryOutcome | None:
-    """``claim`` inside the caller's transaction, so that reading what the send needs and
-    reserving it take one. The commit raises ``IntegrityError`` when a concurrent first claim of
-    the same key won the insert: run the whole transaction again then."""
+    """``claim`` inside the caller's transaction (run it with ``claiming``), so that reading
+    what the send needs and reserving it take one."""
     return _claim_row(db, key, channel, recipient)[1]
 
 
@@ -202,11 +212,16 @@ def release(engine: Engine, key: str, detail: str) -> None:
         db.add(row)
 
 
+def settle_unsent(
+    engine: Engine, key: str, channel: str, recipient: str, status: DeliveryStatus, detail: str
+) -> DeliveryOutcome:
+    """A send that ends before any hand-over (a refused contact, a message that cannot be
+    built): claimed and settled in one transaction; an earlier outcome wins."""
+    return claiming(engine, key, lambda db: settle_in(db, key, channel, recipient, status, detail))
+
+
 def record_skip(
     engine: Engine, key: str, channel: str, recipient: str, reason: str
 ) -> DeliveryOutcome:
     """A send that the checks refused (no address, no consent, …): final, with its reason."""
-    claimed = claim(engine, key, channel, recipient)
-    if claimed is not None:
-        return claimed
-    return settle(engine, key, DeliveryStatus.skipped, detail=reason)
+    return settle_unsent(engine, key, channel, recipient, DeliveryStatus.skipped, reason)

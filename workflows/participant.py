@@ -141,7 +141,7 @@ class ParticipantWorkflow:
     @workflow.signal
     def leave(self, reason: str) -> None:
         """Taken out of this flow (e.g. enrolled in a flow that removes it from this one)."""
-        self._interrupt = Leave(ParticipantStatus.dropped_out, reason, reason=reason)
+        self._interrupt = Leave.dropping_out(reason)
 
     # --- the flow -----------------------------------------------------------------------------
 
@@ -195,9 +195,8 @@ class ParticipantWorkflow:
             # finish, it drops out instead, as it would have on entering the step.
             self._entry_unrecorded = False
             if standing.leave_reason is not None:
-                reason = standing.leave_reason
-                self._state.trail[-1].outcome = reason
-                self._leave(Leave(ParticipantStatus.dropped_out, reason, reason=reason))
+                self._state.trail[-1].outcome = standing.leave_reason
+                self._leave(Leave.dropping_out(standing.leave_reason))
                 await self._record()
         return self._state
 
@@ -231,8 +230,7 @@ class ParticipantWorkflow:
 
     async def _run(self, step: Step, standing: Standing) -> Outcome:
         if standing.leave_reason is not None:
-            reason = standing.leave_reason
-            return Leave(ParticipantStatus.dropped_out, reason, reason=reason)
+            return Leave.dropping_out(standing.leave_reason)
         try:
             return await run_step(self, step)
         except Leaving as leaving:
@@ -328,11 +326,12 @@ class ParticipantWorkflow:
         standing = await self._record()
         if standing.leave_reason is not None:
             self._state.wait_until = None
-            reason = standing.leave_reason
-            raise Leaving(Leave(ParticipantStatus.dropped_out, reason, reason=reason))
+            raise Leaving(Leave.dropping_out(standing.leave_reason))
 
     async def _record(self) -> Standing:
-        record = self._participant_record()
+        record = ParticipantRecord(
+            state=self._state, exclusion_selections=self._flow.exclusion_selections
+        )
         # Histories recorded before the checks existed carry no standing (a null result, which
         # decodes to None whatever the type): all is well.
         standing: Standing | None = await workflow.execute_local_activity_method(
@@ -342,11 +341,6 @@ class ParticipantWorkflow:
             **RECORD_OPTIONS,
         )
         return standing or Standing()
-
-    def _participant_record(self) -> ParticipantRecord:
-        return ParticipantRecord(
-            state=self._state, exclusion_selections=self._flow.exclusion_selections
-        )
 
 
 def _recorded_later(step: Step, record_in_send: bool) -> bool:

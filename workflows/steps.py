@@ -76,6 +76,12 @@ class Leave:
     reason: str | None = None
     handoffs: Handoffs | None = None
 
+    @classmethod
+    def dropping_out(cls, reason: str) -> Leave:
+        """Dropped out for ``reason``, which is also the outcome: the checks before a step
+        refused the contact, or the participant was taken out of the flow."""
+        return cls(ParticipantStatus.dropped_out, reason, reason=reason)
+
 
 Outcome = Continue | Leave
 
@@ -164,10 +170,7 @@ async def within_sending_window(participant: Participant) -> None:
 def _left_at_entry(outcome: DeliveryOutcome) -> Leave | None:
     """The checks the send made at the step's entry say the participant leaves (nothing sent):
     as it would have left on a record of its own before the step."""
-    reason = outcome.leave_reason
-    if reason is None:
-        return None
-    return Leave(ParticipantStatus.dropped_out, reason, reason=reason)
+    return None if outcome.leave_reason is None else Leave.dropping_out(outcome.leave_reason)
 
 
 def _sent(outcome: DeliveryOutcome) -> str:

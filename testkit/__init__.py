@@ -5,7 +5,7 @@ with a deadline.
 - ``testkit.servers``: ``free_port()``, ``start_dev_server()``, ``start_time_skipping_server()``
 - ``testkit.peers``: the SMTP ``Inbox`` and the Twilio-compatible API, running
 - ``testkit.workers``: ``new_worker(...)``, ``fresh_task_queue()``
-- ``testkit.waiting``: ``assert_eventually(fn, timeout=...)``
+- ``testkit.waiting``: ``assert_eventually(fn, timeout=...)``, ``waiting_at(handle, step)``
 
 It needs the dev dependencies (aiosmtpd for the inbox).
 """

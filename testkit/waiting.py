@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from temporalio.client import WorkflowHandle
+
+from models.participant import ParticipantState
+from workflows.participant import ParticipantWorkflow
 
 T = TypeVar("T")
 
@@ -37,3 +42,20 @@ async def assert_eventually(
         if time.monotonic() >= deadline:
             raise AssertionError(f"not within {timeout:g} s: {what or fn!r}; {last}")
         await asyncio.sleep(interval)
+
+
+async def waiting_at(
+    handle: WorkflowHandle[Any, ParticipantState], step_id: str, *, timer: bool = True
+) -> ParticipantState:
+    """The participant's state once it waits at ``step_id``: on a timer, or (``timer=False``)
+    frozen there without one, as a paused participant is at the end of its wait. On the
+    time-skipping server time does not skip while this polls, so the wait cannot end under it."""
+    return await assert_eventually(
+        lambda: handle.query(ParticipantWorkflow.current_state),
+        timeout=30,
+        interval=0.05,
+        until=lambda state: (
+            state.current_step == step_id and (state.wait_until is not None) == timer
+        ),
+        what=f"waiting at {step_id}",
+    )

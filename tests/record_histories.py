@@ -42,7 +42,7 @@ from peers.smtp_inbox import MaildirHandler
 from peers.twilio_api import TwilioApiServer
 from testkit.peers import running_twilio_api, twilio_settings
 from testkit.servers import free_port, start_time_skipping_server
-from testkit.waiting import assert_eventually
+from testkit.waiting import waiting_at
 from worker import activities_for, build_worker
 from workflows.participant import ParticipantWorkflow
 
@@ -105,20 +105,6 @@ class Scenario:
     enrollment: dict[str, Any] = field(default_factory=dict)
     drive: Callable[[Handle, Peers], Awaitable[None]] | None = None
     cancelled: bool = False
-
-
-async def waiting_at(handle: Handle, step_id: str, *, timer: bool = True) -> ParticipantState:
-    """The participant waits at a step (with a timer unless ``timer`` is False). Time does not
-    skip while this polls, so the wait cannot end under it."""
-    return await assert_eventually(
-        lambda: handle.query(ParticipantWorkflow.current_state),
-        timeout=30,
-        interval=0.05,
-        until=lambda state: (
-            state.current_step == step_id and (state.wait_until is not None) == timer
-        ),
-        what=f"waiting at {step_id}",
-    )
 
 
 def local(start: datetime, days: int, hour: int) -> str:

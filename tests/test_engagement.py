@@ -9,7 +9,6 @@ from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import select
-from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from control.flows import deploy_flow
@@ -18,8 +17,8 @@ from models.database import session
 from models.demo import VIP_SELECTION_ID
 from models.engine import ParticipantStatus
 from models.events import EventKind, FlowEvent
-from models.participant import ParticipantState, Resume, participant_workflow_id
-from testkit.waiting import assert_eventually
+from models.participant import Resume, participant_workflow_id
+from testkit.waiting import waiting_at
 from tests.test_participant import STOCKHOLM, first_contact, flow_of, start
 from worker import build_worker
 from workflows.participant import ParticipantWorkflow
@@ -32,17 +31,6 @@ def event(kind: EventKind, contact_id: int, **fields: Any) -> FlowEvent:
         contact_id=contact_id,
         occurred_at=fields.pop("occurred_at", datetime.now(UTC)),
         **fields,
-    )
-
-
-async def at_step(handle: WorkflowHandle[Any, ParticipantState], step_id: str) -> ParticipantState:
-    """Poll until the participant waits at a step (time does not skip while we poll)."""
-    return await assert_eventually(
-        lambda: handle.query(ParticipantWorkflow.current_state),
-        timeout=30,
-        interval=0.05,
-        until=lambda state: state.current_step == step_id and state.wait_until is not None,
-        what=f"waiting at {step_id}",
     )
 
 
@@ -64,7 +52,7 @@ async def test_the_awaited_action_moves_the_participant_on(
     flow = flow_of([WAIT_FOR_FORM, FINISH])
     async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
         handle = await start(time_skipping_env, task_queue, flow, contact)
-        waiting = await at_step(handle, "wait")
+        waiting = await waiting_at(handle, "wait")
         assert waiting.wait_until is not None
         # The default maximum, seven days on the flow's wall clock (DST may fall in between).
         until, entered = (
@@ -119,7 +107,7 @@ async def test_an_action_taken_before_the_step_counts(
     )
     async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
         handle = await start(time_skipping_env, task_queue, flow, contact)
-        await at_step(handle, "first")
+        await waiting_at(handle, "first")
         await handle.signal(
             ParticipantWorkflow.event, event(EventKind.form_submitted, contact, form_id=7)
         )
@@ -163,7 +151,7 @@ async def test_splits_on_form_submission_and_on_link_clicks(
     )
     async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
         handle = await start(time_skipping_env, task_queue, flow, contact)
-        await at_step(handle, "first")
+        await waiting_at(handle, "first")
         await handle.signal(
             ParticipantWorkflow.event, event(EventKind.form_submitted, contact, form_id=7)
         )
@@ -194,7 +182,7 @@ async def test_a_success_criterion_with_move_to_finish_ends_a_wait_at_once(
     )
     async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
         handle = await start(time_skipping_env, task_queue, flow, contact)
-        await at_step(handle, "long")
+        await waiting_at(handle, "long")
         await handle.signal(ParticipantWorkflow.event, event(EventKind.sale_created, contact))
         state = await handle.result()
     assert state.status is ParticipantStatus.finished_with_success
@@ -216,7 +204,7 @@ async def test_without_move_to_finish_success_is_given_at_finish(
     )
     async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
         handle = await start(time_skipping_env, task_queue, flow, contact)
-        await at_step(handle, "long")
+        await waiting_at(handle, "long")
         await handle.signal(
             ParticipantWorkflow.event, event(EventKind.added_to_selection, contact, selection_id=4)
         )
@@ -251,7 +239,7 @@ async def test_pause_freezes_and_resume_continues_with_the_edited_flow(
     )
     async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
         handle = await start(time_skipping_env, task_queue, flow, contact)
-        await at_step(handle, "wait")
+        await waiting_at(handle, "wait")
         await handle.signal(ParticipantWorkflow.pause)
         await time_skipping_env.sleep(timedelta(days=3))
         frozen = await handle.query(ParticipantWorkflow.current_state)
@@ -277,12 +265,12 @@ async def test_leave_and_the_checks_before_every_step(
     )
     async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
         asked_to_leave = await start(time_skipping_env, task_queue, flow, contact)
-        await at_step(asked_to_leave, "wait")
+        await waiting_at(asked_to_leave, "wait")
         await asked_to_leave.signal(ParticipantWorkflow.leave, "enrolled in flow 'other'")
         left = await asked_to_leave.result()
 
         excluded = await start(time_skipping_env, task_queue, flow, contact)
-        await at_step(excluded, "wait")
+        await waiting_at(excluded, "wait")
         with session(engine) as db:
             db.add(SelectionMember(selection_id=VIP_SELECTION_ID, contact_id=contact))
         dropped = await excluded.result()

@@ -2,10 +2,10 @@
 
 By default the sandbox re-imports a workflow's module, and everything it imports that is not
 passed through, for every workflow instance: CPU on every start (or wake from the cache) of a
-participant (a short history replays in 12.0 ms of CPU with them passed through, 15.4 ms
-without). The project's own
-modules hold no mutable module state and take time only from ``workflow.now()``, so they are
-imported once and shared; the sandbox keeps checking everything else.
+participant (a short history replays in 12.0 ms of CPU with the modules below passed through,
+15.4 ms without). The project's own modules hold no mutable module state and take time only from
+``workflow.now()``, so they are imported once and shared; the sandbox keeps checking everything
+else.
 """
 
 from __future__ import annotations

@@ -48,13 +48,14 @@ from bench.common import (
     temp_database,
 )
 from bench.parts.email import PLAIN, email_flow, plain_round
-from bench.processes import cpu_burner, running_workers, worker_environment
+from bench.processes import overload, running_workers, worker_cpu_seconds, worker_environment
 from control.enrollment import enroll
 from control.flows import deploy_flow
 from models.database import get_engine, migrate, session
 from models.engine import Delivery, Participant, ParticipantStatus
 from models.participant import participant_workflow_id
 from testkit.peers import Inbox
+from testkit.processes import cpu_burner
 
 NAME = "burst"
 TITLE = "Burst under load (worker.py process, one core burned)"
@@ -177,7 +178,7 @@ async def worker_burst(
                 return (
                     machine_busy_seconds(),
                     server_cpu_seconds(server),
-                    sum(process.cpu() for process in processes),
+                    sum(worker_cpu_seconds(process) for process in processes),
                     cpu_seconds(burner) if burner is not None else 0.0,
                 )
 
@@ -203,7 +204,7 @@ async def worker_burst(
             after = readings()
         if locker is not None:
             await bounded(asyncio.to_thread(locker.join), "releasing the write lock")
-        overload = [process.overload() for process in processes]
+        overloaded = [overload(process) for process in processes]
         stored = recipients(inbox)
     participants = await asyncio.to_thread(statuses, engine)
     deliveries = await asyncio.to_thread(ledger, engine)
@@ -217,8 +218,8 @@ async def worker_burst(
         worker_cpu=worker_cpu,
         burner_cpu=burned,
         machine_cpu=machine,
-        slow_tasks=sum(slow for slow, _ in overload),
-        timed_out_tasks=sum(lost for _, lost in overload),
+        slow_tasks=sum(slow for slow, _ in overloaded),
+        timed_out_tasks=sum(lost for _, lost in overloaded),
         stored=stored,
         missing=len(expected - set(stored)),
         participants=participants,

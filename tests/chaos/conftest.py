@@ -28,8 +28,8 @@ from models.engine import Delivery, Participant, ParticipantStatus
 from models.participant import ParticipantState, participant_workflow_id
 from peers.twilio_api import TwilioApiServer
 from testkit.peers import TWILIO_SID, TWILIO_TOKEN, Inbox
+from testkit.processes import TemporalServer, WorkerProcess
 from testkit.waiting import assert_eventually
-from tests.chaos.processes import TemporalServer, WorkerProcess
 
 SENDER = "news@example.com"
 

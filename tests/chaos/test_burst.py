@@ -11,12 +11,8 @@ contact, every ledger row ``sent`` (none ``unconfirmed``), every participant Fin
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -26,6 +22,7 @@ from temporalio.client import Client
 from control.enrollment import enroll
 from models.engine import ParticipantStatus
 from testkit.peers import Inbox
+from testkit.processes import WorkerProcess, cpu_burner
 from tests.chaos.conftest import (
     SENDER,
     Database,
@@ -37,7 +34,6 @@ from tests.chaos.conftest import (
     final_states,
     ledger,
 )
-from tests.chaos.processes import WorkerProcess
 
 pytestmark = pytest.mark.chaos
 
@@ -64,17 +60,6 @@ def burst_flow(flow_id: str) -> dict[str, Any]:
             {"id": "done", "type": "finish"},
         ],
     }
-
-
-@contextmanager
-def cpu_burner() -> Iterator[None]:
-    """Another process spinning on one core for as long as the block runs."""
-    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        yield
-    finally:
-        burner.kill()
-        burner.wait()
 
 
 def hold_write_lock(engine: Engine, seconds: float, held: threading.Event) -> None:

@@ -22,6 +22,7 @@ from models.engine import Delivery, ParticipantStatus
 from peers.smtp_inbox import MaildirHandler
 from peers.twilio_api import TwilioApiServer
 from testkit.peers import Inbox
+from testkit.processes import WorkerProcess
 from testkit.servers import free_port
 from tests.chaos.conftest import (
     SENDER,
@@ -35,7 +36,6 @@ from tests.chaos.conftest import (
     sms_recipients,
     worker_settings,
 )
-from tests.chaos.processes import WorkerProcess
 
 pytestmark = pytest.mark.chaos
 

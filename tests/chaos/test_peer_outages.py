@@ -17,6 +17,7 @@ from models.participant import participant_workflow_id
 from peers.smtp_inbox import inbox_controller
 from peers.twilio_api import TwilioApiServer
 from testkit.peers import Inbox
+from testkit.processes import WorkerProcess
 from testkit.servers import free_port
 from tests.chaos.conftest import (
     SENDER,
@@ -30,7 +31,6 @@ from tests.chaos.conftest import (
     sms_recipients,
     worker_settings,
 )
-from tests.chaos.processes import WorkerProcess
 
 pytestmark = pytest.mark.chaos
 

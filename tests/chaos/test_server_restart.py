@@ -18,6 +18,7 @@ from control.enrollment import enroll
 from models.engine import ParticipantStatus
 from peers.twilio_api import TwilioApiServer
 from testkit.peers import Inbox
+from testkit.processes import TemporalServer, WorkerProcess
 from testkit.waiting import assert_eventually
 from tests.chaos.conftest import (
     Database,
@@ -33,7 +34,6 @@ from tests.chaos.conftest import (
     waiting_at,
     worker_settings,
 )
-from tests.chaos.processes import TemporalServer, WorkerProcess
 
 pytestmark = pytest.mark.chaos
 

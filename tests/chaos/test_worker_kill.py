@@ -18,6 +18,7 @@ from control.enrollment import enroll
 from models.engine import ParticipantStatus
 from peers.twilio_api import TwilioApiServer
 from testkit.peers import Inbox
+from testkit.processes import WorkerProcess
 from tests.chaos.conftest import (
     Database,
     add_contacts,
@@ -31,7 +32,6 @@ from tests.chaos.conftest import (
     message_flow,
     sms_recipients,
 )
-from tests.chaos.processes import WorkerProcess
 
 pytestmark = pytest.mark.chaos
 

@@ -1,4 +1,5 @@
-"""The processes a fault test starts, stops and kills: the Temporal dev server and the worker.
+"""The processes a fault test or a bench part starts, stops and kills: the Temporal dev server,
+``python worker.py`` as an operator runs it, and a CPU burner.
 
 Each is a real child process in a session of its own, so a SIGKILL is the real thing and never
 reaches the test run; every one is ended by its pid, never by a name pattern.
@@ -12,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -194,3 +197,16 @@ class WorkerProcess(ChildProcess):
     async def restart(self) -> None:
         self.start()
         await self.polling()
+
+
+@contextmanager
+def cpu_burner() -> Iterator[int]:
+    """Another process spinning on one core for as long as the block runs; yields its pid."""
+    burner = subprocess.Popen(
+        [sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        yield burner.pid
+    finally:
+        burner.kill()
+        burner.wait(timeout=STOP_TIMEOUT)

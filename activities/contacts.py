@@ -15,6 +15,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.crm import missing_contact
+from activities.participants import ParticipantRecord, enter_step
 from models.contact_update import apply_row, field_spec
 from models.crm import Associate, Availability, Company, Contact, Notification, group_members
 from models.engine import (
@@ -35,6 +36,7 @@ class ContactUpdate(BaseModel):
     step_id: str
     contact_id: int
     rows: list[UpdateRow]
+    record: ParticipantRecord | None = None  # the step's entry, to record and check first
 
 
 class OwnerDistribution(BaseModel):
@@ -43,6 +45,7 @@ class OwnerDistribution(BaseModel):
     flow_name: str
     contact_id: int
     step: DistributeToOwner
+    record: ParticipantRecord | None = None  # the step's entry, to record and check first
 
 
 class ContactActivities:
@@ -58,6 +61,9 @@ class ContactActivities:
             # One writer per contact at a time: rows read, change and write back whole lists.
             serialize_on(db, f"contact/{update.contact_id}")
             done = change_made_before(db, event_id)
+            reason = enter_step(db, update.record, lambda: done is not None)
+            if reason is not None:
+                return StepChange.left(reason)
             if done is not None:
                 return done
             contact = db.get(Contact, update.contact_id)
@@ -137,6 +143,9 @@ class ContactActivities:
         def work(db: Session) -> StepChange:
             serialize_on(db, f"owner-pool/{pool}")
             done = change_made_before(db, event_id)
+            reason = enter_step(db, request.record, lambda: done is not None)
+            if reason is not None:
+                return StepChange.left(reason)
             if done is not None:
                 return done
             contact = db.get(Contact, request.contact_id)

@@ -15,10 +15,11 @@ from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.participants import ParticipantRecord, enter_step
 from models.criteria import evaluate
 from models.crm import Contact, Project, ProjectMember, Selection, SelectionMember, contact_facts
 from models.database import session, utcnow
-from models.engine import record_event
+from models.engine import StepChange, record_event
 from models.events import EventKind, FlowEvent
 from models.flow import Split, SplitBasis
 
@@ -27,6 +28,7 @@ class ListChange(BaseModel):
     contact_id: int
     selection_id: int | None = None
     project_id: int | None = None
+    record: ParticipantRecord | None = None  # the step's entry, to record and check first
 
 
 class SplitQuestion(BaseModel):
@@ -39,8 +41,12 @@ class CrmActivities:
         self._engine = engine
 
     @activity.defn
-    def add_to_list(self, change: ListChange) -> str:
+    def add_to_list(self, change: ListChange) -> StepChange:
         with session(self._engine) as db:
+            # Membership is the idempotency: a retry re-checks the entry and finds the member.
+            reason = enter_step(db, change.record, lambda: False)
+            if reason is not None:
+                return StepChange.left(reason)
             _require(db, change)
             outcome: list[str] = []
             for name, member, existing in _memberships(db, change):
@@ -48,18 +54,21 @@ class CrmActivities:
                     db.add(member)
                     _record_joining(db, member)
                 outcome.append(f"{name}: {'already member' if existing else 'added'}")
-            return "; ".join(outcome)
+            return StepChange(outcome="; ".join(outcome))
 
     @activity.defn
-    def remove_from_list(self, change: ListChange) -> str:
+    def remove_from_list(self, change: ListChange) -> StepChange:
         with session(self._engine) as db:
+            reason = enter_step(db, change.record, lambda: False)
+            if reason is not None:
+                return StepChange.left(reason)
             _require(db, change)
             outcome: list[str] = []
             for name, _, existing in _memberships(db, change):
                 if existing is not None:
                     db.delete(existing)
                 outcome.append(f"{name}: {'removed' if existing else 'not a member'}")
-            return "; ".join(outcome)
+            return StepChange(outcome="; ".join(outcome))
 
     @activity.defn
     def choose_split_branch(self, question: SplitQuestion) -> int | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pydantic import BaseModel
 from sqlalchemy import Engine
 from sqlmodel import Session, select
@@ -53,17 +55,29 @@ def record_in(db: Session, record: ParticipantRecord) -> Standing:
     return Standing(leave_reason=leave_reason(db, record))
 
 
+def enter_step(
+    db: Session, record: ParticipantRecord | None, done_before: Callable[[], bool]
+) -> str | None:
+    """A step's entry, recorded and checked by the step's own activity in its own transaction:
+    the reason the participant leaves instead of doing the step, or None to go on (also when
+    the entry was recorded already: ``record`` None).
+
+    The checks belong to the step's entry, so they are made once per step: a retry that finds
+    the step's work done (an earlier attempt passed them) goes on whatever they would say now."""
+    if record is None:
+        return None
+    reason = record_in(db, record).leave_reason
+    return None if reason is None or done_before() else reason
+
+
 def enter_message_step(
     db: Session, record: ParticipantRecord, delivery_key: str, channel: str
 ) -> DeliveryOutcome | None:
-    """A message step's entry, recorded and checked by its send in the send's own transaction:
-    None to go on, or an outcome that sends nothing and says why the participant leaves.
-
-    The checks belong to the step's entry, so they are made once per step: a retry that finds
-    the send in the ledger (an earlier attempt passed them and claimed it) goes on whatever
-    they would say now, and never disowns a message that may have left."""
-    reason = record_in(db, record).leave_reason
-    if reason is None or known_in(db, delivery_key):
+    """``enter_step`` for a send: None to go on, or an outcome that sends nothing and says why
+    the participant leaves. A send found in the ledger (an earlier attempt claimed it) goes on,
+    so a retry never disowns a message that may have left."""
+    reason = enter_step(db, record, lambda: known_in(db, delivery_key))
+    if reason is None:
         return None
     return DeliveryOutcome(
         key=delivery_key,

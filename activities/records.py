@@ -28,6 +28,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.crm import missing_contact
+from activities.participants import ParticipantRecord, enter_step
 from models import diary, schedule
 from models.crm import (
     Associate,
@@ -57,6 +58,7 @@ class Creation(BaseModel):
     time_zone: str
     contact_id: int
     at: datetime  # the participant's now when it reached the step
+    record: ParticipantRecord | None = None  # the step's entry, to record and check first
 
 
 class FollowUpCreation(Creation):
@@ -126,6 +128,9 @@ class RecordActivities:
 
         def work(db: Session) -> StepChange:
             done = change_made_before(db, event_id)
+            reason = enter_step(db, request.record, lambda: done is not None)
+            if reason is not None:
+                return StepChange.left(reason)
             if done is not None:
                 return done
             contact, facts = _contact(db, request.contact_id)
@@ -208,6 +213,9 @@ class RecordActivities:
 
         def work(db: Session) -> StepChange:
             done = change_made_before(db, event_id)
+            reason = enter_step(db, request.record, lambda: done is not None)
+            if reason is not None:
+                return StepChange.left(reason)
             if done is not None:
                 return done
             _, facts = _contact(db, request.contact_id)
@@ -288,6 +296,9 @@ class RecordActivities:
 
         def work(db: Session) -> StepChange:
             done = change_made_before(db, event_id)
+            reason = enter_step(db, request.record, lambda: done is not None)
+            if reason is not None:
+                return StepChange.left(reason)
             if done is not None:
                 return done
             contact, facts = _contact(db, request.contact_id)

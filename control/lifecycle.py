@@ -133,7 +133,7 @@ async def resume_flow(client: Client, engine: Engine, flow_id: str) -> ResumeRes
     resume = Resume(flow=stored.flow, flow_version=stored.version)
     reached, failed = await _signal(client, flow_id, "resume", resume)
     took, unanswered, kept = 0, 0, Counter[tuple[int, str]]()
-    for state in await _ask(client, await asyncio.to_thread(_active, engine, flow_id)):
+    for state in await _ask(client, await _active(client, engine, flow_id)):
         if state is None:
             unanswered += 1
         elif state.status is not ParticipantStatus.active:
@@ -148,15 +148,24 @@ async def resume_flow(client: Client, engine: Engine, flow_id: str) -> ResumeRes
     )
 
 
-def _active(engine: Engine, flow_id: str) -> list[str]:
-    with session(engine) as db:
-        rows = db.exec(
-            select(Participant.workflow_id).where(
-                Participant.flow_id == flow_id,
-                Participant.status == ParticipantStatus.active.value,
+async def _active(client: Client, engine: Engine, flow_id: str) -> list[str]:
+    """The participants to ask: active in the table, and running in Temporal's visibility (the
+    batch's own selection), since a participant's first record may still be in its first step's
+    activity."""
+
+    def recorded() -> list[str]:
+        with session(engine) as db:
+            return list(
+                db.exec(
+                    select(Participant.workflow_id).where(
+                        Participant.flow_id == flow_id,
+                        Participant.status == ParticipantStatus.active.value,
+                    )
+                ).all()
             )
-        ).all()
-    return sorted(set(rows))
+
+    running = [w.id async for w in client.list_workflows(running_participants(flow_id))]
+    return sorted({*await asyncio.to_thread(recorded), *running})
 
 
 async def _ask(client: Client, workflow_ids: list[str]) -> list[ParticipantState | None]:

@@ -4,9 +4,9 @@ and the write locks and owner shares that keep concurrent steps exact."""
 from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 from sqlalchemy import JSON, Engine, Index, UniqueConstraint, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
@@ -187,10 +187,23 @@ def record_step_event(
 
 class StepChange(BaseModel):
     """What the activity of a step that changes the CRM reports: its outcome, and the event it
-    recorded (None when it changed nothing), which the step then announces (``emit_event``)."""
+    recorded (None when it changed nothing), which the step then announces (``emit_event``).
+    ``leave_reason`` is set when the checks the activity made at the step's entry say the
+    participant leaves instead (nothing changed)."""
 
     outcome: str
     event: FlowEvent | None = None
+    leave_reason: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_outcome(cls, data: Any) -> Any:
+        # List steps recorded before they made their entry's checks reported a bare outcome.
+        return {"outcome": data} if isinstance(data, str) else data
+
+    @classmethod
+    def left(cls, reason: str) -> Self:
+        return cls(outcome=reason, leave_reason=reason)
 
 
 def change_made_before(db: Session, event_id: str) -> StepChange | None:

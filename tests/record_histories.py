@@ -959,6 +959,26 @@ SCENARIOS: dict[str, Scenario] = {
         ["records_in_message_step.checks_at_sms"],
         excluded_at_sms_flow,
     ),
+    # Every step's entry recorded and checked by the step's own activity where it has one
+    # (workflow.patched "record-in-step-activity", one marker instead of the two above).
+    "crm_steps_v4": Scenario(
+        "as crm_steps, each CRM step's entry recorded and checked by its own CRM activity, in "
+        "the change's transaction: no local record before add/remove, update, distribute or "
+        "create steps",
+        ["records_in_step_activity.crm_steps"],
+        crm_steps_flow,
+    ),
+    "messages_sent_v4": Scenario(
+        "as messages_sent_v3 under the one marker of record-in-step-activity",
+        ["records_in_step_activity.messages"],
+        messages_flow,
+    ),
+    "excluded_at_crm_step_v4": Scenario(
+        "the checks made by add_to_list at the step's entry find the contact on the exclusion "
+        "list: nothing changed, dropped out with the reason",
+        ["records_in_step_activity.checks_at_crm_step"],
+        excluded_flow,
+    ),
 }
 
 

@@ -18,6 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.contacts import ContactActivities, ContactUpdate
 from activities.crm import CrmActivities, ListChange
+from activities.participants import ParticipantRecord
 from activities.records import RecordActivities, SaleCreation
 from control.flows import FlowRejected, deploy_flow, read_document
 from models.crm import (
@@ -28,10 +29,12 @@ from models.crm import (
     Notification,
     Request,
     Sale,
+    SelectionMember,
 )
 from models.database import session
-from models.demo import DEMO_PROJECT_ID, VIP_SELECTION_ID
-from models.engine import CrmEvent, OwnerShare, ParticipantStatus, StepChange
+from models.demo import DEMO_PROJECT_ID, DEMO_SELECTION_ID, VIP_SELECTION_ID
+from models.engine import CrmEvent, OwnerShare, Participant, ParticipantStatus, StepChange
+from models.flow import CreateSale
 from models.participant import Enrollment, ParticipantState, participant_workflow_id
 from tests.test_message_steps import contact_named, replacing
 from tests.test_participant import STOCKHOLM, flow_of, next_weekday, start
@@ -651,25 +654,26 @@ async def test_a_retried_create_sale_makes_one_sale(
     assert outcome(state, "sell").startswith("sale 'Once' 0 SEK, Lead, estimated")
 
 
+def sale_creation(
+    event_key: str, contact_id: int, record: ParticipantRecord | None = None
+) -> SaleCreation:
+    """A Renewal sale step's activity input, reached on 6 March 2026 at 10:00 UTC."""
+    step = {"id": "sell", "type": "create_sale", "next": "x", "title": "T", "sale_type": "Renewal"}
+    return SaleCreation(
+        event_key=event_key,
+        flow_id="f",
+        flow_name="F",
+        time_zone="Europe/Stockholm",
+        contact_id=contact_id,
+        at=datetime(2026, 3, 6, 10, 0, tzinfo=UTC),
+        step=CreateSale.model_validate(step),
+        record=record,
+    )
+
+
 def test_create_sale_activity_is_idempotent_by_its_key(engine: Engine) -> None:
     records = RecordActivities(engine)
-    request = SaleCreation.model_validate(
-        {
-            "event_key": "p1/sell/1",
-            "flow_id": "f",
-            "flow_name": "F",
-            "time_zone": "Europe/Stockholm",
-            "contact_id": contact_named(engine, "Karin"),
-            "at": datetime(2026, 3, 6, 10, 0, tzinfo=UTC),
-            "step": {
-                "id": "sell",
-                "type": "create_sale",
-                "next": "x",
-                "title": "T",
-                "sale_type": "Renewal",
-            },
-        }
-    )
+    request = sale_creation("p1/sell/1", contact_named(engine, "Karin"))
     first = records.create_sale(request)
     assert records.create_sale(request) == first  # the same outcome and event, no second sale
     assert first.event is not None and first.event.event_id == "p1/sell/1/sale_created"
@@ -678,6 +682,93 @@ def test_create_sale_activity_is_idempotent_by_its_key(engine: Engine) -> None:
     with session(engine) as db:
         assert len(db.exec(select(Sale)).all()) == 2
     assert "estimated 2026-05-01" in first.outcome  # Renewal: 8 weeks
+
+
+# --- the checks at a CRM step's entry ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"id": "act", "type": "add_to_list", "selection_id": VIP_SELECTION_ID, "next": "done"},
+        {
+            "id": "act",
+            "type": "update_contact",
+            "next": "done",
+            "rows": [{"field": "title", "action": "set", "value": "Changed"}],
+        },
+        {"id": "act", "type": "create_sale", "next": "done", "title": "T", "sale_type": "Renewal"},
+    ],
+    ids=["add_to_list", "update_contact", "create_sale"],
+)
+async def test_a_crm_steps_activity_records_its_entry_and_makes_the_checks(
+    time_skipping_env: WorkflowEnvironment, engine: Engine, task_queue: str, step: dict[str, Any]
+) -> None:
+    """No record of its own before a CRM step: its activity upserts the row and makes the
+    checks in the change's transaction. Excluded, the contact leaves as it would have on that
+    record: nothing changed, dropped out with the reason, the row saying so."""
+    karin = contact_named(engine, "Karin")
+    with session(engine) as db:
+        before = db.get(Contact, karin)
+        assert before is not None
+        title, sales = before.title, len(db.exec(select(Sale)).all())
+    (state,) = await run(
+        time_skipping_env,
+        engine,
+        task_queue,
+        [step],
+        [karin],
+        exclusion_selections=[DEMO_SELECTION_ID],
+    )
+    assert (state.status, state.drop_out_reason) == (
+        ParticipantStatus.dropped_out,
+        "on the exclusion list",
+    )
+    assert [(v.step, v.outcome) for v in state.trail] == [("act", "on the exclusion list")]
+    with session(engine) as db:
+        after = db.get(Contact, karin)
+        assert after is not None and after.title == title
+        assert len(db.exec(select(Sale)).all()) == sales
+        member = db.exec(
+            select(SelectionMember).where(
+                SelectionMember.contact_id == karin,
+                SelectionMember.selection_id == VIP_SELECTION_ID,
+            )
+        ).first()
+        row = db.get(Participant, state.participant_id)
+    assert member is None
+    assert row is not None
+    assert (row.status, row.drop_out_reason, row.current_step) == (
+        ParticipantStatus.dropped_out.value,
+        "on the exclusion list",
+        "act",
+    )
+
+
+def test_a_crm_steps_entry_checks_are_made_once_per_visit(engine: Engine) -> None:
+    """A retry that finds the change made by an earlier attempt goes on with that change, even
+    if the checks would now say the contact leaves: they belong to the step's entry."""
+    karin = contact_named(engine, "Karin")
+    state = ParticipantState(
+        participant_id="p-entry",
+        flow_id="f",
+        flow_version=1,
+        contact_id=karin,
+        enrolled_at=datetime(2026, 3, 6, 9, 0, tzinfo=UTC),
+        current_step="sell",
+    )
+    record = ParticipantRecord(state=state, exclusion_selections=[VIP_SELECTION_ID])
+    request = sale_creation("p-entry/sell/1", karin, record)
+    records = RecordActivities(engine)
+    first = records.create_sale(request)
+    assert first.leave_reason is None and first.event is not None
+    with session(engine) as db:
+        db.add(SelectionMember(selection_id=VIP_SELECTION_ID, contact_id=karin))
+    assert records.create_sale(request) == first
+    other_visit = records.create_sale(request.model_copy(update={"event_key": "p-entry/sell/2"}))
+    assert other_visit == StepChange.left("on the exclusion list")
+    with session(engine) as db:
+        assert len(db.exec(select(Sale)).all()) == 1
 
 
 # --- validation against the CRM's lists --------------------------------------------------------

@@ -27,7 +27,7 @@ from control.lifecycle import (
     resume_flow,
 )
 from models.database import session
-from models.engine import FlowStatus, Participant
+from models.engine import FlowStatus, Participant, StepChange
 from models.participant import KeptVersion, ParticipantState
 from models.settings import Settings
 from testkit.waiting import assert_eventually
@@ -150,7 +150,7 @@ class HeldTagging:
         self.released = asyncio.Event()
 
     @activity.defn(name="add_to_list")
-    async def add_to_list(self, change: ListChange) -> str:
+    async def add_to_list(self, change: ListChange) -> StepChange:
         if change.contact_id == self.held:
             self.entered.set()
             await self.released.wait()

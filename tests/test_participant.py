@@ -326,9 +326,10 @@ async def test_long_flows_continue_as_new_carrying_their_state(
 async def test_one_record_per_step_with_the_checks_at_a_wait(
     time_skipping_env: WorkflowEnvironment, engine: Engine, task_queue: str
 ) -> None:
-    """An action step and a finish without hand-offs: one record each (the finish's is the last
-    one), none of its own at enrollment. A wait's entry is recorded with its wait, and the
-    checks made there take a deleted contact out before it waits."""
+    """An action step and a finish without hand-offs: one record each, none of its own at
+    enrollment. The action step's rides in its CRM activity; the finish's is the last one, the
+    participant's only local record. A wait's entry is recorded with its wait, and the checks
+    made there take a deleted contact out before it waits."""
     steps: list[dict[str, Any]] = [
         {"id": "add", "type": "add_to_list", "selection_id": VIP_SELECTION_ID, "next": "done"},
         {"id": "done", "type": "finish"},
@@ -350,7 +351,7 @@ async def test_one_record_per_step_with_the_checks_at_a_wait(
         if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
     ]
     assert finished.status is ParticipantStatus.finished
-    assert len(records) == 2
+    assert len(records) == 1
     assert (gone.status, gone.drop_out_reason) == (
         ParticipantStatus.dropped_out,
         "the contact no longer exists",

@@ -24,7 +24,16 @@ with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
     from models.engine import ParticipantStatus
     from models.events import FlowEvent, meets
-    from models.flow import Finish, Flow, SendEmail, SendSms, Step, WaitForAction, WaitTime
+    from models.flow import (
+        Finish,
+        Flow,
+        SendEmail,
+        SendSms,
+        Step,
+        StepGroup,
+        WaitForAction,
+        WaitTime,
+    )
     from models.participant import (
         Enrollment,
         KeptVersion,
@@ -58,6 +67,15 @@ RECORD_ONCE_PER_STEP = "record-once-per-step"
 # step; participants started before keep their records as they were.
 RECORD_IN_MESSAGE_STEP = "record-in-message-step"
 
+# Both of the above, and a CRM step's entry record (and checks) rides in its CRM activity too;
+# a finish step's FlowStep is set with the status as the participant leaves, in one upsert.
+# One marker where runs started before carry two: each patch costs a marker and an upsert of
+# the TemporalChangeVersion search attribute in every participant's history.
+RECORD_IN_STEP_ACTIVITY = "record-in-step-activity"
+
+# Steps whose one CRM activity takes their entry record under RECORD_IN_STEP_ACTIVITY.
+CRM_STEP_GROUPS = (StepGroup.update_participant, StepGroup.create_activity)
+
 
 @workflow.defn(name="Participant")
 class ParticipantWorkflow:
@@ -78,6 +96,7 @@ class ParticipantWorkflow:
         self._interrupt: Leave | None = None
         self._once_per_step = False  # RECORD_ONCE_PER_STEP, decided once per run
         self._record_in_send = False  # RECORD_IN_MESSAGE_STEP, decided once per run
+        self._record_in_step_activity = False  # RECORD_IN_STEP_ACTIVITY, decided once per run
         # The step entered has not been recorded nor checked yet: its first record does both.
         self._entry_unrecorded = False
 
@@ -147,8 +166,11 @@ class ParticipantWorkflow:
 
     @workflow.run
     async def run(self, enrollment: Enrollment) -> ParticipantState:
-        self._once_per_step = workflow.patched(RECORD_ONCE_PER_STEP)
-        self._record_in_send = self._once_per_step and workflow.patched(RECORD_IN_MESSAGE_STEP)
+        if workflow.patched(RECORD_IN_STEP_ACTIVITY):
+            self._once_per_step = self._record_in_send = self._record_in_step_activity = True
+        else:
+            self._once_per_step = workflow.patched(RECORD_ONCE_PER_STEP)
+            self._record_in_send = self._once_per_step and workflow.patched(RECORD_IN_MESSAGE_STEP)
         try:
             if self._state.current_step is None:
                 if (
@@ -221,9 +243,12 @@ class ParticipantWorkflow:
         state.current_step = step.id
         state.visits[step.id] = state.visits.get(step.id, 0) + 1
         state.trail = [*state.trail, Visit(step=step.id, entered_at=workflow.now())][-TRAIL_LENGTH:]
-        workflow.upsert_search_attributes([sa.FLOW_STEP.value_set(step.id)])
+        if not (self._record_in_step_activity and isinstance(step, Finish)):
+            workflow.upsert_search_attributes([sa.FLOW_STEP.value_set(step.id)])
         workflow.set_current_details(f"At step {step.label!r} ({step.type})")
-        self._entry_unrecorded = self._once_per_step and _recorded_later(step, self._record_in_send)
+        self._entry_unrecorded = self._once_per_step and _recorded_later(
+            step, self._record_in_send, self._record_in_step_activity
+        )
         if self._entry_unrecorded:
             return Standing()
         return await self._record()
@@ -259,7 +284,10 @@ class ParticipantWorkflow:
         self._state.drop_out_reason = outcome.reason
         self._state.wait_until = None
         self._state.finished_at = workflow.now()
-        workflow.upsert_search_attributes([sa.PARTICIPANT_STATUS.value_set(status.value)])
+        leaving = [sa.PARTICIPANT_STATUS.value_set(status.value)]
+        if self._record_in_step_activity and self._state.current_step is not None:
+            leaving.append(sa.FLOW_STEP.value_set(self._state.current_step))  # see _enter
+        workflow.upsert_search_attributes(leaving)
         workflow.set_current_details(f"{status.value}: {outcome.outcome}")
 
     # --- what steps use -----------------------------------------------------------------------
@@ -343,13 +371,16 @@ class ParticipantWorkflow:
         return standing or Standing()
 
 
-def _recorded_later(step: Step, record_in_send: bool) -> bool:
+def _recorded_later(step: Step, record_in_send: bool, record_in_crm: bool) -> bool:
     """Steps whose entry is recorded (and checked) by their first record: a wait's, before it
     waits; a finish's without hand-offs, as the participant leaves; a message step's (with
-    ``record_in_send``) by its send, or before it waits for its sending window."""
+    ``record_in_send``) by its send, or before it waits for its sending window; a CRM step's
+    (with ``record_in_crm``) by its CRM activity."""
     if isinstance(step, WaitTime | WaitForAction):
         return True
     if record_in_send and isinstance(step, SendEmail | SendSms):
+        return True
+    if record_in_crm and step.group in CRM_STEP_GROUPS:
         return True
     if isinstance(step, Finish):
         suggested = (step.suggest_flow_on_success, step.suggest_flow_otherwise)

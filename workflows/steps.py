@@ -167,10 +167,10 @@ async def within_sending_window(participant: Participant) -> None:
         await participant.sleep_until(opening, f"Sending window opens {when}")
 
 
-def _left_at_entry(outcome: DeliveryOutcome) -> Leave | None:
-    """The checks the send made at the step's entry say the participant leaves (nothing sent):
-    as it would have left on a record of its own before the step."""
-    return None if outcome.leave_reason is None else Leave.dropping_out(outcome.leave_reason)
+def _left_at_entry(result: DeliveryOutcome | StepChange) -> Leave | None:
+    """The checks the step's activity made at its entry say the participant leaves (nothing
+    sent or changed): as it would have left on a record of its own before the step."""
+    return None if result.leave_reason is None else Leave.dropping_out(result.leave_reason)
 
 
 def _sent(outcome: DeliveryOutcome) -> str:
@@ -310,11 +310,12 @@ async def add_to_list(participant: Participant, step: AddToList) -> Outcome:
         contact_id=participant.contact_id,
         selection_id=step.selection_id,
         project_id=step.project_id,
+        record=participant.entry_record(),
     )
-    outcome: str = await workflow.execute_activity_method(
+    done: StepChange = await workflow.execute_activity_method(
         CrmActivities.add_to_list, change, summary=f"Add to {_lists(change)}", **CRM_ACTIVITY
     )
-    return Continue(step.next, outcome)
+    return _left_at_entry(done) or Continue(step.next, done.outcome)
 
 
 async def remove_from_list(participant: Participant, step: RemoveFromList) -> Outcome:
@@ -322,14 +323,15 @@ async def remove_from_list(participant: Participant, step: RemoveFromList) -> Ou
         contact_id=participant.contact_id,
         selection_id=step.selection_id,
         project_id=step.project_id,
+        record=participant.entry_record(),
     )
-    outcome: str = await workflow.execute_activity_method(
+    done: StepChange = await workflow.execute_activity_method(
         CrmActivities.remove_from_list,
         change,
         summary=f"Remove from {_lists(change)}",
         **CRM_ACTIVITY,
     )
-    return Continue(step.next, outcome)
+    return _left_at_entry(done) or Continue(step.next, done.outcome)
 
 
 def _lists(change: ListChange) -> str:
@@ -350,17 +352,18 @@ ANNOUNCE_ACTIVITY: dict[str, Any] = {
 }
 
 
-async def announce(change: StepChange) -> None:
+async def announced(change: StepChange, next_step: str) -> Continue:
     """Let the contact's participants (this one too: its success criteria may be met) and the
-    flows whose triggers match know what the step changed. Recording happened with the change."""
-    if change.event is None:
-        return
-    await workflow.execute_activity_method(
-        EventActivities.emit_event,
-        change.event,
-        summary=f"Announce {change.event.kind.value} for contact {change.event.contact_id}",
-        **ANNOUNCE_ACTIVITY,
-    )
+    flows whose triggers match know what the step changed, then go on. Recording happened with
+    the change."""
+    if change.event is not None:
+        await workflow.execute_activity_method(
+            EventActivities.emit_event,
+            change.event,
+            summary=f"Announce {change.event.kind.value} for contact {change.event.contact_id}",
+            **ANNOUNCE_ACTIVITY,
+        )
+    return Continue(next_step, change.outcome)
 
 
 async def update_contact(participant: Participant, step: UpdateContact) -> Outcome:
@@ -370,6 +373,7 @@ async def update_contact(participant: Participant, step: UpdateContact) -> Outco
         step_id=step.id,
         contact_id=participant.contact_id,
         rows=step.rows,
+        record=participant.entry_record(),
     )
     ticked = sum(row.enabled for row in step.rows)
     change: StepChange = await workflow.execute_activity_method(
@@ -378,8 +382,7 @@ async def update_contact(participant: Participant, step: UpdateContact) -> Outco
         summary=f"Update contact {participant.contact_id}: {ticked} rows",
         **CRM_ACTIVITY,
     )
-    await announce(change)
-    return Continue(step.next, change.outcome)
+    return _left_at_entry(change) or await announced(change, step.next)
 
 
 async def distribute_to_owner(participant: Participant, step: DistributeToOwner) -> Outcome:
@@ -389,6 +392,7 @@ async def distribute_to_owner(participant: Participant, step: DistributeToOwner)
         flow_name=participant.flow.name,
         contact_id=participant.contact_id,
         step=step,
+        record=participant.entry_record(),
     )
     pool = (
         f"user group {step.user_group_id}"
@@ -401,8 +405,7 @@ async def distribute_to_owner(participant: Participant, step: DistributeToOwner)
         summary=f"Give contact {participant.contact_id} an owner from {pool}",
         **CRM_ACTIVITY,
     )
-    await announce(change)
-    return Continue(step.next, change.outcome)
+    return _left_at_entry(change) or await announced(change, step.next)
 
 
 # --- Create activity ---------------------------------------------------------------------------
@@ -419,6 +422,7 @@ def _creation(participant: Participant, step: Step) -> dict[str, Any]:
         "time_zone": flow.time_zone,
         "contact_id": participant.contact_id,
         "at": workflow.now(),
+        "record": participant.entry_record(),
     }
 
 
@@ -430,8 +434,7 @@ async def create_follow_up(participant: Participant, step: CreateFollowUp) -> Ou
         summary=f"Create {what} {step.title!r} for contact {participant.contact_id}",
         **CRM_ACTIVITY,
     )
-    await announce(change)
-    return Continue(step.next, change.outcome)
+    return _left_at_entry(change) or await announced(change, step.next)
 
 
 async def create_request(participant: Participant, step: CreateRequest) -> Outcome:
@@ -441,8 +444,7 @@ async def create_request(participant: Participant, step: CreateRequest) -> Outco
         summary=f"Create request {step.title!r} for contact {participant.contact_id}",
         **CRM_ACTIVITY,
     )
-    await announce(change)
-    return Continue(step.next, change.outcome)
+    return _left_at_entry(change) or await announced(change, step.next)
 
 
 async def create_sale(participant: Participant, step: CreateSale) -> Outcome:
@@ -452,8 +454,7 @@ async def create_sale(participant: Participant, step: CreateSale) -> Outcome:
         summary=f"Create sale {step.title!r} for contact {participant.contact_id}",
         **CRM_ACTIVITY,
     )
-    await announce(change)
-    return Continue(step.next, change.outcome)
+    return _left_at_entry(change) or await announced(change, step.next)
 
 
 # --- Internal action ---------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from models.database import create_tables, get_engine
 from models.payloads import DATA_CONVERTER
 from models.settings import get_settings
 from workflows.participant import ParticipantWorkflow
-from workflows.sandbox import WORKFLOW_RUNNER
+from workflows.sandbox import workflow_runner
 from workflows.script import ScriptWorkflow
 
 TASK_QUEUE = get_settings().task_queue
@@ -104,7 +104,7 @@ def build_worker(
         task_queue=task_queue,
         # Script runs are children of participants: same worker, same task queue.
         workflows=[ParticipantWorkflow, ScriptWorkflow],
-        workflow_runner=WORKFLOW_RUNNER,
+        workflow_runner=workflow_runner(get_settings().workflow_sandbox),
         activities=list(activities if activities is not None else activities_for(engine)),
         # Database activities (and the per-step local record) are synchronous and share this
         # pool. 32 rather than 16 (bench, tuning part): workflow tasks over 5 s fell from 229 to

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         9464, description="where the worker serves Prometheus metrics (/metrics)"
     )
+    workflow_sandbox: bool = Field(
+        False,
+        description="true: workflows run in Temporal's sandbox (the tests do); "
+        "false: unsandboxed, about a third of the workflow CPU",
+    )
 
     # --- email ---------------------------------------------------------------------------------
     smtp_host: str = Field("localhost", description="the SMTP server email is handed to")

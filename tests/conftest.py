@@ -18,6 +18,10 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 from temporalio.testing import WorkflowEnvironment
 
+# Every workflow in the tests (and in the workers they start) runs in Temporal's sandbox, which
+# refuses non-deterministic calls in workflow code; the worker's default is unsandboxed.
+os.environ.setdefault("WORKFLOW_SANDBOX", "true")
+
 from models.database import get_engine, migrate, session
 from models.demo import seed_demo
 from models.settings import Settings, get_settings
@@ -249,6 +253,7 @@ def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Sett
     exactly these, and the settings are read from them (and again after the test)."""
 
     def use(**variables: str) -> Settings:
+        variables = {"WORKFLOW_SANDBOX": "true", **variables}  # the tests' own default (above)
         unknown = set(variables) - set(Settings.variables())
         assert not unknown, f"not settings variables: {sorted(unknown)}"
         for name in Settings.variables():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -11,6 +12,8 @@ from sqlalchemy import Engine
 from sqlmodel import select
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import UnsandboxedWorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from models.crm import Contact, SelectionMember
 from models.database import session
@@ -18,6 +21,7 @@ from models.demo import DEMO_SELECTION_ID, VIP_SELECTION_ID
 from models.engine import Participant, ParticipantStatus
 from models.flow import Flow
 from models.participant import Enrollment, ParticipantState
+from models.settings import Settings
 from testkit.waiting import assert_eventually
 from worker import build_worker
 from workflows.participant import ParticipantWorkflow
@@ -149,6 +153,35 @@ async def test_thirty_day_flow_finishes_in_seconds_and_keeps_the_table_current(
     assert row is not None
     assert (row.status, row.current_step, row.contact_id) == ("Finished", "done", contact_id)
     assert row.finished_at == state.finished_at
+
+
+async def test_the_worker_runs_participants_unsandboxed_unless_told(
+    time_skipping_env: WorkflowEnvironment,
+    engine: Engine,
+    task_queue: str,
+    settings_env: Callable[..., Settings],
+) -> None:
+    """The tests run workflows in the sandbox; the worker's default runs them without it, and a
+    participant goes through a CRM step, a wait and a finish the same way."""
+    assert Settings.model_fields["workflow_sandbox"].default is False
+    settings_env(WORKFLOW_SANDBOX="false")
+    flow = flow_of(
+        [
+            {"id": "tag", "type": "add_to_list", "selection_id": VIP_SELECTION_ID, "next": "w"},
+            {"id": "w", "type": "wait_time", "amount": 3, "unit": "days", "next": "done"},
+            {"id": "done", "type": "finish"},
+        ]
+    )
+    worker = build_worker(time_skipping_env.client, engine, task_queue=task_queue)
+    assert isinstance(worker.config()["workflow_runner"], UnsandboxedWorkflowRunner)
+    async with worker:
+        handle = await start(time_skipping_env, task_queue, flow, first_contact(engine))
+        state = await handle.result()
+    assert state.status is ParticipantStatus.finished
+    assert [v.step for v in state.trail] == ["tag", "w", "done"]
+    settings_env()
+    sandboxed = build_worker(time_skipping_env.client, engine, task_queue=task_queue)
+    assert isinstance(sandboxed.config()["workflow_runner"], SandboxedWorkflowRunner)
 
 
 async def test_split_on_data_and_list_steps(

@@ -25,7 +25,7 @@ from temporalio.worker import Replayer
 from models.flow import STEP_KINDS
 from models.payloads import DATA_CONVERTER
 from workflows.participant import ParticipantWorkflow
-from workflows.sandbox import WORKFLOW_RUNNER
+from workflows.sandbox import workflow_runner
 from workflows.script import ScriptWorkflow
 
 FOLDER = Path(__file__).parent / "histories"
@@ -34,18 +34,21 @@ HISTORIES = sorted(FOLDER.glob("*.json"))
 HISTORIES.remove(FOLDER / "manifest.json")
 
 
-def _replayer() -> Replayer:
+def _replayer(sandboxed: bool = True) -> Replayer:
     return Replayer(
         workflows=[ParticipantWorkflow, ScriptWorkflow],
         data_converter=DATA_CONVERTER,
-        workflow_runner=WORKFLOW_RUNNER,
+        workflow_runner=workflow_runner(sandboxed),
     )
 
 
+@pytest.mark.parametrize("sandboxed", [True, False], ids=["sandboxed", "unsandboxed"])
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
-async def test_history_replays(path: Path) -> None:
+async def test_history_replays(path: Path, sandboxed: bool) -> None:
+    """Under the sandbox, which the tests run (it refuses non-deterministic calls), and without,
+    as the worker runs by default."""
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    result = await _replayer().replay_workflow(history, raise_on_replay_failure=True)
+    result = await _replayer(sandboxed).replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
 
 

@@ -60,3 +60,12 @@ async def test_no_heartbeat_timeout_no_heartbeats() -> None:
     await working(0.01)  # outside any activity it just runs
     with heartbeating_in_background():
         pass
+
+
+async def test_a_send_done_within_a_third_of_the_timeout_costs_no_heartbeat() -> None:
+    """The first beat comes a third of the timeout after the start: nearly every send is over by
+    then, and a beat would be a round trip to the server for nothing."""
+    env, beats = environment(timedelta(seconds=30))
+    await env.run(async_send)
+    await asyncio.to_thread(env.run, sync_send)
+    assert beats == []

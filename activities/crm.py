@@ -8,8 +8,9 @@ or project records an ``added_to_selection`` / ``added_to_project`` event.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 from temporalio import activity
@@ -34,6 +35,22 @@ class ListChange(BaseModel):
 class SplitQuestion(BaseModel):
     contact_id: int
     split: Split
+    record: ParticipantRecord | None = None  # the step's entry, to record and check first
+
+
+class SplitAnswer(BaseModel):
+    """The branch whose rule holds (None: everyone else), or why the participant leaves at the
+    split's entry instead (checks made with its record)."""
+
+    branch: int | None = None
+    leave_reason: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_branch(cls, data: Any) -> Any:
+        # Splits asked before they made their entry's checks answered a bare branch index (or
+        # null, which decodes to None whatever the type: the workflow takes that as no branch).
+        return {"branch": data} if isinstance(data, int) else data
 
 
 class CrmActivities:
@@ -71,28 +88,34 @@ class CrmActivities:
             return StepChange(outcome="; ".join(outcome))
 
     @activity.defn
-    def choose_split_branch(self, question: SplitQuestion) -> int | None:
+    def choose_split_branch(self, question: SplitQuestion) -> SplitAnswer:
         """The first branch whose rule holds for the contact, or None for everyone else."""
-        split = question.split
         with session(self._engine) as db:
-            facts = contact_facts(db, question.contact_id)
+            reason = enter_step(db, question.record, lambda: False)  # reads only: ask again
+            facts = contact_facts(db, question.contact_id) if reason is None else None
+        if reason is not None:
+            return SplitAnswer(leave_reason=reason)
         if facts is None:
             raise missing_contact(question.contact_id)
-        for index, branch in enumerate(split.branches):
-            if split.basis in (SplitBasis.data,) and branch.criteria is not None:
-                if evaluate(branch.criteria, facts):
-                    return index
-            elif split.basis is SplitBasis.project:
-                if branch.project_id in _ids(facts["contact.projects"]):
-                    return index
-            elif split.basis is SplitBasis.selection:
-                if branch.selection_id in _ids(facts["contact.selections"]):
-                    return index
-            else:
-                raise ApplicationError(
-                    f"split basis {split.basis} is not supported", non_retryable=True
-                )
-        return None
+        return SplitAnswer(branch=_first_branch(question.split, facts))
+
+
+def _first_branch(split: Split, facts: dict[str, object]) -> int | None:
+    for index, branch in enumerate(split.branches):
+        if split.basis in (SplitBasis.data,) and branch.criteria is not None:
+            if evaluate(branch.criteria, facts):
+                return index
+        elif split.basis is SplitBasis.project:
+            if branch.project_id in _ids(facts["contact.projects"]):
+                return index
+        elif split.basis is SplitBasis.selection:
+            if branch.selection_id in _ids(facts["contact.selections"]):
+                return index
+        else:
+            raise ApplicationError(
+                f"split basis {split.basis} is not supported", non_retryable=True
+            )
+    return None
 
 
 def _ids(value: object) -> list[int]:

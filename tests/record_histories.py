@@ -968,6 +968,12 @@ SCENARIOS: dict[str, Scenario] = {
         ["records_in_step_activity.crm_steps"],
         crm_steps_flow,
     ),
+    "crm_splits_v4": Scenario(
+        "as crm_splits, each split on CRM data recording its entry and making the checks in the "
+        "activity that reads the data",
+        ["records_in_step_activity.crm_splits"],
+        crm_splits_flow,
+    ),
     "messages_sent_v4": Scenario(
         "as messages_sent_v3 under the one marker of record-in-step-activity",
         ["records_in_step_activity.messages"],

@@ -698,15 +698,22 @@ def test_create_sale_activity_is_idempotent_by_its_key(engine: Engine) -> None:
             "rows": [{"field": "title", "action": "set", "value": "Changed"}],
         },
         {"id": "act", "type": "create_sale", "next": "done", "title": "T", "sale_type": "Renewal"},
+        {
+            "id": "act",
+            "type": "split",
+            "basis": "selection",
+            "branches": [{"name": "VIP", "selection_id": VIP_SELECTION_ID, "next": "done"}],
+            "everyone_else": {"next": "done"},
+        },
     ],
-    ids=["add_to_list", "update_contact", "create_sale"],
+    ids=["add_to_list", "update_contact", "create_sale", "split"],
 )
 async def test_a_crm_steps_activity_records_its_entry_and_makes_the_checks(
     time_skipping_env: WorkflowEnvironment, engine: Engine, task_queue: str, step: dict[str, Any]
 ) -> None:
-    """No record of its own before a CRM step: its activity upserts the row and makes the
-    checks in the change's transaction. Excluded, the contact leaves as it would have on that
-    record: nothing changed, dropped out with the reason, the row saying so."""
+    """No record of its own before a CRM step (or a split on CRM data): its activity upserts the
+    row and makes the checks in the change's transaction. Excluded, the contact leaves as it
+    would have on that record: nothing changed, dropped out with the reason, the row saying so."""
     karin = contact_named(engine, "Karin")
     with session(engine) as db:
         before = db.get(Contact, karin)

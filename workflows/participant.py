@@ -23,12 +23,13 @@ with workflow.unsafe.imports_passed_through():
     from models import schedule
     from models import search_attributes as sa
     from models.engine import ParticipantStatus
-    from models.events import FlowEvent, meets
+    from models.events import EVENT_SPLIT_BASES, FlowEvent, meets
     from models.flow import (
         Finish,
         Flow,
         SendEmail,
         SendSms,
+        Split,
         Step,
         StepGroup,
         WaitForAction,
@@ -73,7 +74,8 @@ RECORD_IN_MESSAGE_STEP = "record-in-message-step"
 # the TemporalChangeVersion search attribute in every participant's history.
 RECORD_IN_STEP_ACTIVITY = "record-in-step-activity"
 
-# Steps whose one CRM activity takes their entry record under RECORD_IN_STEP_ACTIVITY.
+# Steps whose one CRM activity takes their entry record under RECORD_IN_STEP_ACTIVITY (and
+# splits on CRM data, whose activity reads it).
 CRM_STEP_GROUPS = (StepGroup.update_participant, StepGroup.create_activity)
 
 
@@ -371,6 +373,10 @@ class ParticipantWorkflow:
         return standing or Standing()
 
 
+def _asks_the_crm(step: Step) -> bool:
+    return isinstance(step, Split) and step.basis not in EVENT_SPLIT_BASES
+
+
 def _recorded_later(step: Step, record_in_send: bool, record_in_crm: bool) -> bool:
     """Steps whose entry is recorded (and checked) by their first record: a wait's, before it
     waits; a finish's without hand-offs, as the participant leaves; a message step's (with
@@ -380,7 +386,7 @@ def _recorded_later(step: Step, record_in_send: bool, record_in_crm: bool) -> bo
         return True
     if record_in_send and isinstance(step, SendEmail | SendSms):
         return True
-    if record_in_crm and step.group in CRM_STEP_GROUPS:
+    if record_in_crm and (step.group in CRM_STEP_GROUPS or _asks_the_crm(step)):
         return True
     if isinstance(step, Finish):
         suggested = (step.suggest_flow_on_success, step.suggest_flow_otherwise)

@@ -21,7 +21,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from activities.contacts import ContactActivities, ContactUpdate, OwnerDistribution
-    from activities.crm import CrmActivities, ListChange, SplitQuestion
+    from activities.crm import CrmActivities, ListChange, SplitAnswer, SplitQuestion
     from activities.email import EmailActivities, EmailNotify, EmailSend
     from activities.enrollment import EnrollmentActivities
     from activities.events import EventActivities
@@ -286,12 +286,19 @@ async def split(participant: Participant, step: Split) -> Outcome:
         # Decided from the events this participant has seen: no activity, deterministic.
         branch = choose_by_events(step, participant.state.events, participant.flow.id)
     else:
-        branch = await workflow.execute_activity_method(
+        question = SplitQuestion(
+            contact_id=participant.contact_id, split=step, record=participant.entry_record()
+        )
+        answer: SplitAnswer | None = await workflow.execute_activity_method(
             CrmActivities.choose_split_branch,
-            SplitQuestion(contact_id=participant.contact_id, split=step),
+            question,
             summary=f"Split {step.label!r} on {step.basis}",
             **CRM_ACTIVITY,
         )
+        answer = answer or SplitAnswer()  # a null answer (splits asked before): everyone else
+        if answer.leave_reason is not None:
+            return Leave.dropping_out(answer.leave_reason)
+        branch = answer.branch
     if branch is not None:
         chosen = step.branches[branch]
         return Continue(chosen.next, f"branch {chosen.name!r}")

@@ -7,7 +7,6 @@ raises on bad input: whatever the document holds, it returns a report.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,6 +42,7 @@ from models.flow import (
 )
 from models.merge_tags import unknown_tags
 from models.overlaps import overlaps
+from models.patterns import PatternError, compile_pattern
 
 Level = Literal["error", "not_ready", "warning"]
 T = TypeVar("T")
@@ -402,8 +402,8 @@ def _criteria_problems(criteria: Criteria, where: str) -> Iterator[tuple[str, st
             yield f"{at}.value", f"operator {condition.operator} takes one value, not a list"
         if condition.operator is Operator.matches and isinstance(condition.value, str):
             try:
-                re.compile(condition.value)
-            except re.error as exc:
+                compile_pattern(condition.value, ignore_case=not condition.match_case)
+            except PatternError as exc:
                 yield f"{at}.value", f"not a regular expression: {exc}"
 
 

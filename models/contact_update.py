@@ -23,8 +23,9 @@ is given and says what changed; the activity owns the transaction).
 |           |                                              | clear                                 |
 
 ``replace`` finds ``find`` literally (``match_case``, ``whole_word``) and puts ``value`` in its
-place; ``regex_replace`` takes ``find`` as a regular expression and ``value`` as its replacement
-(``\\1`` for groups). There is no add/subtract for numbers and no text append (spec).
+place; ``regex_replace`` takes ``find`` as a regular expression (run by RE2, see
+``models.patterns``) and ``value`` as its replacement (``\\1`` for groups). There is no
+add/subtract for numbers and no text append (spec).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from sqlalchemy import inspect
 
 from models.crm import EXTRA_FIELDS, USER_DEFINED_FIELDS, Company, Contact
 from models.flow import UpdateRow
+from models.patterns import Pattern, PatternError, compile_pattern
 
 Kind = Literal[
     "text", "list", "associate", "multi", "tags", "consent", "bool", "flag", "date", "number"
@@ -164,7 +166,7 @@ def _nonempty_text(value: object) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def _value_problem(spec: FieldSpec, row: UpdateRow, pattern: re.Pattern[str] | None) -> str | None:
+def _value_problem(spec: FieldSpec, row: UpdateRow, pattern: Pattern | None) -> str | None:
     value, action, kind = row.value, row.action, spec.kind
     if action in VALUELESS_ACTIONS:
         return None if value is None else f"{action} takes no value"
@@ -175,8 +177,8 @@ def _value_problem(spec: FieldSpec, row: UpdateRow, pattern: re.Pattern[str] | N
             return f"{action} needs the replacement text as value"
         if pattern is not None:
             try:
-                pattern.sub(value, "")
-            except (re.error, IndexError) as error:
+                pattern.check_replacement(value)
+            except PatternError as error:
                 return f"not a valid replacement: {error}"
         return None
     if kind == "text":
@@ -241,14 +243,14 @@ def row_problems(row: UpdateRow) -> list[tuple[str, str]]:
         what = "an extra" if spec.store == "extra_fields" else f"a {spec.kind}"
         return [("action", f"{row.action!r} is not an action for {what} field ({allowed})")]
     problems: list[tuple[str, str]] = []
-    pattern: re.Pattern[str] | None = None
+    pattern: Pattern | None = None
     if row.action in ("replace", "regex_replace"):
         if not row.find:
             problems.append(("find", f"{row.action} needs find"))
         elif row.action == "regex_replace":
             try:
-                pattern = re.compile(row.find, _flags(row))
-            except re.error as error:
+                pattern = compile_pattern(row.find, ignore_case=not row.match_case)
+            except PatternError as error:
                 problems.append(("find", f"not a regular expression: {error}"))
     elif row.find is not None:
         problems.append(("find", "only replace and regex_replace use find"))
@@ -264,7 +266,8 @@ def row_problems(row: UpdateRow) -> list[tuple[str, str]]:
 def _replace(text: str, row: UpdateRow) -> str:
     assert row.find and isinstance(row.value, str)
     if row.action == "regex_replace":
-        return re.sub(row.find, row.value, text, flags=_flags(row))
+        # PatternError (a ValueError): the step fails naming the row, as for any refused row.
+        return compile_pattern(row.find, ignore_case=not row.match_case).sub(row.value, text)
     found = re.escape(row.find)
     if row.whole_word:
         found = rf"(?<!\w){found}(?!\w)"

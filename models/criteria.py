@@ -8,11 +8,12 @@ activity, a dry run or a test.
 
 from __future__ import annotations
 
-import re
 from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from models.patterns import PatternError, compile_pattern
 
 Scalar = str | int | float | bool | None
 
@@ -129,9 +130,16 @@ def _holds(condition: Condition, facts: dict[str, object]) -> bool:
     if op is Operator.ends_with:
         return text.endswith(needle)
     if op is Operator.matches:
-        flags = 0 if condition.match_case else re.IGNORECASE
-        return re.search(str(want), str(fact), flags) is not None
+        return _matches(str(want), str(fact), condition.match_case)
     return _ordered(fact, want, op)
+
+
+def _matches(pattern: str, text: str, match_case: bool) -> bool:
+    try:
+        compiled = compile_pattern(pattern, ignore_case=not match_case)
+    except PatternError:
+        return False  # validation refuses such a pattern; one stored before never matches
+    return compiled.search(text)
 
 
 def _ordered(fact: object, want: object, op: Operator) -> bool:

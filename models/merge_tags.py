@@ -149,6 +149,41 @@ def _compile(template: str, html: bool) -> Template:
         raise MergeTagError(f"malformed merge tags: {error.message}") from error
 
 
+MAX_CONDITIONAL_DEPTH = 20
+
+
+def template_problems(text: str) -> list[str]:
+    """Why a text cannot be rendered, besides unknown tags (``unknown_tags``): conditionals that
+    do not balance, said in the text's own terms, or whatever else stops it compiling."""
+    problems: list[str] = []
+    open_ifs: list[tuple[str, bool]] = []  # the [[IF:…]] still open, and whether it had [[ELSE]]
+    for tag in tags_in(text):
+        if tag.startswith("IF:"):
+            open_ifs.append((tag, False))
+            if len(open_ifs) == MAX_CONDITIONAL_DEPTH + 1:
+                problems.append(f"conditionals nest deeper than {MAX_CONDITIONAL_DEPTH}")
+        elif tag == "ELSE":
+            if not open_ifs:
+                problems.append("[[ELSE]] outside an [[IF:…]]")
+            elif open_ifs[-1][1]:
+                problems.append(f"a second [[ELSE]] in [[{open_ifs[-1][0]}]]")
+            else:
+                open_ifs[-1] = (open_ifs[-1][0], True)
+        elif tag == "ENDIF":
+            if open_ifs:
+                open_ifs.pop()
+            else:
+                problems.append("[[ENDIF]] without an [[IF:…]]")
+    problems += [f"[[{tag}]] is not closed by [[ENDIF]]" for tag, _ in open_ifs]
+    if not problems and not unknown_tags(text):
+        try:
+            # Not through the render cache: validation reads texts that may never be sent.
+            _ENVIRONMENTS[False].from_string(_to_jinja(text))
+        except (TemplateSyntaxError, MergeTagError, RecursionError) as error:
+            problems.append(f"malformed merge tags: {error}")
+    return problems
+
+
 def _tag_values(facts: dict[str, object], links: dict[str, str] | None) -> dict[str, object]:
     values: dict[str, object] = {}
     for tag, fact in MERGE_TAGS.items():

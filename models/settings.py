@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from email_validator import EmailNotValidError, validate_email
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -109,6 +111,29 @@ class Settings(BaseSettings):
     temporal_port: int = Field(7233, description="make run: the Temporal dev server's port")
     temporal_ui_port: int = Field(8233, description="make run: the Temporal Web UI's port")
     sms_port: int = Field(8026, description="make run: the local Twilio-compatible endpoint's port")
+
+    @field_validator("smtp_envelope_from", "list_unsubscribe_mailto")
+    @classmethod
+    def _email_address(cls, value: str | None) -> str | None:
+        # Read at start, so a typo stops the process instead of failing every send.
+        if value is not None:
+            address = value.removeprefix("mailto:").split("?", 1)[0]
+            try:
+                validate_email(address, check_deliverability=False)
+            except EmailNotValidError as error:
+                raise ValueError(f"not an email address: {error}") from None
+        return value
+
+    @field_validator("list_unsubscribe_url", "subscription_url", "webversion_url")
+    @classmethod
+    def _web_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("an absolute http:// or https:// URL")
+            if any(char.isspace() for char in value):
+                raise ValueError("a URL has no spaces or line breaks")
+        return value
 
     @classmethod
     def variables(cls) -> list[str]:

@@ -7,12 +7,13 @@ raises on bad input: whatever the document holds, it returns a report.
 
 from __future__ import annotations
 
-import re
+import json
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
+from email_validator import EmailNotValidError, validate_email
 from pydantic import TypeAdapter, ValidationError
 
 from models.contact_update import row_problems
@@ -30,19 +31,23 @@ from models.flow import (
     CreateFollowUp,
     CreateRequest,
     CreateSale,
+    EmailSettings,
     FieldErrors,
     Flow,
     NotifyEmail,
     NotifySms,
+    ReplyTo,
     RunScript,
     SendEmail,
     SendSms,
     Split,
+    SplitBasis,
     Step,
     UpdateContact,
 )
-from models.merge_tags import unknown_tags
+from models.merge_tags import template_problems, unknown_tags
 from models.overlaps import overlaps
+from models.patterns import PatternError, compile_pattern
 
 Level = Literal["error", "not_ready", "warning"]
 T = TypeVar("T")
@@ -107,6 +112,9 @@ def check_flow(
     """
     if not isinstance(document, dict):
         return FlowReport(None, [Problem("error", None, "", "a flow document is a JSON object")])
+    oversized = _document_size_problems(document)
+    if oversized:  # refused before the expensive parts: parsing and checking every step
+        return FlowReport(None, oversized)
     flow: Flow | None = None
     try:
         flow = Flow.model_validate(document)
@@ -115,11 +123,12 @@ def check_flow(
         parts = _Parts.of_document(document)
         graph = document
     else:
-        problems = []
+        problems = list(_payload_problems(flow))
         parts = _Parts.of_flow(flow)
         graph = flow.model_dump(mode="json", by_alias=True)
     problems += [
         *_graph_problems(graph),
+        *_address_problems(parts),
         *_content_problems(parts),
         *_crm_step_problems(parts, crm, known_scripts),
         *_readiness_problems(parts),
@@ -174,6 +183,7 @@ class _Parts:
 _STEP: TypeAdapter[Step] = TypeAdapter(Step)
 _CRITERIA: TypeAdapter[Criteria | None] = TypeAdapter(Criteria | None)
 _INSTANT: TypeAdapter[datetime | None] = TypeAdapter(datetime | None)
+_REPLY_TO: TypeAdapter[ReplyTo] = TypeAdapter(ReplyTo)
 
 
 def _parsed(adapter: TypeAdapter[T], value: object) -> T | None:
@@ -185,6 +195,114 @@ def _parsed(adapter: TypeAdapter[T], value: object) -> T | None:
 
 def _unique(problems: Iterable[Problem]) -> list[Problem]:
     return list(dict.fromkeys(problems))
+
+
+# --- sizes: what Temporal can carry ------------------------------------------------------------
+
+# Temporal refuses a payload over 2 MiB and warns over 512 KiB. Every participant's workflow input
+# carries its flow, and so does every continue-as-new, together with the participant's own state:
+# the flow may take half of the limit, and a flow past the warning is worth a word.
+TEMPORAL_PAYLOAD_LIMIT = 2 * 1024 * 1024
+MAX_FLOW_BYTES = TEMPORAL_PAYLOAD_LIMIT // 2
+FLOW_BYTES_WARNING = 512 * 1024
+MAX_STEPS = 1_000
+LARGE_TEXT_BYTES = 64 * 1024  # a too large flow names its texts of this size or more
+
+
+def _kib(size: int) -> str:
+    return f"{size / 1024:,.0f} KiB"
+
+
+def _document_size_problems(document: dict[str, Any]) -> list[Problem]:
+    """A document too large to ever run, found without parsing it: too many steps, or too many
+    bytes (with the texts that make it so). Empty when the checks may go on."""
+    steps = document.get("steps")
+    if isinstance(steps, list) and len(steps) > MAX_STEPS:
+        message = f"{len(steps):,} steps: a flow has at most {MAX_STEPS:,}"
+        return [Problem("error", None, "steps", message)]
+    try:
+        text = json.dumps(document, ensure_ascii=False, separators=(",", ":"), default=str)
+    except (RecursionError, ValueError):
+        return [Problem("error", None, "", "the document is nested too deeply to be a flow")]
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size <= MAX_FLOW_BYTES:
+        return []
+    texts: list[tuple[str | None, str, str]] = [
+        (str(raw.get("id")) if "id" in raw else f"#{index}", name, value)
+        for index, raw in enumerate(steps if isinstance(steps, list) else [])
+        if isinstance(raw, dict)
+        for name, value in raw.items()
+        if isinstance(name, str) and isinstance(value, str)
+    ]
+    return _oversized(size, texts)
+
+
+def _payload_problems(flow: Flow) -> list[Problem]:
+    """The flow's size as participants carry it (every field, defaults included)."""
+    size = len(flow.model_dump_json().encode())
+    if size > MAX_FLOW_BYTES:
+        return _oversized(
+            size, [(step.id, name, text) for step in flow.steps for name, text in _texts(step)]
+        )
+    if size > FLOW_BYTES_WARNING:
+        message = (
+            f"the flow is {_kib(size)}: Temporal warns about payloads over "
+            f"{_kib(FLOW_BYTES_WARNING)}, and every participant carries its flow"
+        )
+        return [Problem("warning", None, "", message)]
+    return []
+
+
+def _oversized(size: int, texts: Iterable[tuple[str | None, str, str]]) -> list[Problem]:
+    found = [
+        Problem(
+            "error",
+            None,
+            "",
+            f"the flow is {_kib(size)}: at most {_kib(MAX_FLOW_BYTES)}, half of the "
+            f"{_kib(TEMPORAL_PAYLOAD_LIMIT)} Temporal carries in one payload, since every "
+            "participant carries its flow together with its own state",
+        )
+    ]
+    for step_id, name, text in texts:
+        text_size = len(text.encode("utf-8", "surrogatepass"))
+        if text_size >= LARGE_TEXT_BYTES:
+            found.append(
+                Problem("error", step_id, name, f"{_kib(text_size)} of the flow's {_kib(size)}")
+            )
+    return found
+
+
+# --- addresses ---------------------------------------------------------------------------------
+
+
+def _address_problem(address: str) -> str | None:
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError as error:
+        return f"not an email address: {error}"
+    return None
+
+
+def _address_problems(flow: _Parts) -> Iterator[Problem]:
+    """The flow's fixed email addresses other than its From: the reply-to address (or fallback)
+    and notify_email recipients. Mail to a bad one would fail at every send."""
+    if isinstance(flow.email, EmailSettings):
+        reply_to: ReplyTo | None = flow.email.reply_to
+    elif isinstance(flow.email, dict):
+        reply_to = _parsed(_REPLY_TO, flow.email.get("reply_to", {}))
+    else:
+        reply_to = None
+    if reply_to is not None and reply_to.address is not None:
+        problem = _address_problem(reply_to.address)
+        if problem is not None:
+            yield Problem("error", None, "email.reply_to.address", problem)
+    for step in flow.steps:
+        if isinstance(step, NotifyEmail):
+            for index, address in enumerate(step.to.addresses):
+                problem = _address_problem(address)
+                if problem is not None:
+                    yield Problem("error", step.id, f"to.addresses.{index}", problem)
 
 
 # --- schema errors, mapped back to step ids ----------------------------------------------------
@@ -389,11 +507,31 @@ def _known_fact(name: str) -> bool:
     return rest in catalogue
 
 
-def _criteria_problems(criteria: Criteria, where: str) -> Iterator[tuple[str, str]]:
+FORM_FIELD_PREFIX = "form."
+
+
+def _field_problem(name: str, form_data: bool) -> str | None:
+    """What is wrong with a criterion's field: a form_data split reads the submitted form's
+    fields (``form.NAME``, see models.events.choose_by_events); everything else reads the
+    contact's and company's facts."""
+    is_form_field = name.startswith(FORM_FIELD_PREFIX)
+    if form_data:
+        if is_form_field and len(name) > len(FORM_FIELD_PREFIX):
+            return None
+        return f"a form_data split reads the form's fields: form.NAME, not {name!r}"
+    if is_form_field:
+        return f"form fields ({name!r}) are read only by a split with basis form_data"
+    return None if _known_fact(name) else f"unknown field {name!r}"
+
+
+def _criteria_problems(
+    criteria: Criteria, where: str, *, form_data: bool = False
+) -> Iterator[tuple[str, str]]:
     for index, condition in enumerate(criteria.conditions):
         at = f"{where}.conditions.{index}"
-        if not _known_fact(condition.field):
-            yield f"{at}.field", f"unknown field {condition.field!r}"
+        field_problem = _field_problem(condition.field, form_data)
+        if field_problem is not None:
+            yield f"{at}.field", field_problem
         if condition.operator in UNARY_OPERATORS and condition.value is not None:
             yield f"{at}.value", f"operator {condition.operator} takes no value"
         if condition.operator not in UNARY_OPERATORS and condition.value is None:
@@ -402,8 +540,8 @@ def _criteria_problems(criteria: Criteria, where: str) -> Iterator[tuple[str, st
             yield f"{at}.value", f"operator {condition.operator} takes one value, not a list"
         if condition.operator is Operator.matches and isinstance(condition.value, str):
             try:
-                re.compile(condition.value)
-            except re.error as exc:
+                compile_pattern(condition.value, ignore_case=not condition.match_case)
+            except PatternError as exc:
                 yield f"{at}.value", f"not a regular expression: {exc}"
 
 
@@ -423,12 +561,16 @@ def _content_problems(flow: _Parts) -> Iterator[Problem]:
             for index, branch in enumerate(step.branches):
                 if branch.criteria is not None:
                     for where, msg in _criteria_problems(
-                        branch.criteria, f"branches.{index}.criteria"
+                        branch.criteria,
+                        f"branches.{index}.criteria",
+                        form_data=step.basis is SplitBasis.form_data,
                     ):
                         yield Problem("error", step.id, where, msg)
         for name, text in _texts(step):
             for tag in unknown_tags(text):
                 yield Problem("error", step.id, name, f"unknown merge tag [[{tag}]]")
+            for message in template_problems(text):
+                yield Problem("error", step.id, name, message)
 
 
 # --- update participant, create activity, internal action -------------------------------------

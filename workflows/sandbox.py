@@ -22,8 +22,9 @@ from temporalio.worker import UnsandboxedWorkflowRunner, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 # Deterministic project packages: flow and participant models, the workflow definitions, and
-# the activity definitions the workflows call by reference (their bodies never run in here).
-PASSED_THROUGH = ("models", "workflows", "activities")
+# the activity definitions the workflows call by reference (their bodies never run in here);
+# and RE2, which form-data splits' criteria match with (models.patterns; no state of its own).
+PASSED_THROUGH = ("models", "workflows", "activities", "re2")
 
 SANDBOXED = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSED_THROUGH)

@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import shutil
 import ssl
-import subprocess
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -41,7 +40,7 @@ from models.ledger import DeliveryOutcome, DeliveryStatus, claim, mark_sending, 
 from models.merge_tags import MergeTagError, render, render_header
 from models.participant import ParticipantState
 from models.settings import Settings
-from testkit.peers import running_inbox
+from testkit.peers import running_inbox, self_signed_certificate
 from testkit.servers import free_port
 
 USER, PASSWORD = "flows", "s3cret"
@@ -179,18 +178,7 @@ def _authenticate(
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
-            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
@@ -492,7 +480,7 @@ async def test_soft_bounce_releases_and_the_retry_delivers_once(
     "change",
     [
         {"port": 1},  # nothing listens: connection refused
-        {"starttls": False},  # the server requires STARTTLS before AUTH
+        {"starttls": False, "auth_without_tls": True},  # the server requires STARTTLS for AUTH
         {"password": "wrong"},
     ],
 )

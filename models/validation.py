@@ -11,11 +11,13 @@ import re
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
 from models.contact_update import row_problems
+from models.content import MissingContentFile, OutsideContentFolder, content_path, path_problem
 from models.criteria import UNARY_OPERATORS, Criteria, Operator
 from models.crm import (
     COMPANY_FIELDS,
@@ -30,6 +32,7 @@ from models.flow import (
     CreateFollowUp,
     CreateRequest,
     CreateSale,
+    EmailSettings,
     FieldErrors,
     Flow,
     NotifyEmail,
@@ -93,6 +96,7 @@ def check_flow(
     *,
     actions: ActionCatalogue | None = None,
     known_scripts: Collection[str] | None = None,
+    content_folder: Path | None = None,
 ) -> FlowReport:
     """Validate a parsed JSON document; return the flow (if it parses) and every problem found.
 
@@ -104,6 +108,8 @@ def check_flow(
     With ``actions`` (``models.crm.action_catalogue``) steps that duplicate or contradict the own
     actions of a form or link the flow uses are warned about (``models.overlaps``). With
     ``known_scripts`` (the names of the registered scripts) run_script steps must name one.
+    With ``content_folder`` (``models.content.content_folder``) email content files and
+    attachments are looked up there too.
     """
     if not isinstance(document, dict):
         return FlowReport(None, [Problem("error", None, "", "a flow document is a JSON object")])
@@ -123,6 +129,8 @@ def check_flow(
         *_content_problems(parts),
         *_crm_step_problems(parts, crm, known_scripts),
         *_readiness_problems(parts),
+        *_file_problems(parts, content_folder),
+        *_header_problems(parts),
     ]
     if actions is not None and flow is not None:
         problems += [Problem("warning", *found) for found in overlaps(flow, actions)]
@@ -172,6 +180,7 @@ class _Parts:
 
 
 _STEP: TypeAdapter[Step] = TypeAdapter(Step)
+_EMAIL: TypeAdapter[EmailSettings | None] = TypeAdapter(EmailSettings | None)
 _CRITERIA: TypeAdapter[Criteria | None] = TypeAdapter(Criteria | None)
 _INSTANT: TypeAdapter[datetime | None] = TypeAdapter(datetime | None)
 
@@ -520,3 +529,54 @@ def _readiness_problems(flow: _Parts) -> Iterator[Problem]:
             yield Problem(
                 "error", None, name, "a local time in the flow's time zone: drop the offset"
             )
+
+
+# --- files and headers: what would otherwise only fail at send -----------------------------
+
+
+def _file_problems(flow: _Parts, folder: Path | None) -> Iterator[Problem]:
+    """Content files and attachments name files in the content folder. The paths themselves
+    are always checked; with ``folder`` the files too (a missing one is not ready to run)."""
+    for step in flow.steps:
+        if not isinstance(step, SendEmail):
+            continue
+        named = [] if step.content_file is None else [("content_file", step.content_file)]
+        named += [(f"attachments.{i}.path", a.path) for i, a in enumerate(step.attachments)]
+        for where, relative in named:
+            problem = path_problem(relative)
+            if problem is not None:
+                yield Problem("error", step.id, where, problem)
+            elif folder is not None:
+                try:
+                    content_path(folder, relative)
+                except OutsideContentFolder as error:
+                    yield Problem("error", step.id, where, str(error))
+                except MissingContentFile as error:
+                    yield Problem("not_ready", step.id, where, str(error))
+
+
+def _header_problems(flow: _Parts) -> Iterator[Problem]:
+    """Header values the author wrote stay on one line: a From of ``x\\r\\nBcc: …`` would add
+    a header of its own. (Values from contact data are cleaned when the message is built.)"""
+    settings = _parsed(_EMAIL, flow.email)
+    if settings is not None:
+        for where, value in (
+            ("email.from.name", settings.sender.name),
+            ("email.from.address", settings.sender.address),
+            ("email.reply_to.address", settings.reply_to.address),
+        ):
+            if value is not None and (problem := _header_text_problem(value)) is not None:
+                yield Problem("error", None, where, problem)
+    for step in flow.steps:
+        if isinstance(step, SendEmail | NotifyEmail):
+            problem = _header_text_problem(step.subject)
+            if problem is not None:
+                yield Problem("error", step.id, "subject", problem)
+
+
+def _header_text_problem(text: str) -> str | None:
+    if len(text.splitlines()) > 1 or text.endswith(("\r", "\n")):
+        return "a header value on more than one line"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text):
+        return "a header value with a control character"
+    return None

@@ -110,11 +110,18 @@ def test_render_links() -> None:
         render("[[link.webversion]]", FACTS, links=links)
 
 
-def test_render_header_refuses_line_breaks() -> None:
+def test_render_header_cleans_line_breaks_out_of_values_and_refuses_them_in_the_template() -> None:
     assert render_header("Hi [[customer.firstname]]", FACTS) == "Hi Anna"
-    for value in ("Anna\r\nBcc: x@example.com", "Anna\nX", "Anna\r"):
-        with pytest.raises(ValueError, match="line break"):
-            render_header("Hi [[customer.firstname]]", {"contact.first_name": value})
+    for value, cleaned in (
+        ("Anna\r\nBcc: x@example.com", "Anna Bcc: x@example.com"),
+        ("Anna\nX", "Anna X"),
+        ("Anna\r", "Anna"),
+        ("An\tna\x00\u2028X", "An na X"),
+    ):
+        facts: dict[str, object] = {"contact.first_name": value}
+        assert render_header("Hi [[customer.firstname]]!", facts) == f"Hi {cleaned}!"
+    with pytest.raises(ValueError, match="line break"):
+        render_header("Hi\r\nBcc: x@example.com [[customer.firstname]]", FACTS)
 
 
 # --- a real SMTP server ------------------------------------------------------------------------
@@ -727,7 +734,7 @@ async def test_merge_tags_in_values_are_printed_literally(
 @pytest.mark.parametrize(
     ("step_changes", "detail"),
     [
-        ({"subject": "Till [[company.name]]"}, "line break"),  # injected via the company name
+        ({"subject": "Till\r\nBcc: victim@elsewhere.example.com"}, "line break"),
         ({"subject": "Hej", "attachments": [{"path": "files/missing.pdf"}]}, "not found"),
         ({"subject": "Hej", "attachments": [{"path": "../t.db"}]}, "outside the content folder"),
         ({"subject": "Hej", "text": "[[customer.shoesize]]"}, "unknown merge tag"),

@@ -44,8 +44,10 @@ from models.flow import (
     Step,
     UpdateContact,
 )
-from models.merge_tags import unknown_tags
+from models.merge_tags import TAG_PATTERN, unknown_tags
 from models.overlaps import overlaps
+from models.settings import get_settings
+from models.sms import is_mobile, normalise_number, number_kind, too_long
 
 Level = Literal["error", "not_ready", "warning"]
 T = TypeVar("T")
@@ -97,6 +99,7 @@ def check_flow(
     actions: ActionCatalogue | None = None,
     known_scripts: Collection[str] | None = None,
     content_folder: Path | None = None,
+    sms_region: str | None = None,
 ) -> FlowReport:
     """Validate a parsed JSON document; return the flow (if it parses) and every problem found.
 
@@ -109,7 +112,8 @@ def check_flow(
     actions of a form or link the flow uses are warned about (``models.overlaps``). With
     ``known_scripts`` (the names of the registered scripts) run_script steps must name one.
     With ``content_folder`` (``models.content.content_folder``) email content files and
-    attachments are looked up there too.
+    attachments are looked up there too. SMS numbers without a country code are read in
+    ``sms_region`` (unset: ``SMS_DEFAULT_REGION``).
     """
     if not isinstance(document, dict):
         return FlowReport(None, [Problem("error", None, "", "a flow document is a JSON object")])
@@ -131,6 +135,7 @@ def check_flow(
         *_readiness_problems(parts),
         *_file_problems(parts, content_folder),
         *_header_problems(parts),
+        *_sms_problems(parts, sms_region or get_settings().sms_default_region),
     ]
     if actions is not None and flow is not None:
         problems += [Problem("warning", *found) for found in overlaps(flow, actions)]
@@ -531,7 +536,7 @@ def _readiness_problems(flow: _Parts) -> Iterator[Problem]:
             )
 
 
-# --- files and headers: what would otherwise only fail at send -----------------------------
+# --- files, headers and SMS numbers: what would otherwise only fail at send ------------------
 
 
 def _file_problems(flow: _Parts, folder: Path | None) -> Iterator[Problem]:
@@ -580,3 +585,24 @@ def _header_text_problem(text: str) -> str | None:
     if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text):
         return "a header value with a control character"
     return None
+
+
+def _sms_problems(flow: _Parts, region: str) -> Iterator[Problem]:
+    """SMS texts within the longest SMS sent (merge tags only add to them), and the numbers a
+    notify_sms step names mobile ones."""
+    for step in flow.steps:
+        if not isinstance(step, SendSms | NotifySms):
+            continue
+        length = too_long(TAG_PATTERN.sub("", step.text))
+        if length is not None:
+            yield Problem("error", step.id, "text", f"without its merge tags already {length}")
+        if isinstance(step, NotifySms):
+            for index, raw in enumerate(step.to.addresses):
+                number = normalise_number(raw, region)
+                if number is None:
+                    message = f"{raw!r} is not a valid phone number"
+                elif not is_mobile(number):
+                    message = f"{raw!r} is not a mobile number ({number_kind(number)})"
+                else:
+                    continue
+                yield Problem("error", step.id, f"to.addresses.{index}", message)

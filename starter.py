@@ -55,6 +55,7 @@ from control.lifecycle import (
     resume_flow,
     run_flow,
 )
+from models.content import content_folder
 from models.crm import action_catalogue
 from models.database import PROJECT_ROOT, create_tables, get_engine, session
 from models.engine import Participant
@@ -156,7 +157,12 @@ def cmd_validate(args: argparse.Namespace, used: Resources) -> int:
     document = _read(args.file)
     with session(used.engine()) as db:
         actions = action_catalogue(db)  # for warnings about forms' and links' own actions
-    report = check_flow(document, actions=actions, known_scripts=registered_scripts())
+    report = check_flow(
+        document,
+        actions=actions,
+        known_scripts=registered_scripts(),
+        content_folder=content_folder(),
+    )
     for problem in report.problems:
         print(problem)
     if not report.can_save:

@@ -95,20 +95,34 @@ class SmtpSettings(MessageSettings):
     starttls: bool = False  # True: require STARTTLS; False: never upgrade
     username: str | None = None  # AUTH only when set
     password: str | None = None
+    auth_without_tls: bool = False  # True: AUTH may go over a connection without TLS
     ca_file: str | None = None  # CA bundle to trust, e.g. a self-signed test certificate
     tls_context: ssl.SSLContext | None = None  # overrides ca_file
     timeout: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> SmtpSettings:
+        """The settings' SMTP values; raises ValueError when they would send the password
+        without TLS (the worker then does not start)."""
         settings = settings or get_settings()
         password = settings.smtp_password
+        if (
+            settings.smtp_username is not None
+            and not settings.smtp_starttls
+            and not settings.smtp_auth_without_tls
+        ):
+            raise ValueError(
+                "SMTP_USERNAME is set but SMTP_STARTTLS is not true: the password would go out "
+                "in clear; set SMTP_STARTTLS=true, or SMTP_AUTH_WITHOUT_TLS=true for a relay "
+                "that needs no TLS"
+            )
         return cls(
             host=settings.smtp_host,
             port=settings.smtp_port,
             starttls=settings.smtp_starttls,
             username=settings.smtp_username,
             password=password.get_secret_value() if password is not None else None,
+            auth_without_tls=settings.smtp_auth_without_tls,
             ca_file=settings.smtp_ca_file,
             timeout=settings.smtp_timeout,
             envelope_from=settings.smtp_envelope_from,
@@ -421,6 +435,8 @@ async def _connection(line: SmtpLine) -> tuple[aiosmtplib.SMTP, bool]:
     try:
         await client.connect()
         if smtp.username is not None:
+            if not smtp.auth_without_tls and client.get_transport_info("sslcontext") is None:
+                raise _Transient("SMTP AUTH refused: the connection has no TLS (SMTP_STARTTLS)")
             await client.login(smtp.username, smtp.password or "")
     except (aiosmtplib.SMTPException, OSError) as error:
         _hang_up(client)

@@ -11,19 +11,24 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 from dataclasses import dataclass, field, replace
-from email.headerregistry import Address
+from email.header import Header
+from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
+from email.policy import Policy
+from email.policy import default as default_policy
 from email.utils import formatdate, parseaddr
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from email_validator import EmailNotValidError
 
 from models.consent import valid_address
+from models.content import ContentFileError, content_path
 from models.crm import Contact
 from models.database import PROJECT_ROOT
 from models.flow import EmailSettings, NotifyEmail, ReplyTo, SendEmail, Sender
-from models.merge_tags import MergeTagError, render, render_header
+from models.merge_tags import MergeTagError, one_line, render, render_header
 from models.tracking_links import (
     Claims,
     TrackingLinks,
@@ -68,6 +73,46 @@ class Outgoing:
     recipient: str
 
 
+class _Subject(UnstructuredHeader, BaseHeader):
+    """The Subject header, kept as given and folded without the standard library's folder.
+
+    That folder may put the whole subject on a continuation line (``Subject:\\r\\n News…``),
+    which mail programs show with a leading space; and reading a value it decodes RFC 2047
+    encoded words, so data holding ``=?utf-8?q?=0D=0A…?=`` would turn into a line break in the
+    header.
+    Here the text is taken literally and folded at spaces when it is plain ASCII, or sent as
+    UTF-8 encoded words otherwise (which also makes a literal ``=?`` arrive as written).
+    """
+
+    @classmethod
+    def parse(cls, value: str, kwds: dict[str, Any]) -> None:
+        super().parse(value, kwds)
+        kwds["decoded"] = value
+
+    def fold(self, *, policy: Policy) -> str:
+        text = str(self)
+        plain = (
+            text.isascii()
+            and text.isprintable()
+            and "=?" not in text
+            and all(len(word) <= _PLAIN_WORD for word in text.split(" "))
+        )
+        header = Header(
+            text,
+            "us-ascii" if plain else "utf-8",
+            maxlinelen=policy.max_line_length or _LINE_LENGTH,
+            header_name=self.name,
+        )
+        return f"{self.name}: {header.encode(linesep=policy.linesep)}{policy.linesep}"
+
+
+_LINE_LENGTH = 78  # RFC 5322 §2.1.1
+_PLAIN_WORD = 70  # a longer word is encoded, so that it can be split to fit a line
+_HEADERS = HeaderRegistry()
+_HEADERS.map_to_type("subject", _Subject)
+MESSAGE_POLICY = default_policy.clone(header_factory=_HEADERS)
+
+
 def message_id(delivery_key: str, domain: str) -> str:
     """The same send always carries the same Message-ID, so duplicates are recognisable."""
     digest = hashlib.sha256(delivery_key.encode()).hexdigest()[:32]
@@ -110,9 +155,9 @@ def marketing_message(
 
     try:
         sender = _from_address(sending.sender, facts)
-        message = EmailMessage()
+        message = EmailMessage(policy=MESSAGE_POLICY)
         message["From"] = sender
-        message["To"] = Address(display_name=_one_line(contact.full_name), addr_spec=recipient)
+        message["To"] = Address(display_name=_display_name(contact.full_name), addr_spec=recipient)
         reply_to = _reply_to(sending.reply_to, sender, facts)
         if reply_to is not None:
             message["Reply-To"] = reply_to
@@ -166,7 +211,7 @@ def notification_message(
     try:
         subject = render_header(step.subject, facts, links=links)
         text = render(step.text, facts, links=links)
-        message = EmailMessage()
+        message = EmailMessage(policy=MESSAGE_POLICY)
         message["From"] = sender
         message["To"] = recipient
         message["Subject"] = subject
@@ -183,9 +228,11 @@ def notification_message(
 # --- addresses -----------------------------------------------------------------------------------
 
 
-def _one_line(text: str | None) -> str:
-    # Display names come from CRM data: collapse any line breaks rather than refuse the send.
-    return " ".join((text or "").split())
+def _display_name(text: str | None) -> str:
+    # Display names come from CRM data: line breaks are collapsed (as in a subject) rather than
+    # the send refused, and `=?` is broken up, since the standard library decodes an encoded
+    # word even inside a quoted name, and one can encode a line break.
+    return one_line(text or "").replace("=?", "= ?")
 
 
 def _associate_address(facts: dict[str, object], kind: str) -> Address | None:
@@ -194,7 +241,7 @@ def _associate_address(facts: dict[str, object], kind: str) -> Address | None:
     if not isinstance(email, str) or not email:
         return None
     try:
-        return Address(display_name=_one_line(str(name or "")), addr_spec=valid_address(email))
+        return Address(display_name=_display_name(str(name or "")), addr_spec=valid_address(email))
     except (EmailNotValidError, ValueError):
         return None  # a broken associate address falls back like a missing one
 
@@ -205,7 +252,7 @@ def _from_address(sender: Sender, facts: dict[str, object]) -> Address:
         if associate is not None:
             return associate
     assert sender.address is not None  # Sender's validator requires it
-    return Address(display_name=_one_line(sender.name), addr_spec=sender.address)
+    return Address(display_name=_display_name(sender.name), addr_spec=sender.address)
 
 
 def _reply_to(reply_to: ReplyTo, sender: Address, facts: dict[str, object]) -> Address | None:
@@ -251,13 +298,10 @@ def _fill_url(url: str, contact_id: int, flow_id: str) -> str:
 
 
 def _content_path(settings: MessageSettings, relative: str) -> Path:
-    root = settings.content_root.resolve()
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root):
-        raise Unsendable(f"{relative!r} is outside the content folder")
-    if not path.is_file():
-        raise Unsendable(f"{relative!r} not found in {root}")
-    return path
+    try:
+        return content_path(settings.content_root, relative)
+    except ContentFileError as error:
+        raise Unsendable(str(error)) from None
 
 
 def _tracked(

@@ -56,11 +56,14 @@ from models.ledger import (
 )
 from models.merge_tags import MergeTagError, render
 from models.settings import Settings, get_settings
-from models.sms import normalise_number, segments
+from models.sms import is_mobile, normalise_number, segments, too_long
 
 CHANNEL = "sms"
 NO_MOBILE = "no mobile number"
 INVALID_MOBILE = "invalid mobile number"
+NOT_MOBILE = "not a mobile number"  # a fixed-line, premium-rate, toll-free … number
+# The skips that mean the contact cannot be reached by SMS (the step's exit_if_no_mobile).
+UNREACHABLE = (NO_MOBILE, INVALID_MOBILE, NOT_MOBILE)
 TWILIO_API = "https://api.twilio.com"
 
 # Safe to send again: Twilio said it accepted nothing and the cause may pass.
@@ -192,7 +195,8 @@ class SmsActivities:
     @activity.defn
     @counts_messages
     async def send_sms(self, request: SmsSend) -> DeliveryOutcome:
-        """Send the step's text to the participant; a missing or invalid number is a skip.
+        """Send the step's text to the participant; a missing, invalid or non-mobile number is
+        a skip.
 
         The workflow decides from ``step.exit_if_no_mobile`` whether a skipped participant leaves.
         """
@@ -210,6 +214,8 @@ class SmsActivities:
         number = normalise_number(mobile, self._twilio.default_region)
         if number is None:
             return await self._skip(key, mobile, INVALID_MOBILE)
+        if not is_mobile(number):
+            return await self._skip(key, number, NOT_MOBILE)
         sender = request.step.sender or request.default_sender
         return await self._deliver(key, number, sender, request.step.text, facts)
 
@@ -231,6 +237,10 @@ class SmsActivities:
             if number is None:
                 key = f"{request.delivery_key}/{raw}"
                 outcomes.append(await self._skip(key, raw, f"{label}: invalid mobile number"))
+                continue
+            if not is_mobile(number):
+                key = f"{request.delivery_key}/{number}"
+                outcomes.append(await self._skip(key, number, f"{label}: {NOT_MOBILE}"))
                 continue
             if number in sent_to:  # e.g. our contact is also our service contact
                 continue
@@ -400,13 +410,17 @@ def _missing_contact(contact_id: int) -> ApplicationError:
 
 def compose(template: str, facts: dict[str, object], sender: str | None) -> tuple[str, str | None]:
     """The text to send, and what keeps it from going out (None: nothing does): merge tags that
-    do not render, or no sender. Retrying fixes neither."""
+    do not render, a text that merge tags made too long, or no sender. Retrying fixes none."""
     problem: str | None = None
     text = ""
     try:
         text = render(template, facts)
     except MergeTagError as error:
         problem = f"merge tags: {error}"
+    else:
+        length = too_long(text)
+        if length is not None:
+            problem = f"the rendered text is {length}"
     if sender is None:
         problem = "no SMS sender: set the step's sender or the flow's SMS sender"
     return text, problem

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from models.content import ContentFileError, content_folder, content_path
 from models.crm import crm_lists
 from models.database import session
 from models.engine import FlowRecord, FlowStatus, FlowVersion, Participant
@@ -48,18 +49,24 @@ class StoredFlow:
     status: FlowStatus
 
 
-def read_document(path: Path) -> dict[str, Any]:
-    """A flow file, with ``content_file`` bodies inlined so the stored version is self-contained."""
+def read_document(path: Path, folder: Path | None = None) -> dict[str, Any]:
+    """A flow file, with ``content_file`` bodies inlined so the stored version is self-contained.
+
+    Content files are read from the content folder (``folder``; unset: the configured one) and
+    only from there: one that is not a file there stays named, for validation to report.
+    """
     document = json.loads(path.read_text(encoding="utf-8"))
-    for step in document.get("steps", []) if isinstance(document, dict) else []:
-        if (
-            isinstance(step, dict)
-            and isinstance(step.get("content_file"), str)
-            and "html" not in step
-        ):
-            step["html"] = (path.parent / step.pop("content_file")).read_text(encoding="utf-8")
     if not isinstance(document, dict):
         raise ValueError(f"{path}: a flow document is a JSON object")
+    folder = folder or content_folder()
+    for step in document.get("steps", []):
+        name = step.get("content_file") if isinstance(step, dict) else None
+        if isinstance(name, str) and "html" not in step:
+            try:
+                step["html"] = content_path(folder, name).read_text(encoding="utf-8")
+            except ContentFileError:
+                continue
+            del step["content_file"]
     return document
 
 
@@ -73,7 +80,9 @@ def deploy_flow(engine: Engine, document: dict[str, Any]) -> Deployed:
     steps are checked against this CRM's types, statuses, priorities, categories and stages."""
     with session(engine) as db:
         lists = crm_lists(db)
-    report = check_flow(document, lists, known_scripts=registered_scripts())
+    report = check_flow(
+        document, lists, known_scripts=registered_scripts(), content_folder=content_folder()
+    )
     if not report.can_save or report.flow is None:
         raise FlowRejected(report)
     flow = report.flow

@@ -88,7 +88,7 @@ class StepBase(Definition):
 
 
 class Attachment(Definition):
-    path: str = Field(min_length=1, description="Relative to the flow document's folder")
+    path: str = Field(min_length=1, description="A file in the content folder (CONTENT_ROOT)")
     filename: str | None = None
 
 
@@ -100,7 +100,8 @@ class SendEmail(StepBase):
     html: str | None = None
     text: str | None = None
     content_file: str | None = Field(
-        default=None, description="An HTML file next to the flow document, used when html is unset"
+        default=None,
+        description="An HTML file in the content folder (CONTENT_ROOT), used when html is unset",
     )
     attachments: list[Attachment] = []
     track_opens: bool = True

@@ -216,11 +216,23 @@ def render(
         raise MergeTagError(f"merge tag without a value: {error.message}") from error
 
 
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` fit for a header: line breaks, tabs and other control characters become spaces,
+    and runs of spaces one. Every value from contact data that goes into a header (a subject,
+    a display name) is cleaned this way, rather than the send refused over it."""
+    return " ".join(_CONTROL_CHARACTERS.sub(" ", text).split())
+
+
 def render_header(
     template: str, facts: dict[str, object], *, links: dict[str, str] | None = None
 ) -> str:
-    """Render a one-line text (a subject); a CR or LF in the result is refused (injection)."""
-    rendered = render(template, facts, links=links)
+    """Render a one-line text (a subject). Values are cleaned with ``one_line``; a line break
+    that the template itself holds is refused (validation reports it before a flow is saved)."""
+    cleaned = {name: one_line(v) if isinstance(v, str) else v for name, v in facts.items()}
+    rendered = render(template, cleaned, links=links)
     if "\r" in rendered or "\n" in rendered:
         raise MergeTagError("a rendered header contains a line break")
-    return rendered
+    return rendered.strip()

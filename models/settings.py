@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     )
     smtp_username: str | None = Field(None, description="AUTH user; unset: no AUTH")
     smtp_password: SecretStr | None = Field(None, description="AUTH password")
+    smtp_auth_without_tls: bool = Field(
+        False,
+        description="true: AUTH may go over a connection without TLS (a relay on this host); "
+        "false: AUTH needs SMTP_STARTTLS=true, and the worker refuses to start without it",
+    )
     smtp_ca_file: str | None = Field(
         None, description="CA bundle to trust (e.g. a self-signed certificate); unset: the system's"
     )

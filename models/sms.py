@@ -1,4 +1,4 @@
-"""An SMS text and its recipient number: length in segments (spec §3) and E.164 numbers.
+"""An SMS text and its recipient number: length in segments (spec §3), E.164 mobile numbers.
 
 One SMS holds 160 GSM-7 septets, or 70 UCS-2 code units as soon as one character is outside the
 GSM-7 alphabet. A longer text is split into parts of 153 septets / 67 code units (the rest of each
@@ -21,6 +21,14 @@ Encoding = Literal["GSM-7", "UCS-2"]
 
 # encoding -> (capacity of a single SMS, capacity of each part of a split SMS)
 CAPACITY: dict[Encoding, tuple[int, int]] = {"GSM-7": (160, 153), "UCS-2": (70, 67)}
+# The longest text sent, in ``SmsLength.characters`` (Twilio refuses longer bodies): 11 GSM-7
+# segments, 24 UCS-2 ones. A text grown past it by merge tags is not sent.
+MAX_CHARACTERS = 1600
+# Numbers an SMS may go to: a premium-rate, toll-free or fixed-line number costs money or
+# reaches nobody (FIXED_LINE_OR_MOBILE: plans like the US one that do not tell the two apart).
+MOBILE_TYPES = frozenset(
+    {phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}
+)
 
 
 class SmsLength(BaseModel):
@@ -89,3 +97,34 @@ def normalise_number(raw: str, default_region: str = "SE") -> str | None:
     if not phonenumbers.is_valid_number(number):
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def too_long(text: str) -> str | None:
+    """Why ``text`` is too long to send as an SMS (None: it is not)."""
+    length = segments(text)
+    if length.characters <= MAX_CHARACTERS:
+        return None
+    return (
+        f"{length.characters} characters ({length.segments} segments): "
+        f"an SMS holds at most {MAX_CHARACTERS:,}"
+    )
+
+
+def number_kind(number: str) -> str | None:
+    """What kind of number an E.164 ``number`` is ("mobile", "premium rate", "fixed line", …),
+    or None when it is not a valid number."""
+    try:
+        parsed = phonenumbers.parse(number)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(parsed):
+        return None
+    kind = phonenumbers.number_type(parsed)
+    if kind in MOBILE_TYPES:
+        return "mobile"
+    return str(phonenumbers.PhoneNumberType.to_string(kind)).lower().replace("_", " ")
+
+
+def is_mobile(number: str) -> bool:
+    """Whether an E.164 ``number`` (from ``normalise_number``) is one an SMS may go to."""
+    return number_kind(number) == "mobile"

@@ -11,12 +11,14 @@ import json
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import TypeAdapter, ValidationError
 
 from models.contact_update import row_problems
+from models.content import MissingContentFile, OutsideContentFolder, content_path, path_problem
 from models.criteria import UNARY_OPERATORS, Criteria, Operator
 from models.crm import (
     COMPANY_FIELDS,
@@ -45,9 +47,11 @@ from models.flow import (
     Step,
     UpdateContact,
 )
-from models.merge_tags import template_problems, unknown_tags
+from models.merge_tags import TAG_PATTERN, template_problems, unknown_tags
 from models.overlaps import overlaps
 from models.patterns import PatternError, compile_pattern
+from models.settings import get_settings
+from models.sms import is_mobile, normalise_number, number_kind, too_long
 
 Level = Literal["error", "not_ready", "warning"]
 T = TypeVar("T")
@@ -98,6 +102,8 @@ def check_flow(
     *,
     actions: ActionCatalogue | None = None,
     known_scripts: Collection[str] | None = None,
+    content_folder: Path | None = None,
+    sms_region: str | None = None,
 ) -> FlowReport:
     """Validate a parsed JSON document; return the flow (if it parses) and every problem found.
 
@@ -109,6 +115,9 @@ def check_flow(
     With ``actions`` (``models.crm.action_catalogue``) steps that duplicate or contradict the own
     actions of a form or link the flow uses are warned about (``models.overlaps``). With
     ``known_scripts`` (the names of the registered scripts) run_script steps must name one.
+    With ``content_folder`` (``models.content.content_folder``) email content files and
+    attachments are looked up there too. SMS numbers without a country code are read in
+    ``sms_region`` (unset: ``SMS_DEFAULT_REGION``).
     """
     if not isinstance(document, dict):
         return FlowReport(None, [Problem("error", None, "", "a flow document is a JSON object")])
@@ -132,6 +141,9 @@ def check_flow(
         *_content_problems(parts),
         *_crm_step_problems(parts, crm, known_scripts),
         *_readiness_problems(parts),
+        *_file_problems(parts, content_folder),
+        *_header_problems(parts),
+        *_sms_problems(parts, sms_region or get_settings().sms_default_region),
     ]
     if actions is not None and flow is not None:
         problems += [Problem("warning", *found) for found in overlaps(flow, actions)]
@@ -181,6 +193,7 @@ class _Parts:
 
 
 _STEP: TypeAdapter[Step] = TypeAdapter(Step)
+_EMAIL: TypeAdapter[EmailSettings | None] = TypeAdapter(EmailSettings | None)
 _CRITERIA: TypeAdapter[Criteria | None] = TypeAdapter(Criteria | None)
 _INSTANT: TypeAdapter[datetime | None] = TypeAdapter(datetime | None)
 _REPLY_TO: TypeAdapter[ReplyTo] = TypeAdapter(ReplyTo)
@@ -662,3 +675,75 @@ def _readiness_problems(flow: _Parts) -> Iterator[Problem]:
             yield Problem(
                 "error", None, name, "a local time in the flow's time zone: drop the offset"
             )
+
+
+# --- files, headers and SMS numbers: what would otherwise only fail at send ------------------
+
+
+def _file_problems(flow: _Parts, folder: Path | None) -> Iterator[Problem]:
+    """Content files and attachments name files in the content folder. The paths themselves
+    are always checked; with ``folder`` the files too (a missing one is not ready to run)."""
+    for step in flow.steps:
+        if not isinstance(step, SendEmail):
+            continue
+        named = [] if step.content_file is None else [("content_file", step.content_file)]
+        named += [(f"attachments.{i}.path", a.path) for i, a in enumerate(step.attachments)]
+        for where, relative in named:
+            problem = path_problem(relative)
+            if problem is not None:
+                yield Problem("error", step.id, where, problem)
+            elif folder is not None:
+                try:
+                    content_path(folder, relative)
+                except OutsideContentFolder as error:
+                    yield Problem("error", step.id, where, str(error))
+                except MissingContentFile as error:
+                    yield Problem("not_ready", step.id, where, str(error))
+
+
+def _header_problems(flow: _Parts) -> Iterator[Problem]:
+    """Header values the author wrote stay on one line: a From of ``x\\r\\nBcc: …`` would add
+    a header of its own. (Values from contact data are cleaned when the message is built.)"""
+    settings = _parsed(_EMAIL, flow.email)
+    if settings is not None:
+        for where, value in (
+            ("email.from.name", settings.sender.name),
+            ("email.from.address", settings.sender.address),
+            ("email.reply_to.address", settings.reply_to.address),
+        ):
+            if value is not None and (problem := _header_text_problem(value)) is not None:
+                yield Problem("error", None, where, problem)
+    for step in flow.steps:
+        if isinstance(step, SendEmail | NotifyEmail):
+            problem = _header_text_problem(step.subject)
+            if problem is not None:
+                yield Problem("error", step.id, "subject", problem)
+
+
+def _header_text_problem(text: str) -> str | None:
+    if len(text.splitlines()) > 1 or text.endswith(("\r", "\n")):
+        return "a header value on more than one line"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text):
+        return "a header value with a control character"
+    return None
+
+
+def _sms_problems(flow: _Parts, region: str) -> Iterator[Problem]:
+    """SMS texts within the longest SMS sent (merge tags only add to them), and the numbers a
+    notify_sms step names mobile ones."""
+    for step in flow.steps:
+        if not isinstance(step, SendSms | NotifySms):
+            continue
+        length = too_long(TAG_PATTERN.sub("", step.text))
+        if length is not None:
+            yield Problem("error", step.id, "text", f"without its merge tags already {length}")
+        if isinstance(step, NotifySms):
+            for index, raw in enumerate(step.to.addresses):
+                number = normalise_number(raw, region)
+                if number is None:
+                    message = f"{raw!r} is not a valid phone number"
+                elif not is_mobile(number):
+                    message = f"{raw!r} is not a mobile number ({number_kind(number)})"
+                else:
+                    continue
+                yield Problem("error", step.id, f"to.addresses.{index}", message)

@@ -1,8 +1,10 @@
 """The engine's peers, running on loopback for a test or a benchmark: a real SMTP server that
-keeps what it accepts in a Maildir, and the local Twilio-compatible Messages API."""
+keeps what it accepts in a Maildir, the local Twilio-compatible Messages API, and a self-signed
+certificate for an SMTP server that offers STARTTLS."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,3 +63,19 @@ def running_twilio_api() -> Iterator[TwilioApiServer]:
 def twilio_settings(server: TwilioApiServer) -> TwilioSettings:
     """Settings that send to ``server``."""
     return TwilioSettings(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN, api_base=server.url)
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for localhost and 127.0.0.1 and its key (PEM files in ``folder``), made with
+    openssl; a client trusts it through ``SmtpSettings.ca_file``."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key

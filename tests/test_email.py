@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import shutil
 import ssl
-import subprocess
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -41,7 +40,7 @@ from models.ledger import DeliveryOutcome, DeliveryStatus, claim, mark_sending, 
 from models.merge_tags import MergeTagError, render, render_header
 from models.participant import ParticipantState
 from models.settings import Settings
-from testkit.peers import running_inbox
+from testkit.peers import running_inbox, self_signed_certificate
 from testkit.servers import free_port
 
 USER, PASSWORD = "flows", "s3cret"
@@ -111,11 +110,18 @@ def test_render_links() -> None:
         render("[[link.webversion]]", FACTS, links=links)
 
 
-def test_render_header_refuses_line_breaks() -> None:
+def test_render_header_cleans_line_breaks_out_of_values_and_refuses_them_in_the_template() -> None:
     assert render_header("Hi [[customer.firstname]]", FACTS) == "Hi Anna"
-    for value in ("Anna\r\nBcc: x@example.com", "Anna\nX", "Anna\r"):
-        with pytest.raises(ValueError, match="line break"):
-            render_header("Hi [[customer.firstname]]", {"contact.first_name": value})
+    for value, cleaned in (
+        ("Anna\r\nBcc: x@example.com", "Anna Bcc: x@example.com"),
+        ("Anna\nX", "Anna X"),
+        ("Anna\r", "Anna"),
+        ("An\tna\x00\u2028X", "An na X"),
+    ):
+        facts: dict[str, object] = {"contact.first_name": value}
+        assert render_header("Hi [[customer.firstname]]!", facts) == f"Hi {cleaned}!"
+    with pytest.raises(ValueError, match="line break"):
+        render_header("Hi\r\nBcc: x@example.com [[customer.firstname]]", FACTS)
 
 
 # --- a real SMTP server ------------------------------------------------------------------------
@@ -179,18 +185,7 @@ def _authenticate(
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
-            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
@@ -492,7 +487,7 @@ async def test_soft_bounce_releases_and_the_retry_delivers_once(
     "change",
     [
         {"port": 1},  # nothing listens: connection refused
-        {"starttls": False},  # the server requires STARTTLS before AUTH
+        {"starttls": False, "auth_without_tls": True},  # the server requires STARTTLS for AUTH
         {"password": "wrong"},
     ],
 )
@@ -739,7 +734,7 @@ async def test_merge_tags_in_values_are_printed_literally(
 @pytest.mark.parametrize(
     ("step_changes", "detail"),
     [
-        ({"subject": "Till [[company.name]]"}, "line break"),  # injected via the company name
+        ({"subject": "Till\r\nBcc: victim@elsewhere.example.com"}, "line break"),
         ({"subject": "Hej", "attachments": [{"path": "files/missing.pdf"}]}, "not found"),
         ({"subject": "Hej", "attachments": [{"path": "../t.db"}]}, "outside the content folder"),
         ({"subject": "Hej", "text": "[[customer.shoesize]]"}, "unknown merge tag"),

@@ -33,7 +33,7 @@ with workflow.unsafe.imports_passed_through():
         SaleCreation,
     )
     from activities.scripts import ScriptStart
-    from activities.sms import INVALID_MOBILE, NO_MOBILE, SmsActivities, SmsNotify, SmsSend
+    from activities.sms import NO_MOBILE, UNREACHABLE, SmsActivities, SmsNotify, SmsSend
     from models import schedule
     from models.engine import ParticipantStatus, StepChange
     from models.events import EVENT_SPLIT_BASES, FlowEvent, answers, choose_by_events
@@ -218,10 +218,7 @@ async def send_sms(participant: Participant, step: SendSms) -> Outcome:
     left = _left_at_entry(outcome)
     if left is not None:
         return left
-    no_mobile = outcome.status is DeliveryStatus.skipped and outcome.detail in (
-        NO_MOBILE,
-        INVALID_MOBILE,
-    )
+    no_mobile = outcome.status is DeliveryStatus.skipped and outcome.detail in UNREACHABLE
     if no_mobile and step.exit_if_no_mobile:
         return Leave(
             ParticipantStatus.dropped_out, _sent(outcome), reason=NO_MOBILE, handoffs=step.exit

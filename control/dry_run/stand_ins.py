@@ -37,7 +37,15 @@ from activities.email import EmailNotify, EmailSend
 from activities.participants import ParticipantRecord, leave_reason
 from activities.scripts import ScriptActivities
 from activities.sms import CHANNEL as SMS
-from activities.sms import INVALID_MOBILE, NO_MOBILE, SmsNotify, SmsSend, compose, recipients
+from activities.sms import (
+    INVALID_MOBILE,
+    NO_MOBILE,
+    NOT_MOBILE,
+    SmsNotify,
+    SmsSend,
+    compose,
+    recipients,
+)
 from models.consent import Refused, marketing_recipient, valid_address
 from models.crm import Contact, contact_facts
 from models.database import session
@@ -46,7 +54,7 @@ from models.merge_tags import render, render_header
 from models.participant import Standing
 from models.personal_data import mask_email, mask_phone
 from models.settings import get_settings
-from models.sms import normalise_number, segments
+from models.sms import is_mobile, normalise_number, segments
 
 # Activities that only read: the real ones run (on the real CRM) so decisions match production.
 READ_ONLY = frozenset({"choose_split_branch", "prepare_script"})
@@ -302,6 +310,8 @@ class Capture:
             outcome = self._outcome(key, SMS, "", DeliveryStatus.skipped, NO_MOBILE)
         elif number is None:
             outcome = self._outcome(key, SMS, mobile, DeliveryStatus.skipped, INVALID_MOBILE)
+        elif not is_mobile(number):
+            outcome = self._outcome(key, SMS, number, DeliveryStatus.skipped, NOT_MOBILE)
         elif problem is not None:
             outcome = self._outcome(key, SMS, number, DeliveryStatus.failed, problem)
         else:
@@ -392,6 +402,10 @@ class Capture:
             if number is None:
                 key, reason = f"{request.delivery_key}/{raw}", f"{label}: invalid mobile number"
                 outcomes.append(self._outcome(key, SMS, raw, skipped, reason))
+                continue
+            if not is_mobile(number):
+                key, reason = f"{request.delivery_key}/{number}", f"{label}: {NOT_MOBILE}"
+                outcomes.append(self._outcome(key, SMS, number, skipped, reason))
                 continue
             if number in sent_to:
                 continue

@@ -110,9 +110,7 @@ class Settings(BaseSettings):
     tracking_repeat_seconds: int = Field(
         3_600, description="clicks and opens of one tracked link within this window count once"
     )
-    tracking_rate_limit: int = Field(
-        30, description="requests per token and minute; more get 429"
-    )
+    tracking_rate_limit: int = Field(30, description="requests per token and minute; more get 429")
 
     # --- the dev stack (make run) --------------------------------------------------------------
     temporal_port: int = Field(7233, description="make run: the Temporal dev server's port")

@@ -28,6 +28,7 @@ from tests.test_events import (
     participant_status,
     running_flow,
 )
+from tracking.app import INGEST_WAIT
 from worker import build_worker
 
 SECRET = "9c1e5b7f0a3d48e6b2c07f19d5a8e364-tracking"
@@ -112,6 +113,26 @@ async def test_the_service_serves_before_temporal_is_up_and_delivers_once_it_is(
                 until=lambda found: all(row.delivered_at is not None for row in found),
                 what="every recorded event delivered",
             )
+
+        # Temporal goes away again: the service goes on serving and recording, and delivers
+        # when the server is back.
+        temporal.stop()
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            started = time.monotonic()
+            for n in range(5):
+                url = links.click_url(Claims(contact_id=KARIN, url=f"{TARGET}?n={n}"))
+                assert (await http.get(url.removeprefix(base_url))).status_code == 302
+            # The first visitor may wait a moment for the engine, the others do not.
+            assert time.monotonic() - started < INGEST_WAIT + 1
+        assert len(crm_events(engine)) == 8
+        temporal.start()
+        await temporal.client()
+        await assert_eventually(
+            lambda: asyncio.to_thread(crm_events, engine),
+            timeout=60,
+            until=lambda found: all(row.delivered_at is not None for row in found),
+            what="the clicks made while Temporal was down delivered",
+        )
         assert service.running, service.tail()
     finally:
         service.stop()

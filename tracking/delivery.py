@@ -3,8 +3,8 @@
 Every click, open and form is recorded in the database first (``control.ingest.record_event``);
 that is what the visitor waits for. Handing it to the participants (``control.ingest.ingest``,
 which finds the record and delivers it) goes on in the background, and a visitor waits for it at
-most a moment. While Temporal cannot be reached — not yet connected at start, or a delivery just
-failed — events are only recorded, and nobody waits on a server that is down.
+most a moment, and not at all while an earlier delivery is overdue. While Temporal cannot be
+reached — not yet connected at start, or a delivery just failed — events are only recorded.
 
 What was recorded and not delivered is picked up again: ``Delivery.redeliver`` runs while the
 service does and hands over, oldest first, every click, open and form of the last week still
@@ -57,6 +57,7 @@ class Delivery:
         self.redelivery_seconds = redelivery_seconds
         self.reachable = client is not None  # as far as the last delivery tells
         self._pending: dict[str, asyncio.Task[bool]] = {}
+        self._overdue: set[asyncio.Task[bool]] = set()  # deliveries a visitor gave up waiting for
         self._again = asyncio.Event()
 
     async def take_in(self, event: FlowEvent, *, wait: float) -> bool:
@@ -72,10 +73,14 @@ class Delivery:
         )
         self._pending[event.event_id] = task
         task.add_done_callback(lambda _: self._pending.pop(event.event_id, None))
+        if self._overdue:
+            return True  # deliveries already take too long: the next visitor need not wait
         try:
             await asyncio.wait_for(asyncio.shield(task), wait)
         except TimeoutError:
             log.warning("event %s: still being delivered, answering anyway", event.event_id)
+            self._overdue.add(task)
+            task.add_done_callback(self._overdue.discard)
         return True
 
     async def _deliver(self, client: Client, event: FlowEvent) -> bool:

@@ -175,7 +175,8 @@ def _form_data(fields: FormData) -> dict[str, str]:
 
 def _check_data(data: dict[str, str]) -> None:
     if len(data) > MAX_FORM_FIELDS or sum(len(k) + len(v) for k, v in data.items()) > MAX_FORM_DATA:
-        raise HTTPException(413, f"More than {MAX_FORM_DATA} characters of data.\n")
+        limits = f"at most {MAX_FORM_FIELDS} fields and {MAX_FORM_DATA} characters"
+        raise HTTPException(413, f"Too much data: {limits}.\n")
 
 
 def create_app(
@@ -246,17 +247,21 @@ def create_app(
 
     async def submitted(request: Request) -> Response:
         form_id: int = request.path_params["form_id"]
-        # A token in the query is checked before a byte of the body is read.
+        no_such_form = PlainTextResponse("No such form.\n", status_code=404)
+        # A token in the query is checked before a byte of the body is read; nothing is looked
+        # up in the database before a token is.
         token = request.query_params.get("c") or ""
         claims = verified(Purpose.form, token) if token else None
-        if not 0 < form_id <= MAX_ID or not await asyncio.to_thread(_form_exists, engine, form_id):
-            return PlainTextResponse("No such form.\n", status_code=404)
+        if claims is not None and not await _form_exists(engine, form_id):
+            return no_such_form
         async with request.form(
             max_files=0, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_LENGTH
         ) as fields:
             if claims is None:
                 token = str(fields.get("_contact") or "")
                 claims = verified(Purpose.form, token)
+                if not await _form_exists(engine, form_id):
+                    return no_such_form
             data = _form_data(fields)
             submission = fields.get("_submission")
         key = str(submission) if submission else request.headers.get("idempotency-key")
@@ -279,8 +284,8 @@ def create_app(
     async def events(request: Request) -> Response:
         if settings.events_token is None:
             return PlainTextResponse("POST /events is off: no TRACKING_EVENTS_TOKEN\n", 403)
-        given = request.headers.get("authorization", "").encode("utf-8", "replace")
-        if not hmac.compare_digest(given, f"Bearer {settings.events_token}".encode()):
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {settings.events_token}".encode()):
             return PlainTextResponse(
                 "Bad or missing bearer token.\n", 401, headers={"WWW-Authenticate": "Bearer"}
             )
@@ -352,6 +357,12 @@ async def _refused(request: Request, error: Exception) -> Response:
     return error.response
 
 
-def _form_exists(engine: Engine, form_id: int) -> bool:
-    with session(engine) as db:
-        return db.get(Form, form_id) is not None
+async def _form_exists(engine: Engine, form_id: int) -> bool:
+    if not 0 < form_id <= MAX_ID:
+        return False
+
+    def look_up() -> bool:
+        with session(engine) as db:
+            return db.get(Form, form_id) is not None
+
+    return await asyncio.to_thread(look_up)

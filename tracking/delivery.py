@@ -19,6 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
+from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlmodel import col, select
 from temporalio.client import Client
@@ -166,4 +167,10 @@ def _undelivered(engine: Engine, limit: int) -> list[FlowEvent]:
             .order_by(col(CrmEvent.occurred_at), col(CrmEvent.id))
             .limit(limit)
         ).all()
-    return [FlowEvent.model_validate(row.payload) for row in rows]
+    events: list[FlowEvent] = []
+    for row in rows:
+        try:
+            events.append(FlowEvent.model_validate(row.payload))
+        except ValidationError:  # not one this service can deliver: never blocks the others
+            log.error("event %s: its record is no FlowEvent, not delivered", row.event_id)
+    return events

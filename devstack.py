@@ -126,10 +126,10 @@ def running_services() -> Iterator[None]:
         log.close()
 
 
-def _tracking_secret() -> str:
-    """One signing secret per dev stack, kept in .data/: links in mail already sent keep working
-    after a restart."""
-    path = DATA / "tracking-secret"
+def _kept_secret(name: str) -> str:
+    """One random secret of each kind per dev stack, kept in .data/: links in mail already sent
+    keep working after a restart, and so does a POST /events caller's token."""
+    path = DATA / name
     if not path.exists():
         path.write_text(secrets.token_urlsafe(32))
     return path.read_text().strip()
@@ -156,8 +156,8 @@ async def main() -> None:
         "TWILIO_AUTH_TOKEN": "dev-stack",
         "TWILIO_API_BASE": f"http://127.0.0.1:{SMS_PORT}",
         "TRACKING_BASE_URL": f"http://localhost:{TRACKING_PORT}",
-        "TRACKING_SECRET": _tracking_secret(),
-        "TRACKING_EVENTS_TOKEN": "dev-stack",
+        "TRACKING_SECRET": _kept_secret("tracking-secret"),
+        "TRACKING_EVENTS_TOKEN": _kept_secret("events-token"),
     }.items():
         os.environ.setdefault(name, value)
     get_settings.cache_clear()  # the worker and the tracking service read them from here on

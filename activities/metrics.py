@@ -26,14 +26,16 @@ R = TypeVar("R")
 MESSAGES = "flows_messages_total"
 
 
-def metrics_runtime(port: int | None = None) -> Runtime:
-    """A Temporal runtime that serves Prometheus metrics on ``0.0.0.0:port`` (``METRICS_PORT``).
+def metrics_runtime(port: int | None = None, host: str | None = None) -> Runtime:
+    """A Temporal runtime that serves Prometheus metrics on ``host:port`` (``METRICS_HOST``,
+    loopback unless told otherwise: the metrics name flows and steps; ``METRICS_PORT``).
 
     Create one per process: it binds the port."""
-    port = port if port is not None else get_settings().metrics_port
-    return Runtime(
-        telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"0.0.0.0:{port}"))
-    )
+    settings = get_settings()
+    port = port if port is not None else settings.metrics_port
+    host = host if host is not None else settings.metrics_host
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # an IPv6 host in brackets
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
 
 
 def count_messages(outcomes: Iterable[DeliveryOutcome]) -> None:

@@ -29,13 +29,7 @@ from models.crm import Contact
 from models.database import PROJECT_ROOT
 from models.flow import EmailSettings, NotifyEmail, ReplyTo, SendEmail, Sender
 from models.merge_tags import MergeTagError, one_line, render, render_header
-from models.tracking_links import (
-    Claims,
-    TrackingLinks,
-    rewrite_html,
-    rewrite_text,
-    with_open_pixel,
-)
+from models.tracking_links import Claims, TrackingLinks, authored_links, with_open_pixel
 
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024  # spec §3: at most 25 MB in total
 
@@ -140,18 +134,18 @@ def marketing_message(
             html_source = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise Unsendable(f"cannot read {step.content_file!r}: {error}") from None
+    claims = Claims(
+        contact_id=contact_id, flow_id=flow_id, step_id=step.id, delivery_key=delivery_key
+    )
+    body = _Body(settings.tracking, claims, facts, links)
     try:
         subject = render_header(step.subject, facts, links=links)
-        html = None if html_source is None else render(html_source, facts, html=True, links=links)
-        text = None if step.text is None else render(step.text, facts, links=links)
+        html = None if html_source is None else body.rendered(html_source, html_body=True)
+        text = None if step.text is None else body.rendered(step.text, html_body=False)
     except MergeTagError as error:
         raise Unsendable(str(error)) from None
-    if settings.tracking is not None:
-        claims = Claims(
-            contact_id=contact_id, flow_id=flow_id, step_id=step.id, delivery_key=delivery_key
-        )
-        untracked = set(links.values())
-        html, text = _tracked(settings.tracking, claims, step.track_opens, html, text, untracked)
+    if settings.tracking is not None and step.track_opens and html is not None:
+        html = with_open_pixel(html, settings.tracking.open_url(claims))
 
     try:
         sender = _from_address(sending.sender, facts)
@@ -304,24 +298,32 @@ def _content_path(settings: MessageSettings, relative: str) -> Path:
         raise Unsendable(str(error)) from None
 
 
-def _tracked(
-    tracking: TrackingLinks,
-    claims: Claims,
-    track_opens: bool,
-    html: str | None,
-    text: str | None,
-    untracked: set[str],
-) -> tuple[str | None, str | None]:
-    """The bodies with every link sent through the tracking service, and the open pixel when
-    the step tracks opens. Unsubscribe and subscription links stay untracked."""
+@dataclass(frozen=True)
+class _Body:
+    """Renders a message's bodies; with tracking, the links the author wrote go through the
+    tracking service. A link that comes with the contact's data is sent as it is, never signed:
+    links are picked out of the template before its merge tags are filled in. Unsubscribe and
+    subscription links stay untracked: a click there is not engagement."""
 
-    def click_url(url: str) -> str:
-        return tracking.click_url(replace(claims, url=url))
+    tracking: TrackingLinks | None
+    claims: Claims
+    facts: dict[str, object]
+    links: dict[str, str]
 
-    if html is not None:
-        html = rewrite_html(html, click_url, untracked=untracked)
-        if track_opens:
-            html = with_open_pixel(html, tracking.open_url(claims))
-    if text is not None:
-        text = rewrite_text(text, click_url, untracked=untracked)
-    return html, text
+    def rendered(self, template: str, *, html_body: bool) -> str:
+        if self.tracking is None:
+            return render(template, self.facts, html=html_body, links=self.links)
+        authored = authored_links(template, html_body=html_body)
+        rendered = render(authored.template, self.facts, html=html_body, links=self.links)
+        urls = [render(link, self.facts, links=self.links).strip() for link in authored.links]
+        return authored.filled(
+            rendered,
+            urls,
+            self._click_url,
+            html_body=html_body,
+            untracked=set(self.links.values()),
+        )
+
+    def _click_url(self, url: str) -> str:
+        assert self.tracking is not None
+        return self.tracking.click_url(replace(self.claims, url=url))

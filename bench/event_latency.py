@@ -99,13 +99,19 @@ async def measure(clicks: int, database_url: str | None, folder: Path) -> None:
             httpx.AsyncClient() as http,
         ):
             await enroll(client, engine, flow_id, [CONTACT], task_queue=task_queue)
-            url = links.click_url(
-                Claims(contact_id=CONTACT, flow_id=flow_id, step_id="mail", url=SPRING_OFFER_URL)
-            )
             await asyncio.sleep(1)  # the participant settles into its wait
             to_signal: list[float] = []
             to_redirect: list[float] = []
             for index in range(clicks):
+                # A link of its own per click: clicks of one link within the hour are one event.
+                url = links.click_url(
+                    Claims(
+                        contact_id=CONTACT,
+                        flow_id=flow_id,
+                        step_id="mail",
+                        url=f"{SPRING_OFFER_URL}?click={index}",
+                    )
+                )
                 started = time.time()
                 response = await http.get(url)
                 to_redirect.append(time.time() - started)

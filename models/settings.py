@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         9464, description="where the worker serves Prometheus metrics (/metrics)"
     )
+    metrics_host: str = Field(
+        "127.0.0.1", description="the address the metrics listen on (0.0.0.0: every interface)"
+    )
     workflow_sandbox: bool = Field(
         False,
         description="true: workflows run in Temporal's sandbox (the tests do); "
@@ -103,14 +106,23 @@ class Settings(BaseSettings):
         "untracked (python -m tracking: this service on localhost)",
     )
     tracking_secret: SecretStr | None = Field(
-        None, description="signs click/open/form tokens (at least 16 characters)"
+        None, description="signs click/open/form tokens (at least 32 random characters)"
     )
     tracking_token_days: int = Field(365, description="how long a tracked link keeps working")
     tracking_host: str = Field("127.0.0.1", description="where python -m tracking listens")
     tracking_port: int = Field(8027, description="its port")
     tracking_events_token: SecretStr | None = Field(
-        None, description="bearer token for POST /events (CRM changes from outside); unset: off"
+        None,
+        description="bearer token for POST /events (CRM changes from outside, at least 32 "
+        "random characters); unset: off",
     )
+    tracking_max_body_bytes: int = Field(
+        65_536, description="the largest form or POST /events body; larger ones get 413"
+    )
+    tracking_repeat_seconds: int = Field(
+        3_600, description="clicks and opens of one tracked link within this window count once"
+    )
+    tracking_rate_limit: int = Field(30, description="requests per token and minute; more get 429")
 
     # --- the dev stack (make run) --------------------------------------------------------------
     temporal_port: int = Field(7233, description="make run: the Temporal dev server's port")

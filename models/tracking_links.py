@@ -5,9 +5,11 @@ signature is HMAC-SHA256 over the token's purpose and the payload, so a click to
 replayed as a form token. Every token carries an absolute expiry. The stdlib is enough for this:
 the whole scheme is the few lines below, with SHA-256 and the expiry stated rather than defaulted.
 
-Rewriting is pure string work on the rendered bodies: each ``href`` of an ``<a>``/``<area>`` tag
-in the HTML and each bare URL in the text becomes a click URL of the tracking service, which
-records the click and redirects to the original.
+Rewriting is pure string work: each ``href`` of an ``<a>``/``<area>`` tag in the HTML and each
+bare URL in the text becomes a click URL of the tracking service, which records the click and
+redirects to the original. Only links the author wrote are tracked: they are picked out of the
+template before its merge tags are filled in (``authored_links``), so a URL that arrives with a
+contact's data is never signed.
 """
 
 from __future__ import annotations
@@ -18,18 +20,24 @@ import hashlib
 import hmac
 import html
 import json
+import math
 import re
+import secrets
 import time
-from collections.abc import Callable, Collection
+from collections import Counter
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from models.settings import Settings, get_settings
 
 T = TypeVar("T")
 
 DEFAULT_TOKEN_DAYS = 365  # links in an email keep working for a year
+# A token is a few hundred characters; anything far longer is not one of ours.
+MAX_TOKEN_LENGTH = 4_096
 
 
 class Purpose(StrEnum):
@@ -101,8 +109,13 @@ class TrackingLinks:
 
     def verify(self, purpose: Purpose, token: str, *, now: float | None = None) -> Claims:
         """The token's claims; raises ``BadToken`` (or ``ExpiredToken``) otherwise."""
+        # Ours are URL-safe base64 (ASCII); anything else, say a percent-encoded "é", is refused
+        # before hashing and comparing, which want bytes.
+        if len(token) > MAX_TOKEN_LENGTH or not token.isascii():
+            raise BadToken("not a token")
         payload, dot, signature = token.partition(".")
-        if not dot or not hmac.compare_digest(signature, self._mac(purpose, payload)):
+        expected = self._mac(purpose, payload).encode("ascii")
+        if not dot or not hmac.compare_digest(signature.encode("ascii"), expected):
             raise BadToken("bad signature")
         try:
             body = json.loads(_unb64(payload))
@@ -144,6 +157,30 @@ class TrackingLinks:
         return self.sign(Purpose.form, Claims(contact_id=contact_id))
 
 
+# --- secrets ---------------------------------------------------------------------------------
+
+MIN_SECRET_LENGTH = 32
+# The secret's characters, counted as if drawn at random with their observed frequencies: a
+# crude estimate, but it tells a generated secret (32 hex digits: about 90 bits at the least)
+# from a word padded with one repeated letter (about 60).
+MIN_SECRET_BITS = 80
+
+
+def check_secret(name: str, value: str) -> str:
+    """``value`` if it is long and varied enough to sign or guard with; ``ValueError`` saying
+    what is wrong otherwise. Anyone holding the tracking secret mints redirects on our domain."""
+    advice = f"set {name} to at least {MIN_SECRET_LENGTH} random characters, e.g. the output of "
+    advice += "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    if len(value) < MIN_SECRET_LENGTH:
+        raise ValueError(f"{name} is too short ({len(value)} characters): {advice}")
+    counts = Counter(value).values()
+    bits = -sum(n * math.log2(n / len(value)) for n in counts)
+    repeated = value in (value + value)[1:-1]  # a shorter string over and over
+    if bits < MIN_SECRET_BITS or repeated:
+        raise ValueError(f"{name} is too easy to guess: {advice}")
+    return value
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -167,7 +204,9 @@ def _optional(value: object, kind: type[T]) -> T | None:
 TRACKED_SCHEMES = ("http://", "https://")
 _LINK_TAG = re.compile(r"<(?:a|area)\b[^>]*>", re.IGNORECASE)
 _HREF = re.compile(r"""(\bhref\s*=\s*)(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""", re.IGNORECASE)
-_BARE_URL = re.compile(r"https?://[^\s<>\"']+", re.IGNORECASE)
+# In a template a conditional may follow a URL directly: "…/offer[[ENDIF]]" ends before it.
+_CONDITIONAL = r"\[\[\s*(?:IF:|ELSE\s*\]\]|ENDIF\s*\]\])"
+_BARE_URL = re.compile(rf"https?://(?:(?!{_CONDITIONAL})[^\s<>\"'])+", re.IGNORECASE)
 _TRAILING = ".,;:!?"  # sentence punctuation after a URL is not part of it
 
 
@@ -176,9 +215,9 @@ def _tracked(url: str, untracked: Collection[str]) -> bool:
 
 
 def rewrite_html(
-    body: str, click_url: Callable[[str], str], *, untracked: Collection[str] = ()
+    body: str, click_url: Callable[[str], str | None], *, untracked: Collection[str] = ()
 ) -> str:
-    """Every http(s) ``href`` of a link tag, replaced by ``click_url(original)``.
+    """Every http(s) ``href`` of a link tag, replaced by ``click_url(original)`` (None: kept).
 
     Values are HTML-unescaped before they are handed over and the result escaped again, so
     ``?a=1&amp;b=2`` is tracked as ``?a=1&b=2``. Links in ``untracked`` (unsubscribe, the
@@ -188,17 +227,19 @@ def rewrite_html(
     def attribute(match: re.Match[str]) -> str:
         raw = next(group for group in match.groups()[1:] if group is not None)
         url = html.unescape(raw).strip()
-        if not _tracked(url, untracked):
+        replacement = click_url(url) if _tracked(url, untracked) else None
+        if replacement is None:
             return match.group(0)
-        return f'{match.group(1)}"{html.escape(click_url(url), quote=True)}"'
+        return f'{match.group(1)}"{html.escape(replacement, quote=True)}"'
 
     return _LINK_TAG.sub(lambda tag: _HREF.sub(attribute, tag.group(0), count=1), body)
 
 
 def rewrite_text(
-    body: str, click_url: Callable[[str], str], *, untracked: Collection[str] = ()
+    body: str, click_url: Callable[[str], str | None], *, untracked: Collection[str] = ()
 ) -> str:
-    """Every bare http(s) URL in a plain-text body, replaced by ``click_url(original)``."""
+    """Every bare http(s) URL in a plain-text body, replaced by ``click_url(original)`` (None:
+    kept)."""
 
     def url(match: re.Match[str]) -> str:
         found = match.group(0)
@@ -207,7 +248,8 @@ def rewrite_text(
         while kept.endswith(")") and kept.count("(") < kept.count(")"):
             kept = kept[:-1]
         tail = found[len(kept) :]
-        return (click_url(kept) if _tracked(kept, untracked) else kept) + tail
+        replacement = click_url(kept) if _tracked(kept, untracked) else None
+        return (kept if replacement is None else replacement) + tail
 
     return _BARE_URL.sub(url, body)
 
@@ -222,3 +264,71 @@ def with_open_pixel(body: str, pixel_url: str) -> str:
     if end == -1:
         return body + pixel
     return body[:end] + pixel + body[end:]
+
+
+# --- the links an author wrote -------------------------------------------------------------------
+#
+# A link is chosen for tracking in the template, before merge tags are filled in: a contact whose
+# first name is "https://evil.example/login" must not get a signed redirect there on our domain.
+# Each link the author wrote is taken out of the template and a marker put in its place; the rest
+# is rendered as usual, and the marker then replaced by the link's click URL, the link's own merge
+# tags (a query parameter, a path segment) filled in. A link whose host would come from data
+# (a merge tag before its path, a conditional inside it) stays as written, untracked.
+
+_MARKER_KEY = secrets.token_hex(8)  # one per process: no contact data spells a marker
+
+
+def _marker(index: int) -> str:
+    return f"tracked-link-{_MARKER_KEY}-{index}-"
+
+
+def _origin(url: str) -> tuple[str, str] | None:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. "https://[[company.website]]" reads as a broken IPv6 host
+        return None
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+@dataclass(frozen=True)
+class AuthoredLinks:
+    """A template with the links its author wrote replaced by markers, and those links."""
+
+    template: str
+    links: tuple[str, ...]  # as written, merge tags not filled in; a marker's number indexes it
+
+    def filled(
+        self,
+        rendered: str,
+        urls: Sequence[str],
+        click_url: Callable[[str], str],
+        *,
+        html_body: bool,
+        untracked: Collection[str] = (),
+    ) -> str:
+        """The rendered template with each marker replaced: ``urls`` are the links with their
+        merge tags filled in, and each goes through ``click_url`` unless filling them in moved
+        it to another host (then it is put back untracked, like ``untracked`` ones)."""
+        for index, (written, url) in enumerate(zip(self.links, urls, strict=True)):
+            same_place = _origin(url) == _origin(written)
+            target = click_url(url) if same_place and _tracked(url, untracked) else url
+            rendered = rendered.replace(
+                _marker(index), html.escape(target, quote=True) if html_body else target
+            )
+        return rendered
+
+
+def authored_links(template: str, *, html_body: bool) -> AuthoredLinks:
+    """The http(s) links of a template (hrefs of link tags in HTML, bare URLs in text) taken out
+    for tracking; see ``AuthoredLinks.filled`` for putting them back once rendered."""
+    found: list[str] = []
+
+    def take(url: str) -> str | None:
+        origin = _origin(url)
+        if origin is None or not origin[1] or "[[" in origin[1] or re.search(_CONDITIONAL, url):
+            return None
+        found.append(url)
+        return _marker(len(found) - 1)
+
+    rewrite = rewrite_html if html_body else rewrite_text
+    return AuthoredLinks(template=rewrite(template, take), links=tuple(found))

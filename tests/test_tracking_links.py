@@ -17,6 +17,8 @@ from sqlalchemy import Engine
 from temporalio.testing import ActivityEnvironment
 
 from activities.email import EmailActivities, EmailSend
+from models.crm import Company, Contact
+from models.database import session
 from models.flow import EmailSettings, SendEmail
 from models.ledger import DeliveryStatus
 from models.settings import Settings
@@ -26,6 +28,8 @@ from models.tracking_links import (
     ExpiredToken,
     Purpose,
     TrackingLinks,
+    authored_links,
+    check_secret,
     rewrite_html,
     rewrite_text,
     with_open_pixel,
@@ -65,6 +69,9 @@ def test_a_forged_altered_or_misused_token_is_refused() -> None:
         payload,  # no signature
         "",
         "..",
+        f"{payload}.é",  # not ASCII: refused, not a TypeError from comparing
+        f"{payload}.{signature}\udcff",
+        f"{payload}.{'A' * 10_000}",
     ):
         with pytest.raises(BadToken):
             LINKS.verify(Purpose.click, bad)
@@ -231,3 +238,97 @@ async def test_send_email_tracks_every_link_and_the_open(
     [text_link] = re.findall(r"https://t\.example\.com/t/c/\S+", _content(message, "plain"))
     token = text_link.rstrip(".").removeprefix(f"{LINKS.base_url}/t/c/")
     assert LINKS.verify(Purpose.click, token) == expected
+
+
+# --- only the links the author wrote ------------------------------------------------------------
+
+EVIL = "https://evil.example/login"
+
+
+def _click_targets(body: str) -> list[str]:
+    tokens = re.findall(r"https://t\.example\.com/t/c/([\w-]+\.[\w-]+)", body)
+    return [str(LINKS.verify(Purpose.click, token).url) for token in tokens]
+
+
+async def test_a_url_in_the_contacts_data_is_never_signed(
+    engine: Engine, smtp_inbox: Inbox
+) -> None:
+    with session(engine) as db:
+        contact = db.get(Contact, 1)
+        assert contact is not None and contact.company_id is not None
+        contact.first_name = EVIL
+        company = db.get(Company, contact.company_id)
+        assert company is not None
+        company.website = "https://evil.example/site"
+        db.add_all([contact, company])
+    step = SendEmail(
+        id="mail",
+        type="send_email",
+        next="done",
+        subject="Offer",
+        html="<p>Hi [[customer.firstname]]! <a href='[[company.website]]'>Your site</a>, "
+        '<a href="[[customer.firstname]]">you</a>, '
+        '<a href="https://[[customer.firstname]]">you again</a> and '
+        '<a href="https://www.example.com/offer?name=[[customer.firstname]]">our offer</a></p>',
+        text="Hi [[customer.firstname]]! [[company.website]] and https://www.example.com/offer.",
+        track_opens=False,
+    )
+    request = EmailSend(
+        delivery_key="run-1/mail/1",
+        flow_id="welcome",
+        flow_name="Welcome",
+        contact_id=1,
+        step=step,
+        settings=EmailSettings.model_validate(
+            {"subscription_type": "newsletter", "from": {"address": "news@example.com"}}
+        ),
+    )
+    smtp = replace(smtp_inbox.settings, tracking=LINKS)
+    send = EmailActivities(engine, smtp).send_email
+    outcome = await asyncio.to_thread(ActivityEnvironment().run, send, request)
+    assert outcome.status is DeliveryStatus.sent
+
+    message = _sent(smtp_inbox)
+    html, text = _content(message, "html"), _content(message, "plain")
+    # The author's link is tracked, the contact's name filled into its query; nothing else is.
+    offer = f"https://www.example.com/offer?name={EVIL}"
+    assert _click_targets(html) == [offer]
+    assert _click_targets(text) == ["https://www.example.com/offer"]
+    assert f"Hi {EVIL}!" in text and "https://evil.example/site and" in text
+    assert "href='https://evil.example/site'" in html and f'href="{EVIL}"' in html
+
+
+def test_links_are_picked_from_the_template_before_merge_tags() -> None:
+    template = (
+        '<a href="https://example.com/a?n=[[customer.firstname]]">a</a> '
+        '<a href="https://[[company.website]]/x">b</a> '
+        '<a href="https://example.com[[customer.firstname]]">c</a> '
+        '<a href="https://example.com/[[IF:customer.firstname]]x[[ENDIF]]">d</a> '
+        '<a href="[[link.unsubscribe]]">e</a>'
+    )
+    authored = authored_links(template, html_body=True)
+    assert authored.links == ("https://example.com/a?n=[[customer.firstname]]",)
+    rendered = authored.template.replace("[[customer.firstname]]", "@evil.example")
+    urls = ["https://example.com/a?n=@evil.example"]
+    filled = authored.filled(rendered, urls, marked, html_body=True)
+    assert filled.startswith('<a href="TRACKED[https://example.com/a?n=@evil.example]">a</a>')
+    # Filling in that moved the link to another host leaves it untracked.
+    moved = authored.filled(rendered, ["https://evil.example/"], marked, html_body=True)
+    assert moved.startswith('<a href="https://evil.example/">a</a>')
+
+    text = authored_links("See https://example.com/offer[[ENDIF]]. Or [[x]]", html_body=False)
+    assert text.links == ("https://example.com/offer",)
+    assert text.template.endswith("[[ENDIF]]. Or [[x]]")
+
+
+def test_secrets_must_be_long_and_varied() -> None:
+    for weak in ("x", "s" * 32, "test-secret-" + "x" * 20, "events-token" * 3):
+        with pytest.raises(ValueError, match="TRACKING_SECRET"):
+            check_secret("TRACKING_SECRET", weak)
+    strong_ones = (
+        "0123456789abcdef" + "fedcba9876543210",
+        "9c1e5b7f0a3d48e6b2c07f19d5a8e364",
+        "correct horse battery staple plus",
+    )
+    for strong in strong_ones:
+        assert check_secret("TRACKING_SECRET", strong) == strong

@@ -72,6 +72,7 @@ def activities_for(
         crm.add_to_list,
         crm.remove_from_list,
         crm.choose_split_branch,
+        crm.choose_form_data_branch,
         contacts.update_contact,
         contacts.distribute_to_owner,
         records.create_follow_up,

@@ -12,8 +12,10 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.encryption import Keyring
 
 
 class Settings(BaseSettings):
@@ -30,6 +32,41 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(
         9464, description="where the worker serves Prometheus metrics (/metrics)"
+    )
+
+    # --- the Temporal connection's TLS and payload encryption ------------------------------------
+    temporal_tls: bool = Field(
+        False, description="true: TLS with the system's CAs (implied by any TEMPORAL_TLS_* file)"
+    )
+    temporal_tls_ca_file: Path | None = Field(
+        None, description="CA certificate(s) that sign the server's; unset: the system's"
+    )
+    temporal_tls_cert_file: Path | None = Field(
+        None, description="client certificate for mutual TLS (with TEMPORAL_TLS_KEY_FILE)"
+    )
+    temporal_tls_key_file: Path | None = Field(None, description="its private key")
+    temporal_tls_server_name: str | None = Field(
+        None, description="the name the server's certificate carries; unset: the address's host"
+    )
+    payload_keys: SecretStr | None = Field(
+        None,
+        description="AES-256 keys that encrypt payloads, 'id:base64key' separated by commas: "
+        "the first encrypts, all decrypt; unset: PAYLOAD_KEYS_FILE",
+    )
+    payload_keys_file: Path | None = Field(
+        None,
+        description="a file holding PAYLOAD_KEYS; unset: .data/payload-keys if it exists "
+        "(make run writes it); no keys at all: payloads are not encrypted",
+    )
+    codec_server_token: SecretStr | None = Field(
+        None, description="the codec server's bearer token (at least 16 characters)"
+    )
+    codec_server_host: str = Field("127.0.0.1", description="where python -m codec_server listens")
+    codec_server_port: int = Field(8028, description="its port")
+    codec_server_origins: str | None = Field(
+        None,
+        description="Web UI origins allowed to call it, separated by commas; "
+        "unset: http://localhost and http://127.0.0.1 at TEMPORAL_UI_PORT",
     )
 
     # --- email ---------------------------------------------------------------------------------
@@ -104,6 +141,17 @@ class Settings(BaseSettings):
     temporal_port: int = Field(7233, description="make run: the Temporal dev server's port")
     temporal_ui_port: int = Field(8233, description="make run: the Temporal Web UI's port")
     sms_port: int = Field(8026, description="make run: the local Twilio-compatible endpoint's port")
+
+    @model_validator(mode="after")
+    def _payload_and_tls_settings(self) -> Settings:
+        if (self.temporal_tls_cert_file is None) != (self.temporal_tls_key_file is None):
+            raise ValueError("TEMPORAL_TLS_CERT_FILE and TEMPORAL_TLS_KEY_FILE go together")
+        if self.payload_keys is not None:
+            Keyring.parse(self.payload_keys.get_secret_value())  # refused at start, not at use
+        token = self.codec_server_token
+        if token is not None and len(token.get_secret_value()) < 16:
+            raise ValueError("CODEC_SERVER_TOKEN must be at least 16 characters")
+        return self
 
     @classmethod
     def variables(cls) -> list[str]:

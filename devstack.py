@@ -6,8 +6,8 @@ CRM, deploys the example flow, enrolls the demo contacts and runs the worker unt
 stops every process it started.
 
 Payloads are encrypted with a key made on the first run (.data/payload-keys, which every program
-started in the project folder reads), and the Web UI decodes them through the codec server
-(:8028) for a browser signed in with the token in .data/codec-token.
+started in the project folder uses for this server), and the Web UI decodes them through the
+codec server (:8028) for a browser signed in with the token in .data/codec-token.
 """
 
 from __future__ import annotations

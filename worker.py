@@ -122,15 +122,23 @@ def build_worker(
 
 def payload_keyring(settings: Settings | None = None) -> Keyring | None:
     """The keys payloads are encrypted with: ``PAYLOAD_KEYS``, else the file
-    ``PAYLOAD_KEYS_FILE``, else the dev stack's file if it exists; None: no encryption."""
+    ``PAYLOAD_KEYS_FILE``, else, for the dev stack's own server, the key it made; None: no
+    encryption."""
     settings = settings or get_settings()
     if settings.payload_keys is not None:
         return Keyring.parse(settings.payload_keys.get_secret_value())
     if settings.payload_keys_file is not None:  # named: it must be there
         return Keyring.parse(settings.payload_keys_file.read_text(encoding="utf-8"))
-    if DEV_PAYLOAD_KEYS.exists():
+    if _dev_stack_server(settings) and DEV_PAYLOAD_KEYS.exists():
         return Keyring.parse(DEV_PAYLOAD_KEYS.read_text(encoding="utf-8"))
     return None
+
+
+def _dev_stack_server(settings: Settings) -> bool:
+    """Whether the address is the dev stack's server (``localhost:TEMPORAL_PORT``): its key
+    applies there only, never to another server (a test's, a real cluster) by accident."""
+    host, _, port = settings.temporal_address.rpartition(":")
+    return host in ("localhost", "127.0.0.1") and port == str(settings.temporal_port)
 
 
 def temporal_tls(settings: Settings | None = None) -> TLSConfig | bool:

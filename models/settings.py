@@ -55,8 +55,8 @@ class Settings(BaseSettings):
     )
     payload_keys_file: Path | None = Field(
         None,
-        description="a file holding PAYLOAD_KEYS; unset: .data/payload-keys if it exists "
-        "(make run writes it); no keys at all: payloads are not encrypted",
+        description="a file holding PAYLOAD_KEYS; unset: the key make run made "
+        "(.data/payload-keys), for its server only; no keys at all: payloads are not encrypted",
     )
     codec_server_token: SecretStr | None = Field(
         None, description="the codec server's bearer token (at least 16 characters)"

@@ -24,6 +24,7 @@ from temporalio.service import TLSConfig
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
+import worker
 from codec_server.app import CodecServerSettings, create_app
 from control.enrollment import enroll
 from control.flows import deploy_flow
@@ -126,6 +127,20 @@ def test_the_keys_come_from_the_setting_or_its_file(
     assert keyring is not None and keyring.ids == ["2025-1"]
     with pytest.raises(FileNotFoundError):  # named, it must be there
         payload_keyring(settings_env(PAYLOAD_KEYS_FILE=str(tmp_path / "missing")))
+
+
+def test_the_dev_stacks_key_is_used_for_its_server_only(
+    settings_env: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = tmp_path / "payload-keys"
+    made.write_text(f"{NEW}\n")
+    monkeypatch.setattr(worker, "DEV_PAYLOAD_KEYS", made)
+    dev_stack = payload_keyring(settings_env())  # localhost:7233, TEMPORAL_PORT 7233
+    assert dev_stack is not None and dev_stack.ids == ["2026-1"]
+    moved = settings_env(TEMPORAL_ADDRESS="127.0.0.1:17233", TEMPORAL_PORT="17233")
+    assert payload_keyring(moved) is not None
+    assert payload_keyring(settings_env(TEMPORAL_ADDRESS="127.0.0.1:40123")) is None
+    assert payload_keyring(settings_env(TEMPORAL_ADDRESS="temporal.example:7233")) is None
 
 
 async def test_the_replay_corpus_replays_with_the_encrypting_converter() -> None:

@@ -4,6 +4,10 @@ Starts the Temporal dev server (Web UI on :8233, state kept in .data/ so waiting
 resume after a restart), a local SMTP inbox and a Twilio-compatible SMS endpoint, seeds the demo
 CRM, deploys the example flow, enrolls the demo contacts and runs the worker until Ctrl-C, which
 stops every process it started.
+
+Payloads are encrypted with a key made on the first run (.data/payload-keys, which every program
+started in the project folder uses for this server), and the Web UI decodes them through the
+codec server (:8028) for a browser signed in with the token in .data/codec-token.
 """
 
 from __future__ import annotations
@@ -16,19 +20,22 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from activities.metrics import metrics_runtime
+from codec_server.app import CodecServerSettings
+from codec_server.app import create_app as create_codec_app
 from control.enrollment import enroll, selection_members
 from control.flows import FlowRejected, deploy_flow, load_flow, read_document
 from models import search_attributes as sa
 from models.database import PROJECT_ROOT, create_tables, get_engine, session
 from models.demo import DEMO_SELECTION_ID, seed_demo
+from models.encryption import Keyring
 from models.settings import get_settings
 from tracking.app import TrackingSettings, create_app
 from tracking.server import serving
-from worker import TASK_QUEUE, build_worker, connect
+from worker import DEV_PAYLOAD_KEYS, TASK_QUEUE, build_worker, connect
 
 DATA = PROJECT_ROOT / ".data"
 BIN = Path(sys.executable).parent
@@ -41,6 +48,8 @@ UI_PORT = _settings.temporal_ui_port
 SMTP_PORT = _settings.smtp_port
 SMS_PORT = _settings.sms_port
 TRACKING_PORT = _settings.tracking_port
+CODEC_PORT = _settings.codec_server_port
+CODEC_ENDPOINT = f"http://localhost:{CODEC_PORT}/codecs"
 
 
 def _listening(port: int) -> bool:
@@ -68,6 +77,9 @@ def _services() -> dict[str, tuple[list[str], int]]:
                 "--log-level",
                 "warn",
                 "--ui-disable-news-fetch",
+                # The Web UI asks the codec server (served below) to decrypt what it shows.
+                "--ui-codec-endpoint",
+                CODEC_ENDPOINT,
                 *attributes,
             ],
             TEMPORAL_PORT,
@@ -126,12 +138,13 @@ def running_services() -> Iterator[None]:
         log.close()
 
 
-def _kept_secret(name: str) -> str:
-    """One random secret of each kind per dev stack, kept in .data/: links in mail already sent
-    keep working after a restart, and so does a POST /events caller's token."""
-    path = DATA / name
+def _dev_secret(path: Path, make: Callable[[], str] = lambda: secrets.token_urlsafe(32)) -> str:
+    """A secret made on the first run and kept in .data/, readable by this user only: links in
+    mail already sent keep working after a restart, and so do a POST /events caller's token, the
+    codec server's and the payload key."""
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(32))
+        path.touch(mode=0o600)
+        path.write_text(make() + "\n")
     return path.read_text().strip()
 
 
@@ -156,10 +169,13 @@ async def main() -> None:
         "TWILIO_AUTH_TOKEN": "dev-stack",
         "TWILIO_API_BASE": f"http://127.0.0.1:{SMS_PORT}",
         "TRACKING_BASE_URL": f"http://localhost:{TRACKING_PORT}",
-        "TRACKING_SECRET": _kept_secret("tracking-secret"),
-        "TRACKING_EVENTS_TOKEN": _kept_secret("events-token"),
+        "TRACKING_SECRET": _dev_secret(DATA / "tracking-secret"),
+        "TRACKING_EVENTS_TOKEN": _dev_secret(DATA / "events-token"),
+        "CODEC_SERVER_TOKEN": _dev_secret(DATA / "codec-token"),
     }.items():
         os.environ.setdefault(name, value)
+    # Payloads encrypted by default: a key of its own, where worker.connect finds it.
+    _dev_secret(DEV_PAYLOAD_KEYS, lambda: Keyring.new_entry("dev-1"))
     get_settings.cache_clear()  # the worker and the tracking service read them from here on
     print("Starting the marketing flows dev stack")
     with running_services():
@@ -180,9 +196,11 @@ async def main() -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         tracking = create_app(engine, client, TrackingSettings.from_settings(TASK_QUEUE))
+        codec = CodecServerSettings.from_settings()
         async with (
             build_worker(client, engine),
             serving(tracking, host="127.0.0.1", port=TRACKING_PORT),
+            serving(create_codec_app(codec), host=codec.host, port=codec.port),
         ):
             contacts = selection_members(engine, DEMO_SELECTION_ID)
             flow_id = deployed.flow.id
@@ -202,6 +220,10 @@ async def main() -> None:
   Metrics       http://localhost:{get_settings().metrics_port}/metrics
   Sent          .venv/bin/python starter.py outbox  (inbox :{SMTP_PORT}, SMS :{SMS_PORT})
   Tracking      http://localhost:{TRACKING_PORT}  (links in sent mail; forms: POST /f/ID)
+  Payloads      encrypted (key {codec.keyring.current.id}, .data/payload-keys); to see them
+                decoded in the UI, sign in at {CODEC_ENDPOINT}/login with the token in
+                .data/codec-token and tick "Include cross-origin credentials" in the UI's
+                codec server settings
   Database      {engine.url}
 
   The worker is running. Ctrl-C stops everything; `make run` again resumes waiting participants.

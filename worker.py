@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.runtime import Runtime
+from temporalio.service import TLSConfig
 from temporalio.worker import Worker
 
 from activities.contacts import ContactActivities
@@ -34,15 +35,18 @@ from activities.scripts import ScriptActivities
 from activities.sms import SmsActivities, TwilioSettings
 from control.enrollment import suggest
 from control.ingest import ingest
-from models.database import create_tables, get_engine
-from models.payloads import DATA_CONVERTER
-from models.settings import get_settings
+from models.database import PROJECT_ROOT, create_tables, get_engine
+from models.encryption import Keyring
+from models.payloads import data_converter
+from models.settings import Settings, get_settings
 from workflows.participant import ParticipantWorkflow
 from workflows.sandbox import workflow_runner
 from workflows.script import ScriptWorkflow
 
 TASK_QUEUE = get_settings().task_queue
 ACTIVITY_SLOTS = 32
+# The dev stack's payload keys: every program started in the project folder finds them here.
+DEV_PAYLOAD_KEYS = PROJECT_ROOT / ".data" / "payload-keys"
 
 
 def twilio_from_settings() -> TwilioSettings | None:
@@ -72,6 +76,7 @@ def activities_for(
         crm.add_to_list,
         crm.remove_from_list,
         crm.choose_split_branch,
+        crm.choose_form_data_branch,
         contacts.update_contact,
         contacts.distribute_to_owner,
         records.create_follow_up,
@@ -115,15 +120,59 @@ def build_worker(
     )
 
 
+def payload_keyring(settings: Settings | None = None) -> Keyring | None:
+    """The keys payloads are encrypted with: ``PAYLOAD_KEYS``, else the file
+    ``PAYLOAD_KEYS_FILE``, else, for the dev stack's own server, the key it made; None: no
+    encryption."""
+    settings = settings or get_settings()
+    if settings.payload_keys is not None:
+        return Keyring.parse(settings.payload_keys.get_secret_value())
+    if settings.payload_keys_file is not None:  # named: it must be there
+        return Keyring.parse(settings.payload_keys_file.read_text(encoding="utf-8"))
+    if _dev_stack_server(settings) and DEV_PAYLOAD_KEYS.exists():
+        return Keyring.parse(DEV_PAYLOAD_KEYS.read_text(encoding="utf-8"))
+    return None
+
+
+def _dev_stack_server(settings: Settings) -> bool:
+    """Whether the address is the dev stack's server (``localhost:TEMPORAL_PORT``): its key
+    applies there only, never to another server (a test's, a real cluster) by accident."""
+    host, _, port = settings.temporal_address.rpartition(":")
+    return host in ("localhost", "127.0.0.1") and port == str(settings.temporal_port)
+
+
+def temporal_tls(settings: Settings | None = None) -> TLSConfig | bool:
+    """TLS for the Temporal connection: off unless ``TEMPORAL_TLS`` or a ``TEMPORAL_TLS_*``
+    setting asks for it; mutual with a client certificate and key."""
+    settings = settings or get_settings()
+    files = (
+        settings.temporal_tls_ca_file,
+        settings.temporal_tls_cert_file,
+        settings.temporal_tls_key_file,
+    )
+    named = settings.temporal_tls_server_name is not None or any(f is not None for f in files)
+    if not (settings.temporal_tls or named):
+        return False
+    ca, cert, key = (None if file is None else file.read_bytes() for file in files)
+    return TLSConfig(
+        server_root_ca_cert=ca,
+        domain=settings.temporal_tls_server_name,
+        client_cert=cert,
+        client_private_key=key,
+    )
+
+
 async def connect(
     address: str | None = None, namespace: str | None = None, runtime: Runtime | None = None
 ) -> Client:
-    """A client; a worker's passes ``runtime=metrics_runtime()`` to serve Prometheus metrics."""
+    """A client, as every program connects: TLS and payload encryption from the settings. A
+    worker's passes ``runtime=metrics_runtime()`` to serve Prometheus metrics."""
     settings = get_settings()
     return await Client.connect(
         address or settings.temporal_address,
         namespace=namespace or settings.temporal_namespace,
-        data_converter=DATA_CONVERTER,
+        data_converter=data_converter(payload_keyring(settings)),
+        tls=temporal_tls(settings),
         runtime=runtime,
     )
 
@@ -132,6 +181,8 @@ async def main() -> None:
     engine = get_engine()
     create_tables(engine)
     client = await connect(runtime=metrics_runtime())
+    if client.data_converter.payload_codec is None:
+        print("worker: payloads are not encrypted (no PAYLOAD_KEYS): histories show them as sent")
     worker = build_worker(client, engine)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,4 +1,4 @@
-"""Steps that read or change the CRM: list membership and data splits.
+"""Steps that read or change the CRM: list membership, data splits and form-data splits.
 
 Each activity is idempotent, so Temporal may retry it freely: adding a member that is already
 there, or removing one that is gone, is a no-op that reports what it found. Joining a selection
@@ -20,8 +20,8 @@ from activities.participants import ParticipantRecord, enter_step
 from models.criteria import evaluate
 from models.crm import Contact, Project, ProjectMember, Selection, SelectionMember, contact_facts
 from models.database import session, utcnow
-from models.engine import StepChange, record_event
-from models.events import EventKind, FlowEvent
+from models.engine import StepChange, find_event, record_event
+from models.events import EventKind, FlowEvent, choose_by_form_data
 from models.flow import Split, SplitBasis
 
 
@@ -51,6 +51,13 @@ class SplitAnswer(BaseModel):
         # Splits asked before they made their entry's checks answered a bare branch index (or
         # null, which decodes to None whatever the type: the workflow takes that as no branch).
         return {"branch": data} if isinstance(data, int) else data
+
+
+class FormDataQuestion(BaseModel):
+    """A form-data split, asked of the stored submission it decides on (by event id)."""
+
+    event_id: str
+    split: Split
 
 
 class CrmActivities:
@@ -98,6 +105,17 @@ class CrmActivities:
         if facts is None:
             raise missing_contact(question.contact_id)
         return SplitAnswer(branch=_first_branch(question.split, facts))
+
+    @activity.defn
+    def choose_form_data_branch(self, question: FormDataQuestion) -> int | None:
+        """The first branch whose criteria the stored submission's fields meet, or None for
+        everyone else. A submission that was never stored is decided on no fields, as one
+        posted without any."""
+        with session(self._engine) as db:
+            row = find_event(db, question.event_id)
+        stored = row.payload.get("data") if row is not None else None
+        data = {str(k): str(v) for k, v in stored.items()} if isinstance(stored, dict) else {}
+        return choose_by_form_data(question.split, data)
 
 
 def _first_branch(split: Split, facts: dict[str, object]) -> int | None:

@@ -180,7 +180,9 @@ class RecordActivities:
                     f"{contact.full_name} {when}.",
                 )
             )
-            outcome = f"{what} {title!r} for {owner.name} {when}"
+            # The record's id and the step's own title, not the title filled in with the
+            # contact's data: the outcome is kept in the participant's history.
+            outcome = f"{what} #{follow_up.id} {step.title!r} for {owner.name} {when}"
             event = record_step_event(
                 db,
                 EventKind.follow_up_created,
@@ -271,7 +273,10 @@ class RecordActivities:
             db.add(request_row)
             db.flush()
             whose = f"assigned to {owner.name}" if owner else f"unassigned{note}"
-            outcome = f"request {request_row.title!r} ({step.category}, {step.priority}) {whose}"
+            outcome = (
+                f"request #{request_row.id} {step.title!r} ({step.category}, {step.priority}) "
+                f"{whose}"
+            )
             event = record_step_event(
                 db,
                 EventKind.request_created,
@@ -337,7 +342,7 @@ class RecordActivities:
             whose = f"for {owner.name}" if owner else f"without owner ({absent})"
             day = schedule.local_date(estimated_at, zone)
             outcome = (
-                f"sale {sale.title!r} {sale.amount:g} {sale.currency}, {stage}, "
+                f"sale #{sale.id} {step.title!r} {sale.amount:g} {sale.currency}, {stage}, "
                 f"estimated {day.isoformat()}, {whose}"
             )
             event = record_step_event(

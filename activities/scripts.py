@@ -1,9 +1,14 @@
 """run_script: load the participant's context for a registered script, then run the script.
 
 Both run inside the ``Script`` workflow (``workflows.script``), never in the participant's.
+The contact's data travels in neither's input nor result (they are kept in the ``Script``
+history): ``prepare_script`` checks the contact exists, and each attempt of ``run_script`` reads
+its facts. Scripts prepared before carry the facts in their context, and use those.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from pydantic import BaseModel
 from sqlalchemy import Engine
@@ -47,14 +52,11 @@ class ScriptActivities:
 
     @activity.defn
     def prepare_script(self, start: ScriptStart) -> PreparedScript:
-        """The script's limits and the contact's data as they are when the script starts."""
+        """The script's limits and its context, the contact's data left for ``run_script``."""
         entry = registered_scripts().get(start.script)
         if entry is None:
             raise _unknown(start.script)
-        with session(self._engine) as db:
-            facts = contact_facts(db, start.contact_id)
-        if facts is None:
-            raise missing_contact(start.contact_id)
+        self._facts(start.contact_id)  # a contact deleted meanwhile fails here, for good
         return PreparedScript(
             script=start.script,
             timeout_seconds=entry.timeout.total_seconds(),
@@ -66,7 +68,7 @@ class ScriptActivities:
                 step_id=start.step_id,
                 step_name=start.step_name,
                 contact_id=start.contact_id,
-                contact=facts,
+                contact={},
             ),
         )
 
@@ -76,5 +78,16 @@ class ScriptActivities:
         entry = registered_scripts().get(prepared.script)
         if entry is None:
             raise _unknown(prepared.script)
-        result = await entry.run(prepared.context)
+        context = prepared.context
+        if not context.contact:
+            facts = await asyncio.to_thread(self._facts, context.contact_id)
+            context = context.model_copy(update={"contact": facts})
+        result = await entry.run(context)
         return "" if result is None else str(result)
+
+    def _facts(self, contact_id: int) -> dict[str, object]:
+        with session(self._engine) as db:
+            facts = contact_facts(db, contact_id)
+        if facts is None:
+            raise missing_contact(contact_id)
+        return facts

@@ -248,7 +248,8 @@ async def _start(
             if event is None
             else WorkflowIDConflictPolicy.USE_EXISTING,
             start_signal=None if event is None else EVENT_SIGNAL,
-            start_signal_args=[] if event is None else [event],
+            # The event's reference: its form data stays in crm_events.
+            start_signal_args=[] if event is None else [event.reference()],
             search_attributes=TypedSearchAttributes(
                 [
                     SearchAttributePair(sa.FLOW_ID, flow.id),

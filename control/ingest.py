@@ -5,7 +5,8 @@ changes from outside, ``starter.py event`` and flow steps through the ``emit_eve
 ends in ``ingest``:
 
 1. the event is recorded in ``crm_events``, once per ``event_id``;
-2. it is signalled (``event``) to every active participant of its contact;
+2. it is signalled (``event``) to every active participant of its contact, without its form
+   data (``FlowEvent.reference``: participants read a submission's fields from the table);
 3. every running or paused flow whose triggers it matches enrolls the contact through the flow's
    own rules, with the event as the start signal (signal-with-start), so the new participant
    knows what brought it in before its first step;
@@ -122,7 +123,8 @@ def triggered_by(trigger: Trigger, event: FlowEvent) -> bool:
 
 async def _signal(client: Client, workflow_id: str, event: FlowEvent) -> bool:
     try:
-        await client.get_workflow_handle(workflow_id).signal(EVENT_SIGNAL, event)
+        # The reference: a form's data stays in crm_events, out of the participant's history.
+        await client.get_workflow_handle(workflow_id).signal(EVENT_SIGNAL, event.reference())
     except RPCError as error:
         if error.status is RPCStatusCode.NOT_FOUND:
             return False  # the participant closed since its row was read: nothing to tell

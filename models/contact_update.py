@@ -41,6 +41,7 @@ from sqlalchemy import inspect
 from models.crm import EXTRA_FIELDS, USER_DEFINED_FIELDS, Company, Contact
 from models.flow import UpdateRow
 from models.patterns import Pattern, PatternError, compile_pattern
+from models.personal_data import mask_email, mask_phone, mask_text
 
 Kind = Literal[
     "text", "list", "associate", "multi", "tags", "consent", "bool", "flag", "date", "number"
@@ -103,6 +104,12 @@ LEGAL_BASES = frozenset(
     }
 )
 CONSENT_KEYS = frozenset({"purpose", "legal_basis", "source", "comment"})
+# Kinds whose values are the contact's own data (names, addresses, numbers, dates such as a
+# birthday): a change description shows them masked, since it is kept in the participant's
+# history. Lists, flags, tags, consents, associates and numbers are shown as they are.
+PERSONAL_KINDS: frozenset[Kind] = frozenset({"text", "multi", "date"})
+_EMAIL_KEYS = frozenset({"email", "emails"})
+_PHONE_KEYS = frozenset({"mobile", "phone", "phones"})
 
 # The value kinds of user-defined and extra fields (models.crm) as update kinds.
 _OPEN_KINDS: dict[str, Kind] = {
@@ -325,8 +332,9 @@ def _nullable(record: Contact | Company, column: str) -> bool:
 
 
 def apply_row(record: Contact | Company, row: UpdateRow) -> str | None:
-    """Apply one (checked) row to ``record``; a description of the change, or None if the row
-    changed nothing. Raises ValueError for a row ``row_problems`` would refuse."""
+    """Apply one (checked) row to ``record``; a description of the change (the contact's own
+    values masked), or None if the row changed nothing. Raises ValueError for a row
+    ``row_problems`` would refuse."""
     spec = field_spec(row.target, row.field)
     problems = row_problems(row)
     if spec is None or problems:
@@ -347,10 +355,26 @@ def apply_row(record: Contact | Company, row: UpdateRow) -> str | None:
             store.pop(spec.key, None)
         else:
             store[spec.key] = new
-    return f"{spec.label}: {_shown(current)} → {_shown(new)}"
+    return f"{spec.label}: {_shown(current, spec)} → {_shown(new, spec)}"
 
 
-def _shown(value: object) -> str:
+def _shown(value: object, spec: FieldSpec) -> str:
     if isinstance(value, list) and value and isinstance(value[0], dict):
         return repr(sorted(str(c.get("purpose")) for c in value))
+    if spec.kind in PERSONAL_KINDS:
+        return repr(_masked(value, spec))
     return repr(value)
+
+
+def _masked(value: object, spec: FieldSpec) -> object:
+    if isinstance(value, list):
+        return [_masked(item, spec) for item in value]
+    if not isinstance(value, str):
+        return value
+    if spec.kind == "date":
+        return "…"
+    if spec.key in _EMAIL_KEYS:
+        return mask_email(value)
+    if spec.key in _PHONE_KEYS:
+        return mask_phone(value)
+    return mask_text(value)

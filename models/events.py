@@ -5,6 +5,10 @@ Forms submitted, tracked links clicked, emails opened and CRM changes enter the 
 then reaches every participant it concerns as the ``event`` signal, and every running flow whose
 triggers it matches. Participants keep recent events in their state, so waits, splits and success
 criteria decide from their own history, deterministically.
+
+The signal is the event's ``reference()``: what happened, when and where, without the form's
+data, which stays in ``crm_events`` (participants' histories are read outside the CRM). A split
+on form data reads the stored submission by its event id (``choose_by_form_data``).
 """
 
 from __future__ import annotations
@@ -55,6 +59,10 @@ class FlowEvent(BaseModel):
     by_import: bool = Field(
         default=False, description="Created/updated by import or bulk update: triggers ignore it"
     )
+
+    def reference(self) -> FlowEvent:
+        """The event as participants get it: its form data left in ``crm_events``."""
+        return self.model_copy(update={"data": {}}) if self.data else self
 
 
 class IngestReport(BaseModel):
@@ -113,19 +121,32 @@ def choose_by_events(split: Split, events: list[FlowEvent], flow_id: str) -> int
             if any(branch.link is None or click.link == branch.link for click in clicks):
                 return index
         return None
-    submissions = [
-        event
-        for event in events
-        if event.kind is EventKind.form_submitted and event.form_id == split.form_id
-    ]
+    submission = last_submission(split, events)
     if split.basis is SplitBasis.form_submitted:
-        submitted = bool(submissions)
+        submitted = submission is not None
         return next(
             (i for i, branch in enumerate(split.branches) if branch.submitted is submitted), None
         )
-    if not submissions:
+    if submission is None:
         return None  # form data: everyone else also catches those who never submitted
-    facts: dict[str, object] = {f"form.{k}": v for k, v in submissions[-1].data.items()}
+    return choose_by_form_data(split, submission.data)
+
+
+def last_submission(split: Split, events: list[FlowEvent]) -> FlowEvent | None:
+    """The newest submission of the split's form among a participant's events."""
+    return next(
+        (
+            event
+            for event in reversed(events)
+            if event.kind is EventKind.form_submitted and event.form_id == split.form_id
+        ),
+        None,
+    )
+
+
+def choose_by_form_data(split: Split, data: dict[str, str]) -> int | None:
+    """The first branch of a form-data split whose criteria the submitted fields meet."""
+    facts: dict[str, object] = {f"form.{k}": v for k, v in data.items()}
     for index, branch in enumerate(split.branches):
         if branch.criteria is not None and evaluate(branch.criteria, facts):
             return index

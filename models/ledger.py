@@ -24,6 +24,7 @@ between, so only a process killed in that stretch leaves ``sending`` behind.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
@@ -36,6 +37,7 @@ from sqlmodel import Session, col, select
 
 from models.database import session, utcnow
 from models.engine import Delivery
+from models.personal_data import mask_email, mask_phone
 
 T = TypeVar("T")
 
@@ -62,6 +64,9 @@ FINAL = frozenset(
 
 
 class DeliveryOutcome(BaseModel):
+    """What a send activity returns, kept in the participant's history: the recipient masked
+    (the ledger row holds the address), and masked in the key and the provider's answer too."""
+
     key: str
     channel: str
     recipient: str
@@ -75,15 +80,48 @@ class DeliveryOutcome(BaseModel):
 
 
 def _outcome(row: Delivery, already_settled: bool = False) -> DeliveryOutcome:
-    return DeliveryOutcome(
-        key=row.key,
-        channel=row.channel,
-        recipient=row.recipient,
-        status=DeliveryStatus(row.status),
-        provider_id=row.provider_id,
-        detail=row.detail,
-        already_settled=already_settled,
+    return masked(
+        DeliveryOutcome(
+            key=row.key,
+            channel=row.channel,
+            recipient=row.recipient,
+            status=DeliveryStatus(row.status),
+            provider_id=row.provider_id,
+            detail=row.detail,
+            already_settled=already_settled,
+        )
     )
+
+
+def masked(outcome: DeliveryOutcome) -> DeliveryOutcome:
+    """The outcome as a send returns it: its recipient masked, in the key (a notify_sms key ends
+    in the number) and in the detail (an SMTP answer may quote the address) too."""
+    recipient = outcome.recipient.strip()
+    if not recipient:
+        return outcome
+    shown = _masked_recipient(outcome.channel, recipient)
+
+    def without(text: str) -> str:
+        return re.sub(re.escape(recipient), shown, text, flags=re.IGNORECASE)
+
+    detail = outcome.detail
+    return outcome.model_copy(
+        update={
+            "key": without(outcome.key),
+            "recipient": shown,
+            "detail": None if detail is None else without(detail),
+        }
+    )
+
+
+def _masked_recipient(channel: str, recipient: str) -> str:
+    """A number or an address masked; a role standing in for a missing one ("our service
+    contact") as it is."""
+    if channel == "sms" and any(c.isdigit() for c in recipient):
+        return mask_phone(recipient)
+    if "@" in recipient:
+        return mask_email(recipient)
+    return recipient
 
 
 def claiming(engine: Engine, key: str, work: Callable[[Session], T]) -> T:

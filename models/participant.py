@@ -60,6 +60,13 @@ class ParticipantState(BaseModel):
         default=None, description="The last resume's version could not be taken: which, and why"
     )
 
+    def without_form_data(self) -> ParticipantState:
+        """The state as it leaves the workflow (records, continue-as-new, its result): events
+        that were signalled with their form data, without it (``crm_events`` keeps it)."""
+        if not any(event.data for event in self.events):
+            return self
+        return self.model_copy(update={"events": [event.reference() for event in self.events]})
+
 
 class Resume(BaseModel):
     """The ``resume`` signal: the flow version to continue with (edits made while paused)."""

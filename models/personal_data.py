@@ -23,6 +23,12 @@ def mask_email(address: str) -> str:
     return f"{local[0]}…@{domain}"
 
 
+def mask_text(text: str) -> str:
+    """'Svensson' -> 'S…': a contact's free-text value, recognisable to whoever knows it."""
+    stripped = text.strip()
+    return f"{stripped[0]}…" if stripped else ""
+
+
 def mask_phone(number: str) -> str:
     """'+46701234567' -> '…4567'."""
     digits = [c for c in number if c.isdigit()]

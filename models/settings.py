@@ -14,8 +14,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.encryption import Keyring
 
 
 class Settings(BaseSettings):
@@ -40,6 +42,41 @@ class Settings(BaseSettings):
         False,
         description="true: workflows run in Temporal's sandbox (the tests do); "
         "false: unsandboxed, about a third of the workflow CPU",
+    )
+
+    # --- the Temporal connection's TLS and payload encryption ------------------------------------
+    temporal_tls: bool = Field(
+        False, description="true: TLS with the system's CAs (implied by any TEMPORAL_TLS_* file)"
+    )
+    temporal_tls_ca_file: Path | None = Field(
+        None, description="CA certificate(s) that sign the server's; unset: the system's"
+    )
+    temporal_tls_cert_file: Path | None = Field(
+        None, description="client certificate for mutual TLS (with TEMPORAL_TLS_KEY_FILE)"
+    )
+    temporal_tls_key_file: Path | None = Field(None, description="its private key")
+    temporal_tls_server_name: str | None = Field(
+        None, description="the name the server's certificate carries; unset: the address's host"
+    )
+    payload_keys: SecretStr | None = Field(
+        None,
+        description="AES-256 keys that encrypt payloads, 'id:base64key' separated by commas: "
+        "the first encrypts, all decrypt; unset: PAYLOAD_KEYS_FILE",
+    )
+    payload_keys_file: Path | None = Field(
+        None,
+        description="a file holding PAYLOAD_KEYS; unset: the key make run made "
+        "(.data/payload-keys), for its server only; no keys at all: payloads are not encrypted",
+    )
+    codec_server_token: SecretStr | None = Field(
+        None, description="the codec server's bearer token (at least 16 characters)"
+    )
+    codec_server_host: str = Field("127.0.0.1", description="where python -m codec_server listens")
+    codec_server_port: int = Field(8028, description="its port")
+    codec_server_origins: str | None = Field(
+        None,
+        description="Web UI origins allowed to call it, separated by commas; "
+        "unset: http://localhost and http://127.0.0.1 at TEMPORAL_UI_PORT",
     )
 
     # --- email ---------------------------------------------------------------------------------
@@ -151,6 +188,17 @@ class Settings(BaseSettings):
             if any(char.isspace() for char in value):
                 raise ValueError("a URL has no spaces or line breaks")
         return value
+
+    @model_validator(mode="after")
+    def _payload_and_tls_settings(self) -> Settings:
+        if (self.temporal_tls_cert_file is None) != (self.temporal_tls_key_file is None):
+            raise ValueError("TEMPORAL_TLS_CERT_FILE and TEMPORAL_TLS_KEY_FILE go together")
+        if self.payload_keys is not None:
+            Keyring.parse(self.payload_keys.get_secret_value())  # refused at start, not at use
+        token = self.codec_server_token
+        if token is not None and len(token.get_secret_value()) < 16:
+            raise ValueError("CODEC_SERVER_TOKEN must be at least 16 characters")
+        return self
 
     @classmethod
     def variables(cls) -> list[str]:

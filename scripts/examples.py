@@ -15,4 +15,5 @@ async def sync_webinar_attendee(context: ScriptContext) -> str:
     email = context.contact.get("contact.email")
     company = context.contact.get("company.name")
     log.info("portal sync for contact %s <%s> of %s", context.contact_id, email, company)
-    return f"synced contact {context.contact_id} ({email})"
+    # The result is kept in the Script workflow's history: ids, not the contact's data.
+    return f"synced contact {context.contact_id}"

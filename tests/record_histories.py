@@ -33,6 +33,7 @@ from temporalio.testing import WorkflowEnvironment
 
 import scripts.examples  # noqa: F401  (registers the scripts the flows run)
 from activities.email import SmtpSettings
+from control.ingest import record_event
 from models.database import create_tables, get_engine, session
 from models.demo import DEMO_SELECTION_ID, VIP_SELECTION_ID, seed_demo
 from models.events import EventKind, FlowEvent
@@ -84,10 +85,12 @@ Handle = WorkflowHandle[Any, ParticipantState]
 
 @dataclass
 class Peers:
-    """What a scenario may steer: the server's clock and the Twilio API's scripted answers."""
+    """What a scenario may steer: the server's clock, the Twilio API's scripted answers and the
+    CRM's database."""
 
     env: WorkflowEnvironment
     twilio: TwilioApiServer
+    engine: Engine
 
     async def skip(self, duration: timedelta) -> None:
         await self.env.sleep(duration)
@@ -349,6 +352,24 @@ async def submit_and_click(handle: Handle, peers: Peers) -> None:
         ParticipantWorkflow.event,
         event(EventKind.form_submitted, form_id=7, data={"size": "large", "name": "Karin"}),
     )
+    await handle.signal(
+        ParticipantWorkflow.event,
+        event(
+            EventKind.link_clicked,
+            flow_id="recorded",
+            step_id="mail",
+            link="https://example.com/blog",
+        ),
+    )
+
+
+async def submit_stored_and_click(handle: Handle, peers: Peers) -> None:
+    """As ``submit_and_click``, the way events reach participants now: the submission is
+    recorded in the CRM's events and signalled without its fields."""
+    await waiting_at(handle, "first")
+    submission = event(EventKind.form_submitted, form_id=7, data={"size": "large", "name": "Karin"})
+    record_event(peers.engine, submission)
+    await handle.signal(ParticipantWorkflow.event, submission.reference())
     await handle.signal(
         ParticipantWorkflow.event,
         event(
@@ -985,6 +1006,22 @@ SCENARIOS: dict[str, Scenario] = {
         ["records_in_step_activity.checks_at_crm_step"],
         excluded_flow,
     ),
+    # Events reach participants without their form data (workflow.patched
+    # "form-data-from-store"): a form-data split reads the stored submission in an activity.
+    "event_splits_v2": Scenario(
+        "as event_splits, the submission signalled without its fields: the form-data split reads "
+        "the stored submission (choose_form_data_branch) and takes its branch",
+        ["split.form_data_from_store"],
+        event_splits_flow,
+        drive=submit_stored_and_click,
+    ),
+    "event_splits_v4": Scenario(
+        "as event_splits_v2 in a participant started under record-in-step-activity: the "
+        "form-data split reads the stored submission",
+        ["records_in_step_activity.form_data_from_store"],
+        event_splits_flow,
+        drive=submit_stored_and_click,
+    ),
 }
 
 
@@ -1109,7 +1146,8 @@ async def main(only: list[str]) -> None:
         try:
             with running_twilio_api() as twilio:
                 for name, scenario in todo.items():
-                    recorded = await record(env, engine, Peers(env, twilio), smtp, name, scenario)
+                    peers = Peers(env, twilio, engine)
+                    recorded = await record(env, engine, peers, smtp, name, scenario)
                     files = []
                     for stem, history in recorded:
                         path = HISTORIES / f"{stem}.json"

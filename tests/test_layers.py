@@ -6,7 +6,8 @@
     control     what the client does against Temporal and the database (enroll, ingest,
                 lifecycle, flow storage, the dry run); reports beside it (statistics, diagram)
     worker      the worker process: workflows and activities, with control's enroll and ingest
-    starter …   the programs on top: the CLI, the tracking service, the dev stack
+    starter …   the programs on top: the CLI, the tracking service, the codec server, the dev
+                stack
 
 Tests, benchmarks, the kit they share (testkit) and migrations sit outside: they may import
 anything, and nothing in the layers imports them.
@@ -30,6 +31,7 @@ LAYERS = {
     "reports": 3,
     "worker": 4,
     "tracking": 5,
+    "codec_server": 5,
     "starter": 5,
     "devstack": 5,
 }

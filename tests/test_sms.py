@@ -33,6 +33,7 @@ from models.database import session
 from models.engine import Delivery
 from models.flow import NotifySms, Recipients, SendSms
 from models.ledger import DeliveryOutcome, DeliveryStatus
+from models.personal_data import mask_phone
 from models.settings import Settings
 from models.sms import normalise_number, segments
 from peers.twilio_api import TwilioApiServer, read_sms_outbox
@@ -220,7 +221,8 @@ async def test_send_renders_merge_tags_and_sends(
     assert message["from"] == "Nordljus"  # the step's alphanumeric sender, as written
     assert outcome.status is DeliveryStatus.sent
     assert outcome.provider_id == message["sid"] and str(message["sid"]).startswith("SM")
-    assert (outcome.recipient, outcome.detail) == (KARIN, "1 segment, GSM-7")
+    # The number masked: the outcome is kept in the participant's history.
+    assert (outcome.recipient, outcome.detail) == (mask_phone(KARIN), "1 segment, GSM-7")
     assert ledger_status(engine, request.delivery_key) == "sent"
 
 
@@ -465,11 +467,12 @@ async def test_notify_our_contact_a_number_and_a_service_contact_without_mobile(
     outcomes: list[DeliveryOutcome] = await ActivityEnvironment().run(sms.notify_sms, request)
 
     # Anna's number is also listed as "070 111 22 33": the same E.164 number gets one SMS.
+    # Numbers masked, in the key too: the outcomes are kept in the participant's history.
     summary = [(o.key, o.status, o.recipient) for o in outcomes]
     assert summary == [
-        (f"flow-1/1/notify/1/{ANNA}", DeliveryStatus.sent, ANNA),
+        (f"flow-1/1/notify/1/{mask_phone(ANNA)}", DeliveryStatus.sent, mask_phone(ANNA)),
         ("flow-1/1/notify/1/our_service_contact", DeliveryStatus.skipped, "our service contact"),
-        ("flow-1/1/notify/1/+447911123456", DeliveryStatus.sent, "+447911123456"),
+        ("flow-1/1/notify/1/…3456", DeliveryStatus.sent, "…3456"),
     ]
     assert outcomes[1].detail == "our service contact has no mobile number"
     assert sorted(str(m["to"]) for m in twilio.messages) == sorted([ANNA, "+447911123456"])

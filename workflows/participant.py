@@ -193,7 +193,8 @@ class ParticipantWorkflow:
                     enrollment = enrollment.model_copy(
                         update={"flow": self._flow, "flow_version": self._state.flow_version}
                     )
-                    workflow.continue_as_new(enrollment.model_copy(update={"state": self._state}))
+                    state = self._state.without_form_data()
+                    workflow.continue_as_new(enrollment.model_copy(update={"state": state}))
                 await self._unfrozen()
                 if self._interrupt is not None:
                     self._leave(self._interrupt)
@@ -222,7 +223,7 @@ class ParticipantWorkflow:
                 self._state.trail[-1].outcome = standing.leave_reason
                 self._leave(Leave.dropping_out(standing.leave_reason))
                 await self._record()
-        return self._state
+        return self._state.without_form_data()
 
     @property
     def _current_step(self) -> str:
@@ -360,7 +361,8 @@ class ParticipantWorkflow:
 
     async def _record(self) -> Standing:
         record = ParticipantRecord(
-            state=self._state, exclusion_selections=self._flow.exclusion_selections
+            state=self._state.without_form_data(),
+            exclusion_selections=self._flow.exclusion_selections,
         )
         # Histories recorded before the checks existed carry no standing (a null result, which
         # decodes to None whatever the type): all is well.

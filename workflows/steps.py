@@ -21,7 +21,13 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from activities.contacts import ContactActivities, ContactUpdate, OwnerDistribution
-    from activities.crm import CrmActivities, ListChange, SplitAnswer, SplitQuestion
+    from activities.crm import (
+        CrmActivities,
+        FormDataQuestion,
+        ListChange,
+        SplitAnswer,
+        SplitQuestion,
+    )
     from activities.email import EmailActivities, EmailNotify, EmailSend
     from activities.enrollment import EnrollmentActivities
     from activities.events import EventActivities
@@ -36,7 +42,13 @@ with workflow.unsafe.imports_passed_through():
     from activities.sms import NO_MOBILE, UNREACHABLE, SmsActivities, SmsNotify, SmsSend
     from models import schedule
     from models.engine import ParticipantStatus, StepChange
-    from models.events import EVENT_SPLIT_BASES, FlowEvent, answers, choose_by_events
+    from models.events import (
+        EVENT_SPLIT_BASES,
+        FlowEvent,
+        answers,
+        choose_by_events,
+        last_submission,
+    )
     from models.flow import (
         AddToList,
         CreateFollowUp,
@@ -53,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
         SendEmail,
         SendSms,
         Split,
+        SplitBasis,
         Step,
         UpdateContact,
         WaitForAction,
@@ -278,8 +291,17 @@ async def wait_for_action(participant: Participant, step: WaitForAction) -> Outc
     return Continue(step.next, "no response within the maximum time")
 
 
+# A form-data split whose submission reached the participant without its fields (events are
+# signalled without their form data, which stays in the CRM's events) reads the stored
+# submission in an activity. Submissions signalled with their fields, as before, are decided in
+# the workflow as they were.
+FORM_DATA_FROM_STORE = "form-data-from-store"
+
+
 async def split(participant: Participant, step: Split) -> Outcome:
-    if step.basis in EVENT_SPLIT_BASES:
+    if step.basis is SplitBasis.form_data:
+        branch = await _choose_by_form_data(participant, step)
+    elif step.basis in EVENT_SPLIT_BASES:
         # Decided from the events this participant has seen: no activity, deterministic.
         branch = choose_by_events(step, participant.state.events, participant.flow.id)
     else:
@@ -304,6 +326,22 @@ async def split(participant: Participant, step: Split) -> Outcome:
     return Leave(
         ParticipantStatus.finished, "left at 'everyone else'", handoffs=step.everyone_else.exit
     )
+
+
+async def _choose_by_form_data(participant: Participant, step: Split) -> int | None:
+    events = participant.state.events
+    submission = last_submission(step, events)
+    if submission is None:
+        return None  # everyone else also catches those who never submitted
+    if submission.data or not workflow.patched(FORM_DATA_FROM_STORE):
+        return choose_by_events(step, events, participant.flow.id)
+    branch: int | None = await workflow.execute_activity_method(
+        CrmActivities.choose_form_data_branch,
+        FormDataQuestion(event_id=submission.event_id, split=step),
+        summary=f"Split {step.label!r} on form {step.form_id} data",
+        **CRM_ACTIVITY,
+    )
+    return branch
 
 
 # --- Update participant ------------------------------------------------------------------------

@@ -49,15 +49,14 @@ from activities.sms import (
 from models.consent import Refused, marketing_recipient, valid_address
 from models.crm import Contact, contact_facts
 from models.database import session
-from models.ledger import DeliveryOutcome, DeliveryStatus
+from models.ledger import DeliveryOutcome, DeliveryStatus, masked
 from models.merge_tags import render, render_header
 from models.participant import Standing
-from models.personal_data import mask_email, mask_phone
 from models.settings import get_settings
 from models.sms import is_mobile, normalise_number, segments
 
 # Activities that only read: the real ones run (on the real CRM) so decisions match production.
-READ_ONLY = frozenset({"choose_split_branch", "prepare_script"})
+READ_ONLY = frozenset({"choose_split_branch", "choose_form_data_branch", "prepare_script"})
 MESSAGE_ACTIVITIES = frozenset({"send_email", "send_sms", "notify_email", "notify_sms"})
 # Captured, but not worth a line in the timeline.
 BOOKKEEPING = frozenset({"record_participant"})
@@ -165,7 +164,11 @@ class Capture:
 
     def activities(self) -> list[Callable[..., Any]]:
         crm, scripts = CrmActivities(self.engine), ScriptActivities(self.engine)
-        readers: list[Callable[..., Any]] = [crm.choose_split_branch, scripts.prepare_script]
+        readers: list[Callable[..., Any]] = [
+            crm.choose_split_branch,
+            crm.choose_form_data_branch,
+            scripts.prepare_script,
+        ]
         standing_in: list[Callable[..., Any]] = [
             self.record_participant,
             self.send_email,
@@ -182,8 +185,11 @@ class Capture:
         earlier = self.settled.get(key)
         if earlier is not None:
             return earlier.model_copy(update={"already_settled": True})
-        outcome = DeliveryOutcome(
-            key=key, channel=channel, recipient=recipient, status=status, detail=detail
+        # Masked, as the real activities return it.
+        outcome = masked(
+            DeliveryOutcome(
+                key=key, channel=channel, recipient=recipient, status=status, detail=detail
+            )
         )
         self.settled[key] = outcome
         return outcome
@@ -286,7 +292,7 @@ class Capture:
                     outcome = self._outcome(key, EMAIL, address, DeliveryStatus.sent, NOT_SENT)
                 except ValueError as error:  # MergeTagError, or a header with a line break
                     outcome = self._outcome(key, EMAIL, address, DeliveryStatus.failed, str(error))
-        to = mask_email(outcome.recipient) if outcome.recipient else "-"
+        to = outcome.recipient or "-"
         self._record(_message_text("email", repr(subject), to, outcome), request, outcome)
         return outcome
 
@@ -317,7 +323,7 @@ class Capture:
         else:
             # The same detail as a real send: the participant's outcome reads the same.
             outcome = self._outcome(key, SMS, number, DeliveryStatus.sent, str(segments(text)))
-        to = mask_phone(outcome.recipient) if outcome.recipient else "-"
+        to = outcome.recipient or "-"
         shown = repr(text) if outcome.status is DeliveryStatus.sent else repr(step.label)
         self._record(_message_text("SMS", shown, to, outcome), request, outcome)
         return outcome
@@ -344,7 +350,7 @@ class Capture:
         for label, address in targets:
             key = f"{request.delivery_key}/{label}"
             outcomes.append(self._notified_by_email(request, facts, key, label, address, seen))
-        shown = ", ".join(_who(o, mask_email) for o in outcomes) or "nobody"
+        shown = ", ".join(_who(o) for o in outcomes) or "nobody"
         self._record(f"notify by email {subject!r} to {shown}", request, outcomes)
         return outcomes
 
@@ -416,14 +422,14 @@ class Capture:
             else:
                 detail = str(segments(text))
                 outcomes.append(self._outcome(key, SMS, number, DeliveryStatus.sent, detail))
-        to = ", ".join(_who(o, mask_phone) for o in outcomes) or "nobody"
+        to = ", ".join(_who(o) for o in outcomes) or "nobody"
         self._record(f"notify by SMS {request.step.label!r} to {to}", request, outcomes)
         return outcomes
 
 
-def _who(outcome: DeliveryOutcome, mask: Callable[[str], str]) -> str:
+def _who(outcome: DeliveryOutcome) -> str:
     if outcome.status is DeliveryStatus.sent:
-        return mask(outcome.recipient)
+        return outcome.recipient  # masked
     return f"nobody ({outcome.detail})"
 
 

@@ -30,6 +30,7 @@ from bench.parts import (
     throughput,
     tuning,
     waiting,
+    waking,
 )
 from bench.report import PROJECT_ROOT, load_average, machine, part_markdown, write
 
@@ -45,10 +46,11 @@ PARTS: dict[str, ModuleType] = {
         simulated,
         burst,
         scaleout,
+        waking,
     )
 }
 # Parts that run only when named in --only: each takes many minutes at its default size.
-LONG_PARTS = {burst.NAME, scaleout.NAME}
+LONG_PARTS = {burst.NAME, scaleout.NAME, waking.NAME}
 DEFAULT_PARTS = [name for name in PARTS if name not in LONG_PARTS]
 
 TUNINGS: dict[str, Tuning] = {
@@ -103,7 +105,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--parked",
         type=int,
         default=waiting.DEFAULT_COUNT,
-        help="participants parked in a wait step by the waiting part",
+        help="participants parked in a wait step by the waiting and waking parts",
     )
     parser.add_argument(
         "--tunings",

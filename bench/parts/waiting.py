@@ -91,7 +91,7 @@ async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
         raise BenchTimeout(f"{what}: not done after {RUN_TIMEOUT}") from None
 
 
-async def _quiet(server: Server) -> None:
+async def quiet(server: Server) -> None:
     """Until the server has been (nearly) idle for a second: the last workflow tasks are done."""
     deadline = time.monotonic() + RUN_TIMEOUT.total_seconds()
     while time.monotonic() < deadline:
@@ -158,7 +158,7 @@ async def engine_side(
                 await _until(lambda: parked(len(contact_ids) // 2), "parking half")
                 halfway = _memory(server)
                 await _until(lambda: parked(len(contact_ids)), "parking participants")
-            await _quiet(server)
+            await quiet(server)
             after = _memory(server)
     _record(result, "engine", len(contact_ids), before, after, usage().wall, halfway)
     result.add_usage("engine", usage(), len(contact_ids), "parked participant")
@@ -182,7 +182,7 @@ async def baseline_side(server: Server, count: int, result: PartResult) -> None:
             await bounded(gather_limited(START_CONCURRENCY, map(starter, ids)), "starting")
             # A plain workflow records nothing on the way: parked is when the server goes quiet
             # (the figures include the one quiet second that tells).
-            await _quiet(server)
+            await quiet(server)
         after = _memory(server)
     _record(result, "baseline", count, before, after, usage().wall)
     result.add_usage("baseline", usage(), count, "parked participant")

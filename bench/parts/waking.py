@@ -42,6 +42,7 @@ from bench.common import (
     smtp_inbox,
     temp_database,
 )
+from bench.parts.waiting import quiet
 from control.enrollment import START_CONCURRENCY, enroll
 from models.database import session
 from models.engine import Participant, ParticipantStatus
@@ -53,6 +54,7 @@ TITLE = "Waking after eviction: parked participants whose waits end at once"
 ZONE = "Europe/Stockholm"
 PARK_RATE = 20.0  # participants/s assumed when choosing the instant: well below what parks
 MARGIN = timedelta(seconds=20)
+RESULT_POLLS = 50
 
 
 def wake_flow(flow_id: str, until: datetime) -> dict[str, Any]:
@@ -134,6 +136,7 @@ async def engine_side(
                 return await asyncio.to_thread(_count, engine, flow_id, finished=False) >= count
 
             await _until(parked, "parking participants")
+            await quiet(server)  # the last workflow tasks done: every timer started
             parked_s = time.monotonic() - began
         await _sleep_until(instant, "parking")
         async with participant_worker(server.client, engine, task_queue, activities):
@@ -167,11 +170,16 @@ async def baseline_side(server: Server, count: int, result: PartResult) -> None:
     began = time.monotonic()
     async with baseline_worker(client, task_queue, WORKER_PY_ACTIVITY_SLOTS):
         handles = await bounded(gather_limited(START_CONCURRENCY, map(starter, ids)), "starting")
+        # Stopped before its first workflow task, a plain workflow would start its timer only
+        # when the fresh worker runs it: wait until every one has.
+        await quiet(server)
         parked_s = time.monotonic() - began
     await _sleep_until(instant, "starting the plain workflows")
     async with baseline_worker(client, task_queue, WORKER_PY_ACTIVITY_SLOTS):
         with server.meter.section() as usage:
-            await bounded(asyncio.gather(*(handle.result() for handle in handles)), "waking")
+            # A result is a long poll: a few at a time, under the server's per-namespace limit.
+            results = (lambda handle=handle: handle.result() for handle in handles)
+            await bounded(gather_limited(RESULT_POLLS, results), "waking")
             _drained(result, "baseline", count, instant, parked_s)
     result.add_usage("baseline", usage(), count, "woken participant")
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.common import SLOW_TASK, TASK_NOT_FOUND, cpu_seconds, process_tree
+from bench.harness import SLOW_TASK, TASK_NOT_FOUND, cpu_seconds, process_tree
 from testkit.peers import TWILIO_SID, TWILIO_TOKEN, Inbox
 from testkit.processes import WorkerProcess
 from testkit.servers import LOOPBACK

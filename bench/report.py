@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from bench.common import PartResult, Row
+from bench.harness import PartResult, Row
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

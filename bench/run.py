@@ -19,7 +19,7 @@ from types import ModuleType
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_TUNING, Options, PartResult, Tuning
+from bench.harness import DEFAULT_TUNING, Options, PartResult, Tuning
 from bench.parts import (
     burst,
     email,

@@ -29,7 +29,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlmodel import select
 
-from bench.common import (
+from bench.harness import (
     CORE_WARNINGS,
     SLOW_TASK,
     TASK_NOT_FOUND,

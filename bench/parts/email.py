@@ -25,7 +25,7 @@ import aiosmtplib
 from sqlalchemy import Engine
 
 from bench.baseline import PlainEmail, PlainEmailWorkflow, baseline_worker
-from bench.common import (
+from bench.harness import (
     EMAIL_SETTINGS,
     WORKER_PY_ACTIVITY_SLOTS,
     Crm,

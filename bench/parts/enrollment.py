@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
-from bench.common import (
+from bench.harness import (
     Options,
     PartResult,
     Server,

@@ -25,7 +25,7 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
 from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
-from bench.common import (
+from bench.harness import (
     EMAIL_SETTINGS,
     WORKER_PY_ACTIVITY_SLOTS,
     Options,

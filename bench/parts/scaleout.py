@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench.common import Options, PartResult, alternate, dev_server, progress
+from bench.harness import Options, PartResult, alternate, dev_server, progress
 from bench.parts.burst import worker_burst
 from models.engine import ParticipantStatus
 

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from temporalio.api.testservice.v1 import LockTimeSkippingRequest, UnlockTimeSkippingRequest
 
 from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
-from bench.common import (
+from bench.harness import (
     EMAIL_SETTINGS,
     WORKER_PY_ACTIVITY_SLOTS,
     Crm,

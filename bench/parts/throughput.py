@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.baseline import BaselinePlan
-from bench.common import (
+from bench.harness import (
     EMAIL_SETTINGS,
     Crm,
     Options,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench.common import (
+from bench.harness import (
     DEFAULT_TUNING,
     Options,
     PartResult,

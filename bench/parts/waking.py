@@ -24,7 +24,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import select
 
 from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
-from bench.common import (
+from bench.harness import (
     RUN_TIMEOUT,
     WORKER_PY_ACTIVITY_SLOTS,
     BenchTimeout,

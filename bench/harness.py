@@ -1,4 +1,5 @@
-"""What every part shares: servers started here, process meters, a seeded database, results."""
+"""The bench harness every part runs in: servers started here, process meters, a seeded database,
+results."""
 
 from __future__ import annotations
 

@@ -161,6 +161,7 @@ class EmailNotify(BaseModel):
     contact_id: int
     step: NotifyEmail
     sender: str  # "flows@example.com" or "Flows <flows@example.com>"
+    record: ParticipantRecord | None = None  # the step's entry, to record and check first
 
 
 class _Final(Exception):
@@ -261,6 +262,11 @@ class EmailActivities:
     @counts_messages
     def notify_email(self, request: EmailNotify) -> list[DeliveryOutcome]:
         with session(self._engine) as db:
+            if request.record is not None:
+                key = request.delivery_key
+                left = enter_message_step(db, request.record, key, CHANNEL, per_recipient=True)
+                if left is not None:
+                    return [left]
             facts = contact_facts(db, request.contact_id)
         targets: list[tuple[str, str | None]] = []  # (recipient label, address)
         if request.step.to.our_contact:

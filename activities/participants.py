@@ -12,7 +12,7 @@ from temporalio import activity
 from models.crm import Contact, SelectionMember
 from models.database import session
 from models.engine import Participant
-from models.ledger import DeliveryOutcome, DeliveryStatus, known_in
+from models.ledger import DeliveryOutcome, DeliveryStatus, known_in, known_under
 from models.participant import ParticipantState, Standing, participant_workflow_id
 
 
@@ -71,12 +71,19 @@ def enter_step(
 
 
 def enter_message_step(
-    db: Session, record: ParticipantRecord, delivery_key: str, channel: str
+    db: Session,
+    record: ParticipantRecord,
+    delivery_key: str,
+    channel: str,
+    *,
+    per_recipient: bool = False,
 ) -> DeliveryOutcome | None:
     """``enter_step`` for a send: None to go on, or an outcome that sends nothing and says why
-    the participant leaves. A send found in the ledger (an earlier attempt claimed it) goes on,
-    so a retry never disowns a message that may have left."""
-    reason = enter_step(db, record, lambda: known_in(db, delivery_key))
+    the participant leaves. A send found in the ledger (an earlier attempt claimed it; for a
+    notify step, ``per_recipient``, any of its recipients' sends) goes on, so a retry never
+    disowns a message that may have left."""
+    known = known_under if per_recipient else known_in
+    reason = enter_step(db, record, lambda: known(db, delivery_key))
     if reason is None:
         return None
     return DeliveryOutcome(

@@ -162,6 +162,7 @@ class SmsNotify(BaseModel):
     contact_id: int
     step: NotifySms
     default_sender: str | None
+    record: ParticipantRecord | None = None  # the step's entry, to record and check first
 
 
 class _Accepted(BaseModel):
@@ -223,7 +224,13 @@ class SmsActivities:
     @counts_messages
     async def notify_sms(self, request: SmsNotify) -> list[DeliveryOutcome]:
         """Send the step's text to each recipient; one without a usable number is a skip."""
-        facts = await self._facts(request.contact_id)
+        if request.record is None:
+            facts = await self._facts(request.contact_id)
+        else:
+            entered = await self._entered(request.record, request.delivery_key, per_recipient=True)
+            if isinstance(entered, DeliveryOutcome):
+                return [entered]
+            facts = entered
         sender = request.step.sender or request.default_sender
         outcomes: list[DeliveryOutcome] = []
         sent_to: set[str] = set()
@@ -375,14 +382,14 @@ class SmsActivities:
         return await asyncio.to_thread(record_skip, self._engine, key, CHANNEL, recipient, reason)
 
     async def _entered(
-        self, record: ParticipantRecord, key: str
+        self, record: ParticipantRecord, key: str, *, per_recipient: bool = False
     ) -> dict[str, object] | DeliveryOutcome:
         """The step's entry recorded and checked, and the contact read, in one transaction: the
         contact's facts, or the outcome that makes the participant leave without a send."""
 
         def enter() -> dict[str, object] | DeliveryOutcome | None:
             with session(self._engine) as db:
-                left = enter_message_step(db, record, key, CHANNEL)
+                left = enter_message_step(db, record, key, CHANNEL, per_recipient=per_recipient)
                 return left if left is not None else contact_facts(db, record.state.contact_id)
 
         entered = await asyncio.to_thread(enter)

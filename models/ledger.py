@@ -154,6 +154,13 @@ def known_in(db: Session, key: str) -> bool:
     return db.exec(select(Delivery.key).where(Delivery.key == key)).first() is not None
 
 
+def known_under(db: Session, key: str) -> bool:
+    """Whether an attempt already claimed any send keyed under ``key`` (a notify step's, one per
+    recipient: ``key/recipient``)."""
+    under = col(Delivery.key).startswith(f"{key}/", autoescape=True)
+    return db.exec(select(Delivery.key).where(under)).first() is not None
+
+
 def settle_in(
     db: Session, key: str, channel: str, recipient: str, status: DeliveryStatus, detail: str
 ) -> DeliveryOutcome:

@@ -4,7 +4,7 @@ Twilio-compatible API: the sending window, no duplicate sends, the no-mobile exi
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,11 +13,13 @@ from sqlmodel import select
 from temporalio.testing import WorkflowEnvironment
 
 from activities.email import EmailActivities
+from activities.participants import ParticipantRecord, enter_message_step
 from activities.sms import SmsActivities
 from models.crm import Contact, SelectionMember
 from models.database import session
 from models.demo import DEMO_SELECTION_ID, VIP_SELECTION_ID
 from models.engine import Delivery, Participant, ParticipantStatus
+from models.participant import ParticipantState
 from peers.twilio_api import TwilioApiServer
 from testkit.peers import Inbox, twilio_settings
 from tests.test_participant import STOCKHOLM, entered, flow_of, next_weekday, start
@@ -238,8 +240,23 @@ async def test_without_the_exit_option_a_contact_without_mobile_skips_the_step(
     [
         {"id": "send", "type": "send_email", "subject": "Hi", "text": "Hi", "next": "done"},
         {"id": "send", "type": "send_sms", "text": "Hi", "next": "done"},
+        {
+            "id": "send",
+            "type": "notify_email",
+            "to": {"our_contact": True, "addresses": ["sales@flows.example.com"]},
+            "subject": "Hi",
+            "text": "Hi",
+            "next": "done",
+        },
+        {
+            "id": "send",
+            "type": "notify_sms",
+            "to": {"our_contact": True, "addresses": ["+46701110002"]},
+            "text": "Hi",
+            "next": "done",
+        },
     ],
-    ids=["email", "sms"],
+    ids=["email", "sms", "notify_email", "notify_sms"],
 )
 async def test_a_message_steps_send_records_its_entry_and_makes_the_checks(
     time_skipping_env: WorkflowEnvironment,
@@ -249,9 +266,9 @@ async def test_a_message_steps_send_records_its_entry_and_makes_the_checks(
     smtp_inbox: Inbox,
     step: dict[str, Any],
 ) -> None:
-    """No record of its own before a message step: the send upserts the row and makes the checks
-    in its transaction. Excluded, the contact leaves as it would have on that record: nothing
-    sent or claimed, dropped out with the reason, the row saying so."""
+    """No record of its own before a message step (or a notify step): the send upserts the row
+    and makes the checks in its transaction. Excluded, the contact leaves as it would have on
+    that record: nothing sent or claimed, dropped out with the reason, the row saying so."""
     flow = flow_of(
         [step, {"id": "done", "type": "finish"}],
         email=EMAIL_SETTINGS,
@@ -286,3 +303,28 @@ async def test_a_message_steps_send_records_its_entry_and_makes_the_checks(
         "on the exclusion list",
         "send",
     )
+
+
+def test_a_notify_steps_entry_checks_are_made_once_per_visit(engine: Engine) -> None:
+    """A notify step keys its sends per recipient (``key/recipient``): a retry that finds any of
+    them claimed goes on, even if the checks would now say the contact leaves; another visit of
+    the step is checked again."""
+    karin = contact_named(engine, "Karin")
+    state = ParticipantState(
+        participant_id="p-notify",
+        flow_id="f",
+        flow_version=1,
+        contact_id=karin,
+        enrolled_at=datetime(2026, 3, 6, 9, 0, tzinfo=UTC),
+        current_step="tell",
+    )
+    record = ParticipantRecord(state=state, exclusion_selections=[DEMO_SELECTION_ID])
+    with session(engine) as db:
+        db.add(Delivery(key="p-notify/tell/1/our_contact", channel="email", recipient="a@b.se"))
+    with session(engine) as db:
+        again = enter_message_step(db, record, "p-notify/tell/1", "email", per_recipient=True)
+        other_visit = enter_message_step(db, record, "p-notify/tell/2", "email", per_recipient=True)
+        as_one_send = enter_message_step(db, record, "p-notify/tell/1", "email")
+    assert again is None
+    assert other_visit is not None and other_visit.leave_reason == "on the exclusion list"
+    assert as_one_send is not None  # a send's own key is not among them

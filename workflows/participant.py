@@ -27,6 +27,8 @@ with workflow.unsafe.imports_passed_through():
     from models.flow import (
         Finish,
         Flow,
+        NotifyEmail,
+        NotifySms,
         SendEmail,
         SendSms,
         Split,
@@ -68,14 +70,14 @@ RECORD_ONCE_PER_STEP = "record-once-per-step"
 # step; participants started before keep their records as they were.
 RECORD_IN_MESSAGE_STEP = "record-in-message-step"
 
-# Both of the above, and a CRM step's entry record (and checks) rides in its CRM activity too;
-# a finish step's FlowStep is set with the status as the participant leaves, in one upsert.
+# Both of the above, and the entry record (and checks) of a CRM step, a split on CRM data and a
+# notify step rides in the step's own activity too; a finish step's FlowStep is set with the
+# status as the participant leaves, in one upsert.
 # One marker where runs started before carry two: each patch costs a marker and an upsert of
 # the TemporalChangeVersion search attribute in every participant's history.
 RECORD_IN_STEP_ACTIVITY = "record-in-step-activity"
 
-# Steps whose one CRM activity takes their entry record under RECORD_IN_STEP_ACTIVITY (and
-# splits on CRM data, whose activity reads it).
+# Steps whose one CRM activity takes their entry record under RECORD_IN_STEP_ACTIVITY.
 CRM_STEP_GROUPS = (StepGroup.update_participant, StepGroup.create_activity)
 
 
@@ -375,20 +377,25 @@ class ParticipantWorkflow:
         return standing or Standing()
 
 
-def _asks_the_crm(step: Step) -> bool:
-    return isinstance(step, Split) and step.basis not in EVENT_SPLIT_BASES
+def _records_in_its_activity(step: Step) -> bool:
+    """Under RECORD_IN_STEP_ACTIVITY: a CRM step, a split on CRM data or a notify step, whose
+    one activity takes the entry record."""
+    if isinstance(step, Split):
+        return step.basis not in EVENT_SPLIT_BASES
+    return isinstance(step, NotifyEmail | NotifySms) or step.group in CRM_STEP_GROUPS
 
 
-def _recorded_later(step: Step, record_in_send: bool, record_in_crm: bool) -> bool:
+def _recorded_later(step: Step, record_in_send: bool, record_in_step_activity: bool) -> bool:
     """Steps whose entry is recorded (and checked) by their first record: a wait's, before it
     waits; a finish's without hand-offs, as the participant leaves; a message step's (with
-    ``record_in_send``) by its send, or before it waits for its sending window; a CRM step's
-    (with ``record_in_crm``) by its CRM activity."""
+    ``record_in_send``) by its send, or before it waits for its sending window; a CRM step's,
+    a split's on CRM data and a notify step's (with ``record_in_step_activity``) by its
+    activity."""
     if isinstance(step, WaitTime | WaitForAction):
         return True
     if record_in_send and isinstance(step, SendEmail | SendSms):
         return True
-    if record_in_crm and (step.group in CRM_STEP_GROUPS or _asks_the_crm(step)):
+    if record_in_step_activity and _records_in_its_activity(step):
         return True
     if isinstance(step, Finish):
         suggested = (step.suggest_flow_on_success, step.suggest_flow_otherwise)

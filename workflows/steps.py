@@ -511,6 +511,7 @@ async def notify_email(participant: Participant, step: NotifyEmail) -> Outcome:
         contact_id=participant.contact_id,
         step=step,
         sender=str(email.sender.address),
+        record=participant.entry_record(),
     )
     outcomes: list[DeliveryOutcome] = await workflow.execute_activity_method(
         EmailActivities.notify_email,
@@ -518,7 +519,7 @@ async def notify_email(participant: Participant, step: NotifyEmail) -> Outcome:
         summary=f"Notify by email {step.subject!r}",
         **SEND_ACTIVITY,
     )
-    return Continue(step.next, "; ".join(_sent(o) for o in outcomes))
+    return _notified(step, outcomes)
 
 
 async def notify_sms(participant: Participant, step: NotifySms) -> Outcome:
@@ -528,6 +529,7 @@ async def notify_sms(participant: Participant, step: NotifySms) -> Outcome:
         contact_id=participant.contact_id,
         step=step,
         default_sender=participant.flow.sms_sender,
+        record=participant.entry_record(),
     )
     outcomes: list[DeliveryOutcome] = await workflow.execute_activity_method(
         SmsActivities.notify_sms,
@@ -535,6 +537,15 @@ async def notify_sms(participant: Participant, step: NotifySms) -> Outcome:
         summary=f"Notify by SMS {step.label!r}",
         **SEND_ACTIVITY,
     )
+    return _notified(step, outcomes)
+
+
+def _notified(step: NotifyEmail | NotifySms, outcomes: list[DeliveryOutcome]) -> Outcome:
+    """Where a notify step goes: on, or out when the checks at its entry said so (then its one
+    outcome says why)."""
+    for outcome in outcomes:
+        if (left := _left_at_entry(outcome)) is not None:
+            return left
     return Continue(step.next, "; ".join(_sent(o) for o in outcomes))
 
 

@@ -44,12 +44,31 @@ MAX_LOGIN_BODY = 4096
 SESSION_COOKIE = "codec_session"
 SESSION_SECONDS = 12 * 3600
 _LOGIN_FORM = """<!doctype html>
-<title>Codec server</title>
-<form method="post">
+<html lang="en">
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Codec server · Marketing flows</title>
+<style>
+  body {{ font: 15px/1.5 system-ui, sans-serif; background: #f4f5f7; color: #1f2933; margin: 0; }}
+  main {{ max-width: 26rem; margin: 4rem auto; background: #fff; padding: 1.5rem 2rem;
+         border-radius: 8px; box-shadow: 0 1px 3px rgb(0 0 0 / 0.15); }}
+  h1 {{ font-size: 1.2rem; margin: 0 0 0.5rem; }}
+  label {{ display: block; margin: 1rem 0 0.3rem; font-weight: 600; }}
+  input {{ width: 100%; box-sizing: border-box; padding: 0.5rem; font: inherit;
+          border: 1px solid #9aa5b1; border-radius: 4px; }}
+  button {{ margin-top: 1rem; padding: 0.5rem 1.2rem; font: inherit; color: #fff;
+           background: #2563eb; border: 0; border-radius: 4px; cursor: pointer; }}
+</style>
+<main>
+<h1>Decoded payloads in the Temporal UI</h1>
 <p>{message}</p>
-<label>Codec server token <input type="password" name="token" autofocus></label>
+<form method="post">
+<label for="token">Codec server token</label>
+<input id="token" type="password" name="token" autocomplete="off" autofocus>
 <button>Sign in</button>
 </form>
+</main>
+</html>
 """
 
 

@@ -120,24 +120,26 @@ def build_worker(
     )
 
 
-def payload_keyring(settings: Settings | None = None) -> Keyring | None:
+def payload_keyring(settings: Settings | None = None, address: str | None = None) -> Keyring | None:
     """The keys payloads are encrypted with: ``PAYLOAD_KEYS``, else the file
     ``PAYLOAD_KEYS_FILE``, else, for the dev stack's own server, the key it made; None: no
-    encryption."""
+    encryption. ``address`` is the server connected to (default: ``TEMPORAL_ADDRESS``)."""
     settings = settings or get_settings()
     if settings.payload_keys is not None:
         return Keyring.parse(settings.payload_keys.get_secret_value())
     if settings.payload_keys_file is not None:  # named: it must be there
         return Keyring.parse(settings.payload_keys_file.read_text(encoding="utf-8"))
-    if _dev_stack_server(settings) and DEV_PAYLOAD_KEYS.exists():
+    if _dev_stack_server(address or settings.temporal_address, settings) and (
+        DEV_PAYLOAD_KEYS.exists()
+    ):
         return Keyring.parse(DEV_PAYLOAD_KEYS.read_text(encoding="utf-8"))
     return None
 
 
-def _dev_stack_server(settings: Settings) -> bool:
+def _dev_stack_server(address: str, settings: Settings) -> bool:
     """Whether the address is the dev stack's server (``localhost:TEMPORAL_PORT``): its key
     applies there only, never to another server (a test's, a real cluster) by accident."""
-    host, _, port = settings.temporal_address.rpartition(":")
+    host, _, port = address.rpartition(":")
     return host in ("localhost", "127.0.0.1") and port == str(settings.temporal_port)
 
 
@@ -168,10 +170,11 @@ async def connect(
     """A client, as every program connects: TLS and payload encryption from the settings. A
     worker's passes ``runtime=metrics_runtime()`` to serve Prometheus metrics."""
     settings = get_settings()
+    target = address or settings.temporal_address
     return await Client.connect(
-        address or settings.temporal_address,
+        target,
         namespace=namespace or settings.temporal_namespace,
-        data_converter=data_converter(payload_keyring(settings)),
+        data_converter=data_converter(payload_keyring(settings, target)),
         tls=temporal_tls(settings),
         runtime=runtime,
     )

@@ -8,29 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.harness import SLOW_TASK, TASK_NOT_FOUND, cpu_seconds, process_tree
-from testkit.peers import TWILIO_SID, TWILIO_TOKEN, Inbox
 from testkit.processes import WorkerProcess
-from testkit.servers import LOOPBACK
-
-
-def worker_environment(
-    address: str, task_queue: str, database_url: str, inbox: Inbox
-) -> dict[str, str]:
-    """What ``python worker.py`` reads from its environment, pointed at the part's peers (the
-    SMS API is never reached: the flows measured have no SMS step)."""
-    return {
-        "TEMPORAL_ADDRESS": address,
-        "TEMPORAL_NAMESPACE": "default",
-        "TASK_QUEUE": task_queue,
-        "DATABASE_URL": database_url,
-        "SMTP_HOST": LOOPBACK,
-        "SMTP_PORT": str(inbox.port),
-        "SMTP_TIMEOUT": str(inbox.smtp_timeout),
-        "TWILIO_ACCOUNT_SID": TWILIO_SID,
-        "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
-        "TWILIO_API_BASE": f"http://{LOOPBACK}:9",
-        "SMS_DEFAULT_REGION": "SE",
-    }
 
 
 def worker_cpu_seconds(worker: WorkerProcess) -> float:

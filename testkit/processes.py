@@ -22,7 +22,8 @@ from temporalio.client import Client
 
 from models import search_attributes as sa
 from models.database import PROJECT_ROOT
-from testkit.servers import TEMPORAL_CLI, free_port
+from testkit.peers import TWILIO_SID, TWILIO_TOKEN, Inbox
+from testkit.servers import LOOPBACK, TEMPORAL_CLI, free_port
 from worker import connect
 
 # How long a process gets to come up or to stop before the test gives up on it.
@@ -197,6 +198,31 @@ class WorkerProcess(ChildProcess):
     async def restart(self) -> None:
         self.start()
         await self.polling()
+
+
+def worker_environment(
+    address: str,
+    task_queue: str,
+    database_url: str,
+    inbox: Inbox,
+    sms_api: str,
+    smtp_timeout: float | None = None,
+) -> dict[str, str]:
+    """What ``python worker.py`` reads from its environment, pointed at these peers (the SMTP
+    timeout: the inbox's, unless given)."""
+    return {
+        "TEMPORAL_ADDRESS": address,
+        "TEMPORAL_NAMESPACE": "default",
+        "TASK_QUEUE": task_queue,
+        "DATABASE_URL": database_url,
+        "SMTP_HOST": LOOPBACK,
+        "SMTP_PORT": str(inbox.port),
+        "SMTP_TIMEOUT": str(inbox.smtp_timeout if smtp_timeout is None else smtp_timeout),
+        "TWILIO_ACCOUNT_SID": TWILIO_SID,
+        "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+        "TWILIO_API_BASE": sms_api,
+        "SMS_DEFAULT_REGION": "SE",
+    }
 
 
 @contextmanager

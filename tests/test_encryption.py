@@ -141,6 +141,23 @@ def test_the_dev_stacks_key_is_used_for_its_server_only(
     assert payload_keyring(moved) is not None
     assert payload_keyring(settings_env(TEMPORAL_ADDRESS="127.0.0.1:40123")) is None
     assert payload_keyring(settings_env(TEMPORAL_ADDRESS="temporal.example:7233")) is None
+    # A client connecting elsewhere than TEMPORAL_ADDRESS (a test's own server, after `make run`
+    # made the key in this checkout) is judged by where it connects.
+    assert payload_keyring(settings_env(), "127.0.0.1:40123") is None
+
+
+async def test_connect_encrypts_only_for_the_dev_stacks_server(
+    dev_env: WorkflowEnvironment,
+    settings_env: Callable[..., Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made = tmp_path / "payload-keys"
+    made.write_text(f"{NEW}\n")
+    monkeypatch.setattr(worker, "DEV_PAYLOAD_KEYS", made)
+    settings_env()  # TEMPORAL_ADDRESS localhost:7233: the dev stack's, not this test server's
+    client = await worker.connect(dev_env.client.service_client.config.target_host)
+    assert client.data_converter.payload_codec is None
 
 
 async def test_the_replay_corpus_replays_with_the_encrypting_converter() -> None:

@@ -48,14 +48,17 @@ from bench.harness import (
     temp_database,
 )
 from bench.parts.email import PLAIN, email_flow, plain_round
-from bench.processes import overload, running_workers, worker_cpu_seconds, worker_environment
+from bench.processes import overload, running_workers, worker_cpu_seconds
 from control.enrollment import enroll
 from control.flows import deploy_flow
 from models.database import get_engine, migrate, session
 from models.engine import Delivery, Participant, ParticipantStatus
 from models.participant import participant_workflow_id
 from testkit.peers import Inbox
-from testkit.processes import cpu_burner
+from testkit.processes import cpu_burner, worker_environment
+from testkit.servers import LOOPBACK
+
+UNREACHABLE_SMS = f"http://{LOOPBACK}:9"  # discard port: nothing answers there
 
 NAME = "burst"
 TITLE = "Burst under load (worker.py process, one core burned)"
@@ -167,9 +170,9 @@ async def worker_burst(
     held = threading.Event()
     locker: threading.Thread | None = None
     with smtp_inbox(directory) as inbox:
-        settings = worker_environment(
-            address, task_queue, f"sqlite:///{directory / 'bench.db'}", inbox
-        )
+        # The SMS API is never reached: the flow has no SMS step.
+        database_url = f"sqlite:///{directory / 'bench.db'}"
+        settings = worker_environment(address, task_queue, database_url, inbox, UNREACHABLE_SMS)
         with running_workers(settings, directory, workers) as processes:
             for process in processes:
                 await process.polling()

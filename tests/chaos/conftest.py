@@ -27,8 +27,8 @@ from models.database import get_engine, session
 from models.engine import Delivery, Participant, ParticipantStatus
 from models.participant import ParticipantState, participant_workflow_id
 from peers.twilio_api import TwilioApiServer
-from testkit.peers import TWILIO_SID, TWILIO_TOKEN, Inbox
-from testkit.processes import TemporalServer, WorkerProcess
+from testkit.peers import Inbox
+from testkit.processes import TemporalServer, WorkerProcess, worker_environment
 from testkit.waiting import assert_eventually
 
 SENDER = "news@example.com"
@@ -68,20 +68,9 @@ def database(tmp_path: Path, sqlite_templates: dict[str, Path]) -> Iterator[Data
 def worker_settings(
     address: str, task_queue: str, database: Database, inbox: Inbox, sms: TwilioApiServer
 ) -> dict[str, str]:
-    """What ``python worker.py`` reads from its environment, pointed at this test's peers."""
-    return {
-        "TEMPORAL_ADDRESS": address,
-        "TEMPORAL_NAMESPACE": "default",
-        "TASK_QUEUE": task_queue,
-        "DATABASE_URL": database.url,
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(inbox.port),
-        "SMTP_TIMEOUT": "10",
-        "TWILIO_ACCOUNT_SID": TWILIO_SID,
-        "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
-        "TWILIO_API_BASE": sms.url,
-        "SMS_DEFAULT_REGION": "SE",
-    }
+    """``python worker.py``'s environment, pointed at this test's peers; SMTP commands time out
+    after 10 s, so the outage tests see a hung server give up quickly."""
+    return worker_environment(address, task_queue, database.url, inbox, sms.url, smtp_timeout=10)
 
 
 @pytest.fixture

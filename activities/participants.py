@@ -12,7 +12,7 @@ from temporalio import activity
 from models.crm import Contact, SelectionMember
 from models.database import session
 from models.engine import Participant
-from models.ledger import DeliveryOutcome, DeliveryStatus, known_in, known_under
+from models.ledger import DeliveryOutcome, known_in, known_under
 from models.participant import ParticipantState, Standing, participant_workflow_id
 
 
@@ -84,16 +84,7 @@ def enter_message_step(
     disowns a message that may have left."""
     known = known_under if per_recipient else known_in
     reason = enter_step(db, record, lambda: known(db, delivery_key))
-    if reason is None:
-        return None
-    return DeliveryOutcome(
-        key=delivery_key,
-        channel=channel,
-        recipient="",
-        status=DeliveryStatus.skipped,
-        detail=reason,
-        leave_reason=reason,
-    )
+    return None if reason is None else DeliveryOutcome.left(delivery_key, channel, reason)
 
 
 def leave_reason(db: Session, record: ParticipantRecord) -> str | None:

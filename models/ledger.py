@@ -78,6 +78,18 @@ class DeliveryOutcome(BaseModel):
     # participant leaves: nothing was sent nor claimed, and the participant leaves with this.
     leave_reason: str | None = None
 
+    @classmethod
+    def left(cls, key: str, channel: str, reason: str) -> DeliveryOutcome:
+        """The participant leaves at the step's entry for ``reason``: nothing sent or claimed."""
+        return cls(
+            key=key,
+            channel=channel,
+            recipient="",
+            status=DeliveryStatus.skipped,
+            detail=reason,
+            leave_reason=reason,
+        )
+
 
 def _outcome(row: Delivery, already_settled: bool = False) -> DeliveryOutcome:
     return masked(

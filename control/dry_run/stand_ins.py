@@ -251,14 +251,7 @@ class Capture:
             reason = leave_reason(db, record)
         if reason is None:
             return None
-        outcome = DeliveryOutcome(
-            key=key,
-            channel=channel,
-            recipient="",
-            status=DeliveryStatus.skipped,
-            detail=reason,
-            leave_reason=reason,
-        )
+        outcome = DeliveryOutcome.left(key, channel, reason)
         self._record(f"{what} not sent: {reason}", record, outcome)
         return outcome
 

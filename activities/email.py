@@ -404,6 +404,20 @@ async def _converse(
     return response
 
 
+def _answered(
+    error: aiosmtplib.SMTPResponseException,
+    status: DeliveryStatus,
+    deferred: str,
+    final: str | None = None,
+) -> _Final | _Transient:
+    """What a refusal from the server means: a 5xx answer is final (``status``, with the answer
+    or ``final`` as the detail), any other is worth another attempt later."""
+    answer = f"{error.code} {error.message}"
+    if error.code >= 500:
+        return _Final(status, final or answer)
+    return _Transient(f"{deferred}: {answer}")
+
+
 async def _the_final_dot(
     client: aiosmtplib.SMTP, timeout: float, point_of_no_return: Callable[[], bool]
 ) -> str:
@@ -416,9 +430,7 @@ async def _the_final_dot(
     try:
         response = await _end_message_data(protocol, timeout)
     except aiosmtplib.SMTPResponseException as error:
-        if error.code >= 500:
-            raise _Final(DeliveryStatus.failed, f"{error.code} {error.message}") from None
-        raise _Transient(f"message deferred: {error.code} {error.message}") from error
+        raise _answered(error, DeliveryStatus.failed, "message deferred") from error
     except (aiosmtplib.SMTPException, OSError) as error:
         raise _Unconfirmed(f"connection lost at the end of DATA: {error!r}") from error
     return f"{response.code} {response.message}"
@@ -460,13 +472,11 @@ async def _up_to_the_final_dot(client: aiosmtplib.SMTP, outgoing: Outgoing, payl
         await client.mail(outgoing.envelope_from)
         await client.rcpt(outgoing.recipient)
     except aiosmtplib.SMTPRecipientRefused as error:
-        if error.code >= 500:
-            raise _Final(DeliveryStatus.bounced, f"{error.code} {error.message}") from None
-        raise _Transient(f"recipient deferred: {error.code} {error.message}") from error
+        raise _answered(error, DeliveryStatus.bounced, "recipient deferred") from error
     except aiosmtplib.SMTPSenderRefused as error:
-        if error.code >= 500:
-            raise _Final(DeliveryStatus.failed, f"sender refused: {error}") from None
-        raise _Transient(f"sender deferred: {error.code} {error.message}") from error
+        raise _answered(
+            error, DeliveryStatus.failed, "sender deferred", final=f"sender refused: {error}"
+        ) from error
     except (aiosmtplib.SMTPException, OSError) as error:
         raise _Transient(f"SMTP server unavailable: {error!r}") from error
     except ValueError as error:  # e.g. an address the server's encoding cannot carry
@@ -475,9 +485,7 @@ async def _up_to_the_final_dot(client: aiosmtplib.SMTP, outgoing: Outgoing, payl
     try:
         await _send_message_data(client, payload)
     except aiosmtplib.SMTPResponseException as error:
-        if error.code >= 500:
-            raise _Final(DeliveryStatus.failed, f"{error.code} {error.message}") from None
-        raise _Transient(f"message deferred: {error.code} {error.message}") from error
+        raise _answered(error, DeliveryStatus.failed, "message deferred") from error
     except (aiosmtplib.SMTPException, OSError) as error:
         # Without the final dot the server keeps nothing.
         raise _Transient(f"connection lost before the end of DATA: {error!r}") from error

@@ -37,7 +37,7 @@ from models.demo import DEMO_PROJECT_ID, DEMO_SELECTION_ID, VIP_SELECTION_ID
 from models.engine import CrmEvent, OwnerShare, Participant, ParticipantStatus, StepChange
 from models.flow import CreateSale
 from models.participant import Enrollment, ParticipantState, participant_workflow_id
-from tests.test_message_steps import contact_named, replacing
+from tests.test_message_steps import contact_named, entry_record, replacing
 from tests.test_participant import STOCKHOLM, flow_of, next_weekday, start
 from worker import activities_for, build_worker
 from workflows.participant import ParticipantWorkflow
@@ -727,19 +727,24 @@ async def test_a_crm_steps_activity_records_its_entry_and_makes_the_checks(
         before = db.get(Contact, karin)
         assert before is not None
         title, sales = before.title, len(db.exec(select(Sale)).all())
-    (state,) = await run(
-        time_skipping_env,
-        engine,
-        task_queue,
-        [step],
-        [karin],
-        exclusion_selections=[DEMO_SELECTION_ID],
+    flow = flow_of(
+        [step, {"id": "done", "type": "finish"}], exclusion_selections=[DEMO_SELECTION_ID]
     )
+    async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
+        handle = await start(time_skipping_env, task_queue, flow, karin)
+        state = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
+        markers = [
+            e.marker_recorded_event_attributes.marker_name
+            async for e in handle.fetch_history_events()
+            if e.HasField("marker_recorded_event_attributes")
+        ]
     assert (state.status, state.drop_out_reason) == (
         ParticipantStatus.dropped_out,
         "on the exclusion list",
     )
     assert [(v.step, v.outcome) for v in state.trail] == [("act", "on the exclusion list")]
+    # One patch asked, one local record (as the participant leaves): none before the step.
+    assert markers == ["core_patch", "core_local_activity"]
     with session(engine) as db:
         after = db.get(Contact, karin)
         assert after is not None and after.title == title
@@ -764,15 +769,7 @@ def test_a_crm_steps_entry_checks_are_made_once_per_visit(engine: Engine) -> Non
     """A retry that finds the change made by an earlier attempt goes on with that change, even
     if the checks would now say the contact leaves: they belong to the step's entry."""
     karin = contact_named(engine, "Karin")
-    state = ParticipantState(
-        participant_id="p-entry",
-        flow_id="f",
-        flow_version=1,
-        contact_id=karin,
-        enrolled_at=datetime(2026, 3, 6, 9, 0, tzinfo=UTC),
-        current_step="sell",
-    )
-    record = ParticipantRecord(state=state, exclusion_selections=[VIP_SELECTION_ID])
+    record = entry_record("p-entry", karin, "sell", exclusion_selections=[VIP_SELECTION_ID])
     request = sale_creation("p-entry/sell/1", karin, record)
     records = RecordActivities(engine)
     first = records.create_sale(request)

@@ -35,6 +35,21 @@ def contact_named(engine: Engine, first_name: str) -> int:
     return contact.id
 
 
+def entry_record(
+    participant_id: str, contact_id: int, step_id: str, exclusion_selections: list[int]
+) -> ParticipantRecord:
+    """A step's entry record as the participant hands it to the step's activity."""
+    state = ParticipantState(
+        participant_id=participant_id,
+        flow_id="f",
+        flow_version=1,
+        contact_id=contact_id,
+        enrolled_at=datetime(2026, 3, 6, 9, 0, tzinfo=UTC),
+        current_step=step_id,
+    )
+    return ParticipantRecord(state=state, exclusion_selections=exclusion_selections)
+
+
 def replacing(
     activities: list[Callable[..., Any]], *replacements: Callable[..., Any]
 ) -> list[Callable[..., Any]]:
@@ -309,16 +324,9 @@ def test_a_notify_steps_entry_checks_are_made_once_per_visit(engine: Engine) -> 
     """A notify step keys its sends per recipient (``key/recipient``): a retry that finds any of
     them claimed goes on, even if the checks would now say the contact leaves; another visit of
     the step is checked again."""
-    karin = contact_named(engine, "Karin")
-    state = ParticipantState(
-        participant_id="p-notify",
-        flow_id="f",
-        flow_version=1,
-        contact_id=karin,
-        enrolled_at=datetime(2026, 3, 6, 9, 0, tzinfo=UTC),
-        current_step="tell",
+    record = entry_record(
+        "p-notify", contact_named(engine, "Karin"), "tell", exclusion_selections=[DEMO_SELECTION_ID]
     )
-    record = ParticipantRecord(state=state, exclusion_selections=[DEMO_SELECTION_ID])
     with session(engine) as db:
         db.add(Delivery(key="p-notify/tell/1/our_contact", channel="email", recipient="a@b.se"))
     with session(engine) as db:

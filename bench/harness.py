@@ -51,6 +51,7 @@ from testkit.peers import (
     twilio_settings,
 )
 from testkit.servers import LOOPBACK, start_dev_server, start_time_skipping_server
+from testkit.waiting import assert_eventually
 from testkit.workers import new_worker
 from worker import activities_for
 
@@ -530,6 +531,31 @@ async def bounded(awaitable: Awaitable[Any], what: str, timeout: timedelta = RUN
 
 
 RESULT_WAITERS = int(os.environ.get("BENCH_RESULT_WAITERS", "8"))
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, interval: float = 0.5) -> None:
+    """Until ``check()`` holds, bounded by RUN_TIMEOUT."""
+    try:
+        await assert_eventually(
+            check, timeout=RUN_TIMEOUT.total_seconds(), interval=interval, what=what
+        )
+    except AssertionError:
+        raise BenchTimeout(f"{what}: not done after {RUN_TIMEOUT}") from None
+
+
+QUIET_WINDOW = 1.0  # seconds
+QUIET_CORES = 0.05  # server CPU below this over the window: nothing left to do
+
+
+async def quiet(server: Server) -> None:
+    """Until the server has been (nearly) idle for a second: the last workflow tasks are done."""
+    deadline = time.monotonic() + RUN_TIMEOUT.total_seconds()
+    while time.monotonic() < deadline:
+        with server.meter.section() as usage:
+            await asyncio.sleep(QUIET_WINDOW)
+        if usage().server_cores < QUIET_CORES:
+            return
+    raise BenchTimeout(f"the server did not go quiet within {RUN_TIMEOUT}")
 
 
 async def results_of(client: Client, workflow_ids: Iterable[str]) -> None:

@@ -13,7 +13,6 @@ import asyncio
 import gc
 import os
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,7 @@ from sqlmodel import select
 
 from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
 from bench.harness import (
-    RUN_TIMEOUT,
     WORKER_PY_ACTIVITY_SLOTS,
-    BenchTimeout,
     Options,
     PartResult,
     Server,
@@ -36,23 +33,22 @@ from bench.harness import (
     gather_limited,
     participant_worker,
     progress,
+    quiet,
     rss_bytes,
     seed_contacts,
     smtp_inbox,
     temp_database,
+    until,
 )
 from control.enrollment import START_CONCURRENCY, enroll
 from models.database import session
 from models.engine import Participant
-from testkit.waiting import assert_eventually
 from workflows.participant import ParticipantWorkflow
 
 NAME = "waiting"
 TITLE = "Waiting at scale: memory with participants parked (issue 7)"
 DEFAULT_COUNT = 2_000
 PARK_DAYS = 30
-QUIET_WINDOW = 1.0  # seconds
-QUIET_CORES = 0.05  # server CPU below this over the window: nothing left to do
 MIB = 2**20
 
 
@@ -82,24 +78,6 @@ def _parked(engine: Engine, flow_id: str) -> int:
             Participant.wait_until.is_not(None),  # type: ignore[union-attr]
         )
         return int(db.exec(query).one())
-
-
-async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    try:
-        await assert_eventually(check, timeout=RUN_TIMEOUT.total_seconds(), interval=0.5, what=what)
-    except AssertionError:
-        raise BenchTimeout(f"{what}: not done after {RUN_TIMEOUT}") from None
-
-
-async def quiet(server: Server) -> None:
-    """Until the server has been (nearly) idle for a second: the last workflow tasks are done."""
-    deadline = time.monotonic() + RUN_TIMEOUT.total_seconds()
-    while time.monotonic() < deadline:
-        with server.meter.section() as usage:
-            await asyncio.sleep(QUIET_WINDOW)
-        if usage().server_cores < QUIET_CORES:
-            return
-    raise BenchTimeout(f"the server did not go quiet within {RUN_TIMEOUT}")
 
 
 def _memory(server: Server) -> tuple[float, float]:
@@ -155,9 +133,9 @@ async def engine_side(
                 async def parked(count: int) -> bool:
                     return await asyncio.to_thread(_parked, engine, flow_id) >= count
 
-                await _until(lambda: parked(len(contact_ids) // 2), "parking half")
+                await until(lambda: parked(len(contact_ids) // 2), "parking half")
                 halfway = _memory(server)
-                await _until(lambda: parked(len(contact_ids)), "parking participants")
+                await until(lambda: parked(len(contact_ids)), "parking participants")
             await quiet(server)
             after = _memory(server)
     _record(result, "engine", len(contact_ids), before, after, usage().wall, halfway)

@@ -25,7 +25,6 @@ from sqlmodel import select
 
 from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
 from bench.harness import (
-    RUN_TIMEOUT,
     WORKER_PY_ACTIVITY_SLOTS,
     BenchTimeout,
     Options,
@@ -38,15 +37,16 @@ from bench.harness import (
     gather_limited,
     participant_worker,
     progress,
+    quiet,
+    results_of,
     seed_contacts,
     smtp_inbox,
     temp_database,
+    until,
 )
-from bench.parts.waiting import quiet
 from control.enrollment import START_CONCURRENCY, enroll
 from models.database import session
 from models.engine import Participant, ParticipantStatus
-from testkit.waiting import assert_eventually
 from workflows.participant import ParticipantWorkflow
 
 NAME = "waking"
@@ -54,7 +54,6 @@ TITLE = "Waking after eviction: parked participants whose waits end at once"
 ZONE = "Europe/Stockholm"
 PARK_RATE = 20.0  # participants/s assumed when choosing the instant: well below what parks
 MARGIN = timedelta(seconds=20)
-RESULT_POLLS = 50
 
 
 def wake_flow(flow_id: str, until: datetime) -> dict[str, Any]:
@@ -93,13 +92,6 @@ def _count(engine: Engine, flow_id: str, *, finished: bool) -> int:
         return int(db.exec(query).one())
 
 
-async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    try:
-        await assert_eventually(check, timeout=RUN_TIMEOUT.total_seconds(), interval=0.2, what=what)
-    except AssertionError:
-        raise BenchTimeout(f"{what}: not done after {RUN_TIMEOUT}") from None
-
-
 async def _sleep_until(instant: datetime, what: str) -> None:
     left = (instant - datetime.now(UTC)).total_seconds()
     if left < 1:
@@ -135,7 +127,7 @@ async def engine_side(
             async def parked() -> bool:
                 return await asyncio.to_thread(_count, engine, flow_id, finished=False) >= count
 
-            await _until(parked, "parking participants")
+            await until(parked, "parking participants", interval=0.2)
             await quiet(server)  # the last workflow tasks done: every timer started
             parked_s = time.monotonic() - began
         await _sleep_until(instant, "parking")
@@ -146,7 +138,7 @@ async def engine_side(
                     done = await asyncio.to_thread(_count, engine, flow_id, finished=True)
                     return done >= count
 
-                await _until(finished, "waking participants")
+                await until(finished, "waking participants", interval=0.2)
                 _drained(result, "engine", count, instant, parked_s)
     result.add_usage("engine", usage(), count, "woken participant")
 
@@ -169,7 +161,7 @@ async def baseline_side(server: Server, count: int, result: PartResult) -> None:
 
     began = time.monotonic()
     async with baseline_worker(client, task_queue, WORKER_PY_ACTIVITY_SLOTS):
-        handles = await bounded(gather_limited(START_CONCURRENCY, map(starter, ids)), "starting")
+        await bounded(gather_limited(START_CONCURRENCY, map(starter, ids)), "starting")
         # Stopped before its first workflow task, a plain workflow would start its timer only
         # when the fresh worker runs it: wait until every one has.
         await quiet(server)
@@ -177,9 +169,7 @@ async def baseline_side(server: Server, count: int, result: PartResult) -> None:
     await _sleep_until(instant, "starting the plain workflows")
     async with baseline_worker(client, task_queue, WORKER_PY_ACTIVITY_SLOTS):
         with server.meter.section() as usage:
-            # A result is a long poll: a few at a time, under the server's per-namespace limit.
-            results = (lambda handle=handle: handle.result() for handle in handles)
-            await bounded(gather_limited(RESULT_POLLS, results), "waking")
+            await results_of(client, ids)
             _drained(result, "baseline", count, instant, parked_s)
     result.add_usage("baseline", usage(), count, "woken participant")
 

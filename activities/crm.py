@@ -68,7 +68,7 @@ class CrmActivities:
     def add_to_list(self, change: ListChange) -> StepChange:
         with session(self._engine) as db:
             # Membership is the idempotency: a retry re-checks the entry and finds the member.
-            reason = enter_step(db, change.record, lambda: False)
+            reason = enter_step(db, change.record)
             if reason is not None:
                 return StepChange.left(reason)
             _require(db, change)
@@ -83,7 +83,7 @@ class CrmActivities:
     @activity.defn
     def remove_from_list(self, change: ListChange) -> StepChange:
         with session(self._engine) as db:
-            reason = enter_step(db, change.record, lambda: False)
+            reason = enter_step(db, change.record)
             if reason is not None:
                 return StepChange.left(reason)
             _require(db, change)
@@ -98,7 +98,7 @@ class CrmActivities:
     def choose_split_branch(self, question: SplitQuestion) -> SplitAnswer:
         """The first branch whose rule holds for the contact, or None for everyone else."""
         with session(self._engine) as db:
-            reason = enter_step(db, question.record, lambda: False)  # reads only: ask again
+            reason = enter_step(db, question.record)  # reads only: a retry asks again
             facts = contact_facts(db, question.contact_id) if reason is None else None
         if reason is not None:
             return SplitAnswer(leave_reason=reason)

@@ -55,8 +55,12 @@ def record_in(db: Session, record: ParticipantRecord) -> Standing:
     return Standing(leave_reason=leave_reason(db, record))
 
 
+def _never() -> bool:
+    return False
+
+
 def enter_step(
-    db: Session, record: ParticipantRecord | None, done_before: Callable[[], bool]
+    db: Session, record: ParticipantRecord | None, done_before: Callable[[], bool] = _never
 ) -> str | None:
     """A step's entry, recorded and checked by the step's own activity in its own transaction:
     the reason the participant leaves instead of doing the step, or None to go on (also when

@@ -23,17 +23,13 @@ with workflow.unsafe.imports_passed_through():
     from models import schedule
     from models import search_attributes as sa
     from models.engine import ParticipantStatus
-    from models.events import EVENT_SPLIT_BASES, FlowEvent, meets
+    from models.events import FlowEvent, meets
     from models.flow import (
         Finish,
         Flow,
-        NotifyEmail,
-        NotifySms,
         SendEmail,
         SendSms,
-        Split,
         Step,
-        StepGroup,
         WaitForAction,
         WaitTime,
     )
@@ -46,7 +42,15 @@ with workflow.unsafe.imports_passed_through():
         Visit,
     )
     from workflows.flow_versions import shared
-    from workflows.steps import Continue, Leave, Leaving, Outcome, hand_off, run_step
+    from workflows.steps import (
+        Continue,
+        Leave,
+        Leaving,
+        Outcome,
+        hand_off,
+        run_step,
+        takes_its_entry_record,
+    )
 
 TRAIL_LENGTH = 50
 EVENT_MEMORY = 100  # events a participant remembers for waits, splits and success
@@ -76,9 +80,6 @@ RECORD_IN_MESSAGE_STEP = "record-in-message-step"
 # One marker where runs started before carry two: each patch costs a marker and an upsert of
 # the TemporalChangeVersion search attribute in every participant's history.
 RECORD_IN_STEP_ACTIVITY = "record-in-step-activity"
-
-# Steps whose one CRM activity takes their entry record under RECORD_IN_STEP_ACTIVITY.
-CRM_STEP_GROUPS = (StepGroup.update_participant, StepGroup.create_activity)
 
 
 @workflow.defn(name="Participant")
@@ -377,14 +378,6 @@ class ParticipantWorkflow:
         return standing or Standing()
 
 
-def _records_in_its_activity(step: Step) -> bool:
-    """Under RECORD_IN_STEP_ACTIVITY: a CRM step, a split on CRM data or a notify step, whose
-    one activity takes the entry record."""
-    if isinstance(step, Split):
-        return step.basis not in EVENT_SPLIT_BASES
-    return isinstance(step, NotifyEmail | NotifySms) or step.group in CRM_STEP_GROUPS
-
-
 def _recorded_later(step: Step, record_in_send: bool, record_in_step_activity: bool) -> bool:
     """Steps whose entry is recorded (and checked) by their first record: a wait's, before it
     waits; a finish's without hand-offs, as the participant leaves; a message step's (with
@@ -395,7 +388,7 @@ def _recorded_later(step: Step, record_in_send: bool, record_in_step_activity: b
         return True
     if record_in_send and isinstance(step, SendEmail | SendSms):
         return True
-    if record_in_step_activity and _records_in_its_activity(step):
+    if record_in_step_activity and takes_its_entry_record(step):
         return True
     if isinstance(step, Finish):
         suggested = (step.suggest_flow_on_success, step.suggest_flow_otherwise)

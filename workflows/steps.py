@@ -67,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
         Split,
         SplitBasis,
         Step,
+        StepGroup,
         UpdateContact,
         WaitForAction,
         WaitTime,
@@ -622,6 +623,19 @@ async def hand_off(participant: Participant, handoffs: Handoffs) -> None:
             summary=f"Hand off to {_lists(change)}",
             **CRM_ACTIVITY,
         )
+
+
+# CRM steps, splits on CRM data and notify steps hand Participant.entry_record() to their one
+# activity; the participant leaves their entry unrecorded (under record-in-step-activity).
+ENTRY_RECORDING_GROUPS = (StepGroup.update_participant, StepGroup.create_activity)
+
+
+def takes_its_entry_record(step: Step) -> bool:
+    """Whether the step's function hands the entry record to its activity (message steps do too,
+    under their own patch)."""
+    if isinstance(step, Split):
+        return step.basis not in EVENT_SPLIT_BASES
+    return isinstance(step, NotifyEmail | NotifySms) or step.group in ENTRY_RECORDING_GROUPS
 
 
 async def run_step(participant: Participant, step: Step) -> Outcome:

@@ -54,6 +54,7 @@ from control.flows import deploy_flow
 from models.database import get_engine, migrate, session
 from models.engine import Delivery, Participant, ParticipantStatus
 from models.participant import participant_workflow_id
+from testkit.faults import hold_write_lock
 from testkit.peers import Inbox
 from testkit.processes import cpu_burner, worker_environment
 from testkit.servers import LOOPBACK
@@ -65,15 +66,6 @@ TITLE = "Burst under load (worker.py process, one core burned)"
 DEFAULT_PARTICIPANTS = 2000
 LOCK_SECONDS = 25.0
 LOCKED = f"write lock held {LOCK_SECONDS:.0f} s"
-
-
-def hold_write_lock(engine: Engine, seconds: float, held: threading.Event) -> None:
-    """Another writer: SQLite's write lock taken and kept (readers go on, writers wait)."""
-    with engine.connect() as connection:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-        held.set()
-        time.sleep(seconds)
-        connection.rollback()
 
 
 def statuses(engine: Engine) -> Counter[str]:

@@ -16,11 +16,11 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
 from temporalio.client import Client
 
 from control.enrollment import enroll
 from models.engine import ParticipantStatus
+from testkit.faults import hold_write_lock
 from testkit.peers import Inbox
 from testkit.processes import WorkerProcess, cpu_burner
 from tests.chaos.conftest import (
@@ -60,15 +60,6 @@ def burst_flow(flow_id: str) -> dict[str, Any]:
             {"id": "done", "type": "finish"},
         ],
     }
-
-
-def hold_write_lock(engine: Engine, seconds: float, held: threading.Event) -> None:
-    """Another writer: SQLite's write lock taken and kept (readers go on, writers wait)."""
-    with engine.connect() as connection:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-        held.set()
-        time.sleep(seconds)
-        connection.rollback()
 
 
 async def test_a_burst_on_a_starved_worker_and_a_locked_database_loses_nothing(

@@ -345,7 +345,12 @@ class ParticipantWorkflow:
         if not self._entry_unrecorded:
             return None
         self._entry_unrecorded = False
-        # It travels in the activity's input, kept in the history: only what the row holds.
+        return self._row_record()
+
+    def _row_record(self) -> ParticipantRecord:
+        """What a record needs: the row's fields and the checks' inputs. The trail, visits and
+        events stay in the workflow (an entry record travels in its activity's input, kept in
+        the history; every record is serialised at each step)."""
         state = self._state.model_copy(
             update={"visits": {}, "trail": [], "events": [], "left_waits": {}}
         )
@@ -363,10 +368,7 @@ class ParticipantWorkflow:
             raise Leaving(Leave.dropping_out(standing.leave_reason))
 
     async def _record(self) -> Standing:
-        record = ParticipantRecord(
-            state=self._state.without_form_data(),
-            exclusion_selections=self._flow.exclusion_selections,
-        )
+        record = self._row_record()
         # Histories recorded before the checks existed carry no standing (a null result, which
         # decodes to None whatever the type): all is well.
         standing: Standing | None = await workflow.execute_local_activity_method(

@@ -16,7 +16,7 @@ from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.participants import ParticipantRecord, enter_step
+from activities.participants import ParticipantRecord, depart_in, enter_step
 from models.criteria import evaluate
 from models.crm import Contact, Project, ProjectMember, Selection, SelectionMember, contact_facts
 from models.database import session, utcnow
@@ -30,6 +30,7 @@ class ListChange(BaseModel):
     selection_id: int | None = None
     project_id: int | None = None
     record: ParticipantRecord | None = None  # the step's entry, to record and check first
+    departure: ParticipantRecord | None = None  # the row it leaves with, to record last
 
 
 class SplitQuestion(BaseModel):
@@ -78,7 +79,7 @@ class CrmActivities:
                     db.add(member)
                     _record_joining(db, member)
                 outcome.append(f"{name}: {'already member' if existing else 'added'}")
-            return StepChange(outcome="; ".join(outcome))
+            return _done(db, change, "; ".join(outcome))
 
     @activity.defn
     def remove_from_list(self, change: ListChange) -> StepChange:
@@ -92,7 +93,7 @@ class CrmActivities:
                 if existing is not None:
                     db.delete(existing)
                 outcome.append(f"{name}: {'removed' if existing else 'not a member'}")
-            return StepChange(outcome="; ".join(outcome))
+            return _done(db, change, "; ".join(outcome))
 
     @activity.defn
     def choose_split_branch(self, question: SplitQuestion) -> SplitAnswer:
@@ -191,6 +192,14 @@ def missing_contact(contact_id: int) -> ApplicationError:
     return ApplicationError(
         f"contact {contact_id} does not exist", type="MissingContact", non_retryable=True
     )
+
+
+def _done(db: Session, change: ListChange, outcome: str) -> StepChange:
+    """The change made, and the participant's last record in its transaction when the step was
+    given one (the finish after it checks the membership just changed, too)."""
+    if change.departure is None:
+        return StepChange(outcome=outcome)
+    return StepChange(outcome=outcome, departure=depart_in(db, change.departure))
 
 
 def _require(db: Session, change: ListChange) -> None:

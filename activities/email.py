@@ -54,7 +54,7 @@ from activities.mime import (
     marketing_message,
     notification_message,
 )
-from activities.participants import ParticipantRecord, enter_message_step
+from activities.participants import ParticipantRecord, departed, enter_message_step
 from models.consent import Refused, marketing_recipient, notification_recipient
 from models.crm import Contact, contact_facts
 from models.database import PROJECT_ROOT, session
@@ -153,6 +153,9 @@ class EmailSend(BaseModel):
     # The step's entry record and its checks, when the participant leaves them to the send (one
     # transaction for both); absent in sends scheduled before, which were recorded apart.
     record: ParticipantRecord | None = None
+    # The row the participant leaves with through the finish after this step: the send makes
+    # that last record too. Absent unless the step goes on to a finish without hand-offs.
+    departure: ParticipantRecord | None = None
 
 
 class EmailNotify(BaseModel):
@@ -215,9 +218,9 @@ class EmailActivities:
         with heartbeating_in_background():
             key = request.delivery_key
             prepared = claiming(self._engine, key, lambda db: self._prepare(db, request))
-            if isinstance(prepared, DeliveryOutcome):
-                return prepared
-            return self._hand_over_claimed(key, prepared)
+            if isinstance(prepared, Outgoing):
+                prepared = self._hand_over_claimed(key, prepared)
+            return departed(self._engine, request.departure, prepared)
 
     def _prepare(self, db: Session, request: EmailSend) -> DeliveryOutcome | Outgoing:
         """In one transaction: record the step's entry and make the checks before it (when the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import Engine
@@ -10,10 +11,13 @@ from sqlmodel import Session, select
 from temporalio import activity
 
 from models.crm import Contact, SelectionMember
-from models.database import session
-from models.engine import Participant
+from models.database import session, utcnow
+from models.engine import Departure, Participant, ParticipantStatus, StepChange
 from models.ledger import DeliveryOutcome, known_in, known_under
 from models.participant import ParticipantState, Standing, participant_workflow_id
+
+# What a step's activity returns when it can make the participant's last record too.
+Departing = TypeVar("Departing", DeliveryOutcome, StepChange)
 
 
 class ParticipantRecord(BaseModel):
@@ -36,7 +40,36 @@ class ParticipantActivities:
 
 def record_in(db: Session, record: ParticipantRecord) -> Standing:
     """``record_participant`` inside the caller's transaction."""
-    state = record.state
+    _write_row(db, record.state)
+    return Standing(leave_reason=leave_reason(db, record))
+
+
+def departed(engine: Engine, record: ParticipantRecord | None, result: Departing) -> Departing:
+    """``result`` with the participant's last record made (``depart_in``, a transaction of its
+    own) when the step was given the row it leaves with (``record``), and goes on to that
+    finish: not when the checks at its entry made it leave."""
+    if record is None or result.leave_reason is not None:
+        return result
+    with session(engine) as db:
+        departure = depart_in(db, record)
+    return result.model_copy(update={"departure": departure})
+
+
+def depart_in(db: Session, record: ParticipantRecord) -> Departure:
+    """The participant's last record, made for the finish after this step: the finish's checks
+    (as its own record would make them), then the row as it leaves, dropped out if they say
+    so. The workflow compares what it was told with how it left, and records again if they
+    differ (a signal came in between)."""
+    reason = leave_reason(db, record)
+    at = utcnow()
+    update: dict[str, object] = {"finished_at": at, "wait_until": None}
+    if reason is not None:
+        update |= {"status": ParticipantStatus.dropped_out, "drop_out_reason": reason}
+    _write_row(db, record.state.model_copy(update=update))
+    return Departure(at=at, leave_reason=reason)
+
+
+def _write_row(db: Session, state: ParticipantState) -> None:
     row = db.get(Participant, state.participant_id) or Participant(
         id=state.participant_id,
         workflow_id=participant_workflow_id(state.flow_id, state.contact_id),
@@ -52,7 +85,6 @@ def record_in(db: Session, record: ParticipantRecord) -> Standing:
     row.drop_out_reason = state.drop_out_reason
     row.finished_at = state.finished_at
     db.add(row)
-    return Standing(leave_reason=leave_reason(db, record))
 
 
 def _never() -> bool:

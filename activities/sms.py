@@ -39,7 +39,7 @@ from twilio.rest import Client
 
 from activities.heartbeat import heartbeating
 from activities.metrics import counts_messages
-from activities.participants import ParticipantRecord, enter_message_step
+from activities.participants import ParticipantRecord, departed, enter_message_step
 from models.crm import contact_facts
 from models.database import session, utcnow
 from models.flow import NotifySms, Recipients, SendSms
@@ -154,6 +154,8 @@ class SmsSend(BaseModel):
     # The step's entry record and its checks, when the participant leaves them to the send (one
     # transaction with reading the contact); absent in sends scheduled before, recorded apart.
     record: ParticipantRecord | None = None
+    # The row the participant leaves with through the finish after this step, to record last.
+    departure: ParticipantRecord | None = None
 
 
 class SmsNotify(BaseModel):
@@ -199,8 +201,13 @@ class SmsActivities:
         """Send the step's text to the participant; a missing, invalid or non-mobile number is
         a skip.
 
-        The workflow decides from ``step.exit_if_no_mobile`` whether a skipped participant leaves.
+        The workflow decides from ``step.exit_if_no_mobile`` whether a skipped participant leaves
+        (it offers no ``departure`` then).
         """
+        outcome = await self._send(request)
+        return await asyncio.to_thread(departed, self._engine, request.departure, outcome)
+
+    async def _send(self, request: SmsSend) -> DeliveryOutcome:
         key = request.delivery_key
         if request.record is None:
             facts = await self._facts(request.contact_id)

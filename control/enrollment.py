@@ -14,11 +14,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-)
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -28,7 +24,7 @@ from models import search_attributes as sa
 from models.criteria import evaluate
 from models.crm import Contact, SelectionMember, contact_facts
 from models.database import session
-from models.engine import FlowStatus, Participant, ParticipantStatus
+from models.engine import FlowStatus, Participant
 from models.events import FlowEvent
 from models.flow import Flow
 from models.participant import Enrollment, Suggestion, participant_workflow_id
@@ -250,14 +246,7 @@ async def _start(
             start_signal=None if event is None else EVENT_SIGNAL,
             # The event's reference: its form data stays in crm_events.
             start_signal_args=[] if event is None else [event.reference()],
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(sa.FLOW_ID, flow.id),
-                    SearchAttributePair(sa.FLOW_VERSION, stored.version),
-                    SearchAttributePair(sa.CONTACT_ID, contact_id),
-                    SearchAttributePair(sa.PARTICIPANT_STATUS, ParticipantStatus.active.value),
-                ]
-            ),
+            search_attributes=sa.at_start(flow, stored.version, contact_id, paused=paused),
             # Shown in the UI's workflow list: recognisable without exposing the full name.
             static_summary=f"{name or 'Contact'} (contact {contact_id}) in {flow.name!r}"
             f" v{stored.version}",

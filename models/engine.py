@@ -185,6 +185,14 @@ def record_step_event(
     return record_event(db, event, **details)
 
 
+class Departure(BaseModel):
+    """The participant's last record, made by the activity of the step before a finish without
+    hand-offs: when it left, and the reason the finish's checks gave to drop out instead."""
+
+    at: datetime
+    leave_reason: str | None = None
+
+
 class StepChange(BaseModel):
     """What the activity of a step that changes the CRM reports: its outcome, and the event it
     recorded (None when it changed nothing), which the step then announces (``emit_event``).
@@ -194,6 +202,8 @@ class StepChange(BaseModel):
     outcome: str
     event: FlowEvent | None = None
     leave_reason: str | None = None
+    # Set when the activity also made the participant's last record, for the finish after it.
+    departure: Departure | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from models.database import session, utcnow
-from models.engine import Delivery
+from models.engine import Delivery, Departure
 from models.personal_data import mask_email, mask_phone
 
 T = TypeVar("T")
@@ -77,6 +77,8 @@ class DeliveryOutcome(BaseModel):
     # Set when the checks made at the step's entry (former employee, exclusion list, …) say the
     # participant leaves: nothing was sent nor claimed, and the participant leaves with this.
     leave_reason: str | None = None
+    # Set when the send also made the participant's last record, for the finish after it.
+    departure: Departure | None = None
 
     @classmethod
     def left(cls, key: str, channel: str, reason: str) -> DeliveryOutcome:

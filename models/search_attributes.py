@@ -1,7 +1,8 @@
 """Search attributes every participant carries, so the Temporal UI can filter runs by flow and step.
 
-FlowId, FlowVersion and ContactId are set when a participant starts; FlowStep and
-ParticipantStatus are upserted as it moves. The dev stack and the tests register them; on a real
+FlowId, FlowVersion, ContactId and ParticipantStatus are set when a participant starts, and
+FlowStep too when it goes straight to its first step; FlowStep and ParticipantStatus are upserted
+as it moves. The dev stack and the tests register them; on a real
 cluster, register them once per namespace:
 
     temporal operator search-attribute create --namespace default \
@@ -19,11 +20,15 @@ from typing import TYPE_CHECKING
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.common import SearchAttributeKey
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
+
+from models.engine import ParticipantStatus
 
 if TYPE_CHECKING:
     from temporalio.client import Client
+
+    from models.flow import Flow
 
 FLOW_ID = SearchAttributeKey.for_keyword("FlowId")
 FLOW_VERSION = SearchAttributeKey.for_int("FlowVersion")
@@ -32,6 +37,22 @@ PARTICIPANT_STATUS = SearchAttributeKey.for_keyword("ParticipantStatus")
 CONTACT_ID = SearchAttributeKey.for_int("ContactId")
 
 ALL = (FLOW_ID, FLOW_VERSION, FLOW_STEP, PARTICIPANT_STATUS, CONTACT_ID)
+
+
+def at_start(
+    flow: Flow, version: int, contact_id: int, *, paused: bool = False
+) -> TypedSearchAttributes:
+    """A participant's attributes as it starts, active. FlowStep too when it enters the first
+    step at once (no scheduled start, flow not paused): that spares it an upsert there."""
+    pairs: list[SearchAttributePair[str] | SearchAttributePair[int]] = [
+        SearchAttributePair(FLOW_ID, flow.id),
+        SearchAttributePair(FLOW_VERSION, version),
+        SearchAttributePair(CONTACT_ID, contact_id),
+        SearchAttributePair(PARTICIPANT_STATUS, ParticipantStatus.active.value),
+    ]
+    if not paused and flow.scheduled_start is None:
+        pairs.append(SearchAttributePair(FLOW_STEP, flow.start))
+    return TypedSearchAttributes(pairs)
 
 
 async def register_search_attributes(client: Client) -> None:

@@ -34,6 +34,7 @@ from temporalio.testing import WorkflowEnvironment
 import scripts.examples  # noqa: F401  (registers the scripts the flows run)
 from activities.email import SmtpSettings
 from control.ingest import record_event
+from models import search_attributes as sa
 from models.database import create_tables, get_engine, session
 from models.demo import DEMO_SELECTION_ID, VIP_SELECTION_ID, seed_demo
 from models.events import EventKind, FlowEvent
@@ -108,6 +109,9 @@ class Scenario:
     enrollment: dict[str, Any] = field(default_factory=dict)
     drive: Callable[[Handle, Peers], Awaitable[None]] | None = None
     cancelled: bool = False
+    # Started with the search attributes enrollment gives (FlowStep set to the first step);
+    # scenarios recorded before were started without any.
+    enrolled: bool = False
 
 
 def local(start: datetime, days: int, hour: int) -> str:
@@ -726,6 +730,36 @@ def excluded_at_email_flow(now: datetime) -> Flow:
     )
 
 
+def email_then_finish_flow(now: datetime) -> Flow:
+    return flow(
+        [
+            {"id": "mail", "type": "send_email", "next": "done", "subject": "Hi", "text": "Hi"},
+            FINISH,
+        ],
+        email=EMAIL,
+    )
+
+
+def sms_then_finish_flow(now: datetime) -> Flow:
+    return flow(
+        [{"id": "text", "type": "send_sms", "next": "done", "text": "Hello"}, FINISH],
+        sms_sender="Flows",
+    )
+
+
+def excluded_by_its_last_step_flow(now: datetime) -> Flow:
+    """The last step puts the contact on the flow's exclusion list: the finish's checks, made
+    with the departure, take it out."""
+    return flow(
+        [
+            {"id": "remove", "type": "remove_from_list", "project_id": 1, "next": "add"},
+            {"id": "add", "type": "add_to_list", "selection_id": VIP_SELECTION_ID, "next": "done"},
+            FINISH,
+        ],
+        exclusion_selections=[VIP_SELECTION_ID],
+    )
+
+
 def excluded_at_sms_flow(now: datetime) -> Flow:
     return flow(
         [{"id": "text", "type": "send_sms", "next": "done", "text": "Hello"}, FINISH],
@@ -1006,6 +1040,41 @@ SCENARIOS: dict[str, Scenario] = {
         ["records_in_step_activity.checks_at_crm_step"],
         excluded_flow,
     ),
+    # The step before a finish without hand-offs records the participant's departure in its own
+    # activity, and FlowStep comes with the start (workflow.patched "depart-in-step-activity").
+    "email_departure_v5": Scenario(
+        "send_email then a finish without hand-offs, enrolled with FlowStep set: the send records "
+        "the departure (no local record as the participant leaves), FlowStep upserted once",
+        ["depart_in_step_activity.email", "depart_in_step_activity.flow_step_at_start"],
+        email_then_finish_flow,
+        enrolled=True,
+    ),
+    "sms_departure_v5": Scenario(
+        "send_sms then a finish without hand-offs: the send records the departure",
+        ["depart_in_step_activity.sms"],
+        sms_then_finish_flow,
+        enrolled=True,
+    ),
+    "excluded_at_departure_v5": Scenario(
+        "remove_from_list, then add_to_list puts the contact on the exclusion list: the finish's "
+        "checks made with the departure drop it out",
+        ["depart_in_step_activity.checks_at_finish"],
+        excluded_by_its_last_step_flow,
+        enrolled=True,
+    ),
+    "messages_sent_v5": Scenario(
+        "as messages_sent_v4 under depart-in-step-activity: a scheduled start (no FlowStep at the "
+        "start), a finish with hand-offs (recorded as the participant leaves)",
+        ["depart_in_step_activity.messages"],
+        messages_flow,
+        enrolled=True,
+    ),
+    "crm_steps_v5": Scenario(
+        "as crm_steps_v4 under depart-in-step-activity, enrolled with FlowStep set",
+        ["depart_in_step_activity.crm_steps"],
+        crm_steps_flow,
+        enrolled=True,
+    ),
     # Events reach participants without their form data (workflow.patched
     # "form-data-from-store"): a form-data split reads the stored submission in an activity.
     "event_splits_v2": Scenario(
@@ -1072,17 +1141,26 @@ async def record(
     task_queue = f"record-{uuid.uuid4()}"
     now = await env.get_current_time()
     activities = activities_for(engine, smtp, twilio_settings(peers.twilio))
+    flow_now = scenario.flow(now)
     async with build_worker(env.client, engine, task_queue=task_queue, activities=activities):
         handle: Handle = await env.client.start_workflow(
             ParticipantWorkflow.run,
             Enrollment(
-                flow=scenario.flow(now),
+                flow=flow_now,
                 flow_version=1,
                 contact_id=scenario.contact_id,
                 **scenario.enrollment,
             ),
             id=f"flow-recorded-contact-{scenario.contact_id}-{name}",
             task_queue=task_queue,
+            search_attributes=sa.at_start(
+                flow_now,
+                1,
+                scenario.contact_id,
+                paused=bool(scenario.enrollment.get("paused", False)),
+            )
+            if scenario.enrolled
+            else None,
         )
         if scenario.drive is not None:
             # Signals and queries go to the newest run (continue-as-new makes new ones).

@@ -360,9 +360,10 @@ async def test_one_record_per_step_with_the_checks_at_a_wait(
     time_skipping_env: WorkflowEnvironment, engine: Engine, task_queue: str
 ) -> None:
     """An action step and a finish without hand-offs: one record each, none of its own at
-    enrollment. The action step's rides in its CRM activity; the finish's is the last one, the
-    participant's only local record. A wait's entry is recorded with its wait, and the checks
-    made there take a deleted contact out before it waits."""
+    enrollment, and no local record at all: the action step's rides in its CRM activity, and so
+    does the finish's (the participant's last), which leaves the row as the workflow finished.
+    A wait's entry is recorded with its wait, and the checks made there take a deleted contact
+    out before it waits."""
     steps: list[dict[str, Any]] = [
         {"id": "add", "type": "add_to_list", "selection_id": VIP_SELECTION_ID, "next": "done"},
         {"id": "done", "type": "finish"},
@@ -384,7 +385,16 @@ async def test_one_record_per_step_with_the_checks_at_a_wait(
         if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
     ]
     assert finished.status is ParticipantStatus.finished
-    assert len(records) == 1
+    assert records == []
+    with session(engine) as db:
+        left = db.get(Participant, finished.participant_id)
+    assert left is not None
+    assert (left.status, left.current_step, left.finished_at, left.wait_until) == (
+        "Finished",
+        "done",
+        finished.finished_at,
+        None,
+    )
     assert (gone.status, gone.drop_out_reason) == (
         ParticipantStatus.dropped_out,
         "the contact no longer exists",

@@ -22,7 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.participants import ParticipantActivities, ParticipantRecord
     from models import schedule
     from models import search_attributes as sa
-    from models.engine import ParticipantStatus
+    from models.engine import Departure, ParticipantStatus
     from models.events import FlowEvent, meets
     from models.flow import (
         Finish,
@@ -81,6 +81,12 @@ RECORD_IN_MESSAGE_STEP = "record-in-message-step"
 # the TemporalChangeVersion search attribute in every participant's history.
 RECORD_IN_STEP_ACTIVITY = "record-in-step-activity"
 
+# All of the above, and: the step before a finish without hand-offs makes the participant's last
+# record (and the finish's checks) in its own activity, so no local record is left for the
+# participant as it leaves (unless a signal changed how it leaves meanwhile); and FlowStep is
+# upserted only when it changes (enrollment sets it to the first step).
+DEPART_IN_STEP_ACTIVITY = "depart-in-step-activity"
+
 
 @workflow.defn(name="Participant")
 class ParticipantWorkflow:
@@ -102,6 +108,11 @@ class ParticipantWorkflow:
         self._once_per_step = False  # RECORD_ONCE_PER_STEP, decided once per run
         self._record_in_send = False  # RECORD_IN_MESSAGE_STEP, decided once per run
         self._record_in_step_activity = False  # RECORD_IN_STEP_ACTIVITY, decided once per run
+        self._depart_in_step_activity = False  # DEPART_IN_STEP_ACTIVITY, decided once per run
+        # The last record a step's activity made for the finish after it: the row it was given
+        # (``_departure_offered``) and what the activity reported (``_departure``).
+        self._departure_offered: ParticipantState | None = None
+        self._departure: Departure | None = None
         # The step entered has not been recorded nor checked yet: its first record does both.
         self._entry_unrecorded = False
 
@@ -171,7 +182,10 @@ class ParticipantWorkflow:
 
     @workflow.run
     async def run(self, enrollment: Enrollment) -> ParticipantState:
-        if workflow.patched(RECORD_IN_STEP_ACTIVITY):
+        if workflow.patched(DEPART_IN_STEP_ACTIVITY):
+            self._depart_in_step_activity = True
+            self._once_per_step = self._record_in_send = self._record_in_step_activity = True
+        elif workflow.patched(RECORD_IN_STEP_ACTIVITY):
             self._once_per_step = self._record_in_send = self._record_in_step_activity = True
         else:
             self._once_per_step = workflow.patched(RECORD_ONCE_PER_STEP)
@@ -217,15 +231,20 @@ class ParticipantWorkflow:
             self._leave(Leave(ParticipantStatus.cancelled, "cancelled"))
             await self._record()
             raise
-        standing = await self._record()
+        departure = self._departed()
+        standing = await self._record() if departure is None else departure
         if self._entry_unrecorded:
             # A finish step's entry is this last record: if its checks say the contact may not
             # finish, it drops out instead, as it would have on entering the step.
             self._entry_unrecorded = False
             if standing.leave_reason is not None:
                 self._state.trail[-1].outcome = standing.leave_reason
+                finished_at = self._state.finished_at
                 self._leave(Leave.dropping_out(standing.leave_reason))
-                await self._record()
+                if departure is None:
+                    await self._record()
+                else:
+                    self._state.finished_at = finished_at  # as the departure recorded it
         return self._state.without_form_data()
 
     @property
@@ -242,6 +261,11 @@ class ParticipantWorkflow:
 
     async def _unfrozen(self) -> None:
         """While the flow is paused, the participant stays where it is."""
+        if self._state.paused and self._departure is not None:
+            # Paused on its way to the finish its last step already recorded it at: say where
+            # it is meanwhile; the finish records it again.
+            self._departure = None
+            await self._record()
         await workflow.wait_condition(lambda: not self._state.paused or self._interrupt is not None)
 
     async def _enter(self, step: Step) -> Standing:
@@ -249,7 +273,10 @@ class ParticipantWorkflow:
         state.current_step = step.id
         state.visits[step.id] = state.visits.get(step.id, 0) + 1
         state.trail = [*state.trail, Visit(step=step.id, entered_at=workflow.now())][-TRAIL_LENGTH:]
-        if not (self._record_in_step_activity and isinstance(step, Finish)):
+        if not (self._record_in_step_activity and isinstance(step, Finish)) and not (
+            self._depart_in_step_activity
+            and workflow.info().typed_search_attributes.get(sa.FLOW_STEP) == step.id
+        ):
             workflow.upsert_search_attributes([sa.FLOW_STEP.value_set(step.id)])
         workflow.set_current_details(f"At step {step.label!r} ({step.type})")
         self._entry_unrecorded = self._once_per_step and _recorded_later(
@@ -279,6 +306,7 @@ class ParticipantWorkflow:
         self._state.trail[-1].outcome = outcome.outcome
         if isinstance(outcome, Continue):
             self._state.current_step = outcome.next
+            self._departure = outcome.departure
             return
         self._leave(outcome)
 
@@ -347,6 +375,44 @@ class ParticipantWorkflow:
         self._entry_unrecorded = False
         return self._row_record()
 
+    def departure_record(self, next_step: str) -> ParticipantRecord | None:
+        """The row the participant will leave with through ``next_step``, for the activity of the
+        step before it to record last (with the finish's checks): only when ``next_step`` is a
+        finish without hand-offs. None otherwise: the participant records as it leaves."""
+        finish = self._flow.step(next_step)
+        if not self._depart_in_step_activity or not (
+            isinstance(finish, Finish) and _without_handoffs(finish)
+        ):
+            return None
+        record = self._row_record()
+        status = ParticipantStatus.finished
+        if self._state.success:
+            status = ParticipantStatus.finished_with_success
+        record.state = record.state.model_copy(
+            update={
+                "status": status,
+                "current_step": next_step,
+                "wait_until": None,
+                "drop_out_reason": None,
+                "finished_at": None,
+            }
+        )
+        self._departure_offered = record.state
+        return record
+
+    def _departed(self) -> Standing | None:
+        """The finish's checks, as the departure the last step's activity recorded found them,
+        when the participant left as that record says (its row is then current); None when no
+        departure was recorded or something (a signal) changed how it left: record now."""
+        departure, offered, state = self._departure, self._departure_offered, self._state
+        if departure is None or offered is None:
+            return None
+        row = ("status", "current_step", "drop_out_reason", "wait_until", "flow_version")
+        if any(getattr(state, field) != getattr(offered, field) for field in row):
+            return None
+        state.finished_at = departure.at
+        return Standing(leave_reason=departure.leave_reason)
+
     def _row_record(self) -> ParticipantRecord:
         """What a record needs: the row's fields and the checks' inputs. The trail, visits and
         events stay in the workflow (an entry record travels in its activity's input, kept in
@@ -393,6 +459,10 @@ def _recorded_later(step: Step, record_in_send: bool, record_in_step_activity: b
     if record_in_step_activity and takes_its_entry_record(step):
         return True
     if isinstance(step, Finish):
-        suggested = (step.suggest_flow_on_success, step.suggest_flow_otherwise)
-        return all(flow is None for flow in suggested) and step.add_to_selection is None
+        return _without_handoffs(step)
     return False
+
+
+def _without_handoffs(finish: Finish) -> bool:
+    suggested = (finish.suggest_flow_on_success, finish.suggest_flow_otherwise)
+    return all(flow is None for flow in suggested) and finish.add_to_selection is None

@@ -41,7 +41,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.scripts import ScriptStart
     from activities.sms import NO_MOBILE, UNREACHABLE, SmsActivities, SmsNotify, SmsSend
     from models import schedule
-    from models.engine import ParticipantStatus, StepChange
+    from models.engine import Departure, ParticipantStatus, StepChange
     from models.events import (
         EVENT_SPLIT_BASES,
         FlowEvent,
@@ -81,6 +81,8 @@ with workflow.unsafe.imports_passed_through():
 class Continue:
     next: str
     outcome: str = ""
+    # The step's activity also made the participant's last record, for the finish it goes to.
+    departure: Departure | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,11 @@ class Participant(Protocol):
 
     def entry_record(self) -> ParticipantRecord | None:
         """The step's entry record if it is the step's activity to make (taken once)."""
+        ...
+
+    def departure_record(self, next_step: str) -> ParticipantRecord | None:
+        """The row the participant leaves with, when ``next_step`` is a finish the step's
+        activity may record it at (it then reports a ``departure``)."""
         ...
 
 
@@ -202,6 +209,7 @@ async def send_email(participant: Participant, step: SendEmail) -> Outcome:
         step=step,
         settings=flow.email,
         record=participant.entry_record(),
+        departure=participant.departure_record(step.next),
     )
     outcome: DeliveryOutcome = await workflow.execute_activity_method(
         EmailActivities.send_email,
@@ -210,7 +218,9 @@ async def send_email(participant: Participant, step: SendEmail) -> Outcome:
         summary=f"Send email {step.subject!r} to contact {participant.contact_id}",
         **SEND_ACTIVITY,
     )
-    return _left_at_entry(outcome) or Continue(step.next, _sent(outcome))
+    return _left_at_entry(outcome) or Continue(
+        step.next, _sent(outcome), departure=outcome.departure
+    )
 
 
 async def send_sms(participant: Participant, step: SendSms) -> Outcome:
@@ -222,6 +232,8 @@ async def send_sms(participant: Participant, step: SendSms) -> Outcome:
         step=step,
         default_sender=participant.flow.sms_sender,
         record=participant.entry_record(),
+        # A contact without a mobile number may leave through the step's exit instead.
+        departure=None if step.exit_if_no_mobile else participant.departure_record(step.next),
     )
     outcome: DeliveryOutcome = await workflow.execute_activity_method(
         SmsActivities.send_sms,
@@ -237,7 +249,7 @@ async def send_sms(participant: Participant, step: SendSms) -> Outcome:
         return Leave(
             ParticipantStatus.dropped_out, _sent(outcome), reason=NO_MOBILE, handoffs=step.exit
         )
-    return Continue(step.next, _sent(outcome))
+    return Continue(step.next, _sent(outcome), departure=outcome.departure)
 
 
 # --- Flow control ------------------------------------------------------------------------------
@@ -354,11 +366,12 @@ async def add_to_list(participant: Participant, step: AddToList) -> Outcome:
         selection_id=step.selection_id,
         project_id=step.project_id,
         record=participant.entry_record(),
+        departure=participant.departure_record(step.next),
     )
     done: StepChange = await workflow.execute_activity_method(
         CrmActivities.add_to_list, change, summary=f"Add to {_lists(change)}", **CRM_ACTIVITY
     )
-    return _left_at_entry(done) or Continue(step.next, done.outcome)
+    return _left_at_entry(done) or Continue(step.next, done.outcome, departure=done.departure)
 
 
 async def remove_from_list(participant: Participant, step: RemoveFromList) -> Outcome:
@@ -367,6 +380,7 @@ async def remove_from_list(participant: Participant, step: RemoveFromList) -> Ou
         selection_id=step.selection_id,
         project_id=step.project_id,
         record=participant.entry_record(),
+        departure=participant.departure_record(step.next),
     )
     done: StepChange = await workflow.execute_activity_method(
         CrmActivities.remove_from_list,
@@ -374,7 +388,7 @@ async def remove_from_list(participant: Participant, step: RemoveFromList) -> Ou
         summary=f"Remove from {_lists(change)}",
         **CRM_ACTIVITY,
     )
-    return _left_at_entry(done) or Continue(step.next, done.outcome)
+    return _left_at_entry(done) or Continue(step.next, done.outcome, departure=done.departure)
 
 
 def _lists(change: ListChange) -> str:

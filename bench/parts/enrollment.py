@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 from temporalio.client import Client
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import WorkflowIDConflictPolicy
 
 from bench.harness import (
     Options,
@@ -34,7 +34,6 @@ from bench.harness import (
 from control.enrollment import START_CONCURRENCY, enroll, selection_members
 from control.flows import load_flow
 from models import search_attributes as sa
-from models.engine import ParticipantStatus
 from models.participant import Enrollment, participant_workflow_id
 from workflows.participant import ParticipantWorkflow
 
@@ -67,14 +66,7 @@ async def raw_starts(client: Client, engine: Engine, flow_id: str, contact_ids: 
             id=participant_workflow_id(flow.id, contact_id),
             task_queue=TASK_QUEUE,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(sa.FLOW_ID, flow.id),
-                    SearchAttributePair(sa.FLOW_VERSION, stored.version),
-                    SearchAttributePair(sa.CONTACT_ID, contact_id),
-                    SearchAttributePair(sa.PARTICIPANT_STATUS, ParticipantStatus.active.value),
-                ]
-            ),
+            search_attributes=sa.at_start(flow, stored.version, contact_id),
             static_summary=f"Contact {contact_id} in flow {flow.name!r} (v{stored.version})",
         )
 

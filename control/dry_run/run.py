@@ -22,7 +22,6 @@ from typing import Any
 from sqlalchemy import Engine
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -37,7 +36,6 @@ from models import schedule
 from models import search_attributes as sa
 from models.crm import Contact
 from models.database import session
-from models.engine import ParticipantStatus
 from models.participant import Enrollment, ParticipantState
 from models.payloads import DATA_CONVERTER
 from models.personal_data import short_name
@@ -132,14 +130,7 @@ async def dry_run(
                 Enrollment(flow=stored.flow, flow_version=stored.version, contact_id=contact_id),
                 id=f"dry-run-{flow_id}-contact-{contact_id}-{uuid.uuid4().hex[:8]}",
                 task_queue=task_queue,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(sa.FLOW_ID, flow_id),
-                        SearchAttributePair(sa.FLOW_VERSION, stored.version),
-                        SearchAttributePair(sa.CONTACT_ID, contact_id),
-                        SearchAttributePair(sa.PARTICIPANT_STATUS, ParticipantStatus.active.value),
-                    ]
-                ),
+                search_attributes=sa.at_start(stored.flow, stored.version, contact_id),
                 static_summary=f"Dry run: {name} (contact {contact_id}) in {stored.flow.name!r}",
             )
             try:

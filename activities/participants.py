@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
-from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlalchemy import Engine, Executable, Table, bindparam
+from sqlalchemy import select as select_columns
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, SQLModel
 from temporalio import activity
 
 from models.crm import Contact, SelectionMember
@@ -69,22 +72,61 @@ def depart_in(db: Session, record: ParticipantRecord) -> Departure:
     return Departure(at=at, leave_reason=reason)
 
 
+# The participant's row, upserted in one statement (a record per step makes this the engine's most
+# frequent write), built once per dialect so SQLAlchemy reuses its compiled form.
+_ROWS = SQLModel.metadata.tables[str(Participant.__tablename__)]
+_COLUMNS = (
+    "id",
+    "workflow_id",
+    "flow_id",
+    "flow_version",
+    "contact_id",
+    "status",
+    "current_step",
+    "wait_until",
+    "drop_out_reason",
+    "enrolled_at",
+    "finished_at",
+    "updated_at",
+)
+# What a record changes; the rest is set once, by the participant's first record.
+_MOVING = (
+    "flow_version",
+    "status",
+    "current_step",
+    "wait_until",
+    "drop_out_reason",
+    "finished_at",
+    "updated_at",
+)
+
+
+def _upsert(insert: Callable[[Table], Any]) -> Executable:
+    statement = insert(_ROWS).values({name: bindparam(name) for name in _COLUMNS})
+    changed = {name: statement.excluded[name] for name in _MOVING}
+    return cast("Executable", statement.on_conflict_do_update(index_elements=["id"], set_=changed))
+
+
+_UPSERT = {"sqlite": _upsert(sqlite_insert), "postgresql": _upsert(postgresql_insert)}
+
+
 def _write_row(db: Session, state: ParticipantState) -> None:
-    row = db.get(Participant, state.participant_id) or Participant(
-        id=state.participant_id,
-        workflow_id=participant_workflow_id(state.flow_id, state.contact_id),
-        flow_id=state.flow_id,
-        flow_version=state.flow_version,
-        contact_id=state.contact_id,
-        enrolled_at=state.enrolled_at,
-    )
-    row.flow_version = state.flow_version
-    row.status = state.status.value
-    row.current_step = state.current_step
-    row.wait_until = state.wait_until
-    row.drop_out_reason = state.drop_out_reason
-    row.finished_at = state.finished_at
-    db.add(row)
+    connection = db.connection()
+    values = {
+        "id": state.participant_id,
+        "workflow_id": participant_workflow_id(state.flow_id, state.contact_id),
+        "flow_id": state.flow_id,
+        "flow_version": state.flow_version,
+        "contact_id": state.contact_id,
+        "status": state.status.value,
+        "current_step": state.current_step,
+        "wait_until": state.wait_until,
+        "drop_out_reason": state.drop_out_reason,
+        "enrolled_at": state.enrolled_at,
+        "finished_at": state.finished_at,
+        "updated_at": utcnow(),
+    }
+    connection.execute(_UPSERT[connection.dialect.name], values)
 
 
 def _never() -> bool:
@@ -123,19 +165,31 @@ def enter_message_step(
     return None if reason is None else DeliveryOutcome.left(delivery_key, channel, reason)
 
 
+_CONTACTS = SQLModel.metadata.tables[str(Contact.__tablename__)]
+_MEMBERS = SQLModel.metadata.tables[str(SelectionMember.__tablename__)]
+_RETIRED = select_columns(_CONTACTS.c.retired).where(_CONTACTS.c.id == bindparam("contact"))
+_EXCLUDED = (
+    select_columns(_MEMBERS.c.contact_id)
+    .where(
+        _MEMBERS.c.contact_id == bindparam("contact"),
+        _MEMBERS.c.selection_id.in_(bindparam("selections", expanding=True)),
+    )
+    .limit(1)
+)
+
+
 def leave_reason(db: Session, record: ParticipantRecord) -> str | None:
-    contact = db.get(Contact, record.state.contact_id)
-    if contact is None:
+    """The checks before every step (spec §8): why the contact may not go on, or None."""
+    db.flush()  # the checks read with SQL: they must see what the step changed in this session
+    connection = db.connection()
+    contact = record.state.contact_id
+    retired = connection.execute(_RETIRED, {"contact": contact}).first()
+    if retired is None:
         return "the contact no longer exists"
-    if contact.retired:
+    if retired.retired:
         return "former employee"
     if record.exclusion_selections:
-        excluded = db.exec(
-            select(SelectionMember).where(
-                SelectionMember.contact_id == contact.id,
-                SelectionMember.selection_id.in_(record.exclusion_selections),  # type: ignore[attr-defined]
-            )
-        ).first()
-        if excluded is not None:
+        selections = {"contact": contact, "selections": record.exclusion_selections}
+        if connection.execute(_EXCLUDED, selections).first() is not None:
             return "on the exclusion list"
     return None

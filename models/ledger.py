@@ -25,15 +25,15 @@ between, so only a process killed in that stretch leaves ``sending`` behind.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, update
+from sqlalchemy import Connection, Engine, Row, bindparam, insert, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from models.database import session, utcnow
 from models.engine import Delivery, Departure
@@ -93,15 +93,16 @@ class DeliveryOutcome(BaseModel):
         )
 
 
-def _outcome(row: Delivery, already_settled: bool = False) -> DeliveryOutcome:
+def _outcome(row: Mapping[Any, Any], already_settled: bool = False) -> DeliveryOutcome:
+    """The outcome a ledger row (its fields by name) says."""
     return masked(
         DeliveryOutcome(
-            key=row.key,
-            channel=row.channel,
-            recipient=row.recipient,
-            status=DeliveryStatus(row.status),
-            provider_id=row.provider_id,
-            detail=row.detail,
+            key=row["key"],
+            channel=row["channel"],
+            recipient=row["recipient"],
+            status=DeliveryStatus(row["status"]),
+            provider_id=row["provider_id"],
+            detail=row["detail"],
             already_settled=already_settled,
         )
     )
@@ -160,7 +161,14 @@ def claim(engine: Engine, key: str, channel: str, recipient: str) -> DeliveryOut
 def claim_in(db: Session, key: str, channel: str, recipient: str) -> DeliveryOutcome | None:
     """``claim`` inside the caller's transaction (run it with ``claiming``), so that reading
     what the send needs and reserving it take one."""
-    return _claim_row(db, key, channel, recipient)[1]
+    connection = db.connection()
+    earlier = _earlier(connection, key, channel, recipient, DeliveryStatus.pending)
+    if earlier is None:
+        return None
+    if isinstance(earlier, DeliveryOutcome):
+        return earlier
+    connection.execute(_RECIPIENT, {"k": key, "to": recipient, "now": utcnow()})
+    return None
 
 
 def known_in(db: Session, key: str) -> bool:
@@ -181,43 +189,97 @@ def settle_in(
     """Claim and settle in the caller's transaction a send that ends before any hand-over (a
     refused contact, a message that cannot be built); an earlier outcome wins."""
     assert status in FINAL, status
-    row, earlier = _claim_row(db, key, channel, recipient)
-    if earlier is not None:
+    connection = db.connection()
+    earlier = _earlier(connection, key, channel, recipient, status, detail)
+    if isinstance(earlier, DeliveryOutcome):
         return earlier
-    row.status, row.detail = status, detail
-    return _outcome(row)
+    if earlier is not None:  # claimed, not settled: settle it now
+        connection.execute(
+            _SETTLE, {"k": key, "to_status": status, "provider": None, "why": detail}
+        )
+    return masked(
+        DeliveryOutcome(key=key, channel=channel, recipient=recipient, status=status, detail=detail)
+    )
 
 
-def _claim_row(
-    db: Session, key: str, channel: str, recipient: str
-) -> tuple[Delivery, DeliveryOutcome | None]:
-    row = db.exec(select(Delivery).where(Delivery.key == key)).first()
+# The ledger's statements, built once (SQLAlchemy then reuses their compiled form): they run
+# several times for every message. An update sets ``updated_at`` by the column's own default.
+_TABLE = SQLModel.metadata.tables[str(Delivery.__tablename__)]
+_COLUMNS = _TABLE.c
+_FIND = _TABLE.select().where(_COLUMNS.key == bindparam("k"))
+_ADD = insert(_TABLE).values(
+    key=bindparam("k"),
+    channel=bindparam("via"),
+    recipient=bindparam("to"),
+    status=bindparam("to_status"),
+    detail=bindparam("why"),
+    created_at=bindparam("now"),
+    updated_at=bindparam("now"),
+)
+_RECIPIENT = (
+    update(_TABLE)
+    .where(_COLUMNS.key == bindparam("k"))
+    .values(recipient=bindparam("to"), updated_at=bindparam("now"))
+)
+_UNCONFIRMED = (
+    update(_TABLE)
+    .where(_COLUMNS.key == bindparam("k"), _COLUMNS.status == DeliveryStatus.sending.value)
+    .values(status=DeliveryStatus.unconfirmed.value, detail=bindparam("why"))
+)
+_MARK = (
+    update(_TABLE)
+    .where(_COLUMNS.key == bindparam("k"), _COLUMNS.status == DeliveryStatus.pending.value)
+    .values(status=DeliveryStatus.sending.value, updated_at=bindparam("now"))
+)
+_SETTLE = (
+    update(_TABLE)
+    .where(_COLUMNS.key == bindparam("k"))
+    .values(
+        status=bindparam("to_status"), provider_id=bindparam("provider"), detail=bindparam("why")
+    )
+    .returning(
+        _COLUMNS.key,
+        _COLUMNS.channel,
+        _COLUMNS.recipient,
+        _COLUMNS.status,
+        _COLUMNS.provider_id,
+        _COLUMNS.detail,
+    )
+)
+_UNFINISHED = "an earlier attempt stopped mid-send; not sent again"
+
+
+def _earlier(
+    connection: Connection,
+    key: str,
+    channel: str,
+    recipient: str,
+    status: DeliveryStatus,
+    detail: str | None = None,
+) -> DeliveryOutcome | Row[Any] | None:
+    """What the ledger holds for ``key``: nothing (a row is added with ``status`` and
+    ``detail``: None), an earlier outcome that stands (an interrupted hand-over becomes
+    ``unconfirmed``), or the row of a claim not settled yet."""
+    row = connection.execute(_FIND, {"k": key}).first()
     if row is None:
-        row = Delivery(key=key, channel=channel, recipient=recipient, status="pending")
-        db.add(row)
-        return row, None
+        values = {"k": key, "via": channel, "to": recipient, "to_status": status, "why": detail}
+        connection.execute(_ADD, {**values, "now": utcnow()})
+        return None
     if row.status == DeliveryStatus.sending:
-        row.status = DeliveryStatus.unconfirmed
-        row.detail = "an earlier attempt stopped mid-send; not sent again"
-        db.add(row)
-        return row, _outcome(row, already_settled=True)
+        connection.execute(_UNCONFIRMED, {"k": key, "why": _UNFINISHED})
+        unconfirmed = {**row._mapping, "status": DeliveryStatus.unconfirmed, "detail": _UNFINISHED}
+        return _outcome(unconfirmed, already_settled=True)
     if row.status in FINAL:
-        return row, _outcome(row, already_settled=True)
-    row.recipient = recipient
-    db.add(row)
-    return row, None
+        return _outcome(row._mapping, already_settled=True)
+    return row
 
 
 def mark_sending(engine: Engine, key: str) -> bool:
     """The point of no return of a claimed send: True if this attempt may hand it over now.
 
     False when another attempt got there first (or settled it): send nothing then."""
-    with session(engine) as db:
-        moved = db.exec(
-            update(Delivery)
-            .where(col(Delivery.key) == key, col(Delivery.status) == DeliveryStatus.pending)
-            .values(status=DeliveryStatus.sending, updated_at=utcnow())
-        )
+    with engine.begin() as connection:
+        moved = connection.execute(_MARK, {"k": key, "now": utcnow()})
         return bool(moved.rowcount == 1)
 
 
@@ -256,11 +318,9 @@ def settle(
 ) -> DeliveryOutcome:
     """Record a final outcome for a claimed send."""
     assert status in FINAL, status
-    with session(engine) as db:
-        row = db.exec(select(Delivery).where(Delivery.key == key)).one()
-        row.status, row.provider_id, row.detail = status, provider_id, detail
-        db.add(row)
-        return _outcome(row)
+    with engine.begin() as connection:
+        values = {"k": key, "to_status": status, "provider": provider_id, "why": detail}
+        return _outcome(connection.execute(_SETTLE, values).one()._mapping)
 
 
 def release(engine: Engine, key: str, detail: str) -> None:

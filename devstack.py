@@ -5,6 +5,9 @@ resume after a restart), a local SMTP inbox and a Twilio-compatible SMS endpoint
 CRM, deploys the example flow, enrolls the demo contacts and runs the worker until Ctrl-C, which
 stops every process it started.
 
+The flows console (:8029) serves the demo login printed in the banner (an admin, its password
+made on the first run and kept in .data/console-password).
+
 Payloads are encrypted with a key made on the first run (.data/payload-keys, which every program
 started in the project folder uses for this server), and the Web UI decodes them through the
 codec server (:8028) for a browser signed in with the token in .data/codec-token.
@@ -23,12 +26,17 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from activities.metrics import metrics_runtime
 from codec_server.app import CodecServerSettings
 from codec_server.app import create_app as create_codec_app
+from console.app import create_app as create_console_app
+from console.web import ConsoleSettings
 from control.enrollment import enroll, selection_members
 from control.flows import FlowRejected, deploy_flow, load_flow, read_document
 from models import search_attributes as sa
+from models.accounts import AccountError, Role, add_user
 from models.database import PROJECT_ROOT, create_tables, get_engine, session
 from models.demo import DEMO_SELECTION_ID, seed_demo
 from models.encryption import Keyring
@@ -50,6 +58,8 @@ SMS_PORT = _settings.sms_port
 TRACKING_PORT = _settings.tracking_port
 CODEC_PORT = _settings.codec_server_port
 CODEC_ENDPOINT = f"http://localhost:{CODEC_PORT}/codecs"
+CONSOLE_PORT = _settings.console_port
+DEMO_LOGIN = "demo@example.com"
 
 
 def _listening(port: int) -> bool:
@@ -148,6 +158,14 @@ def _dev_secret(path: Path, make: Callable[[], str] = lambda: secrets.token_urls
     return path.read_text().strip()
 
 
+def _demo_login(engine: Engine) -> str:
+    """The console's demo admin, made on the first run; its password is kept in .data/."""
+    password = _dev_secret(DATA / "console-password", lambda: secrets.token_urlsafe(12))
+    with session(engine) as db, contextlib.suppress(AccountError):  # made on an earlier run
+        add_user(db, DEMO_LOGIN, password, Role.admin, "Demo")
+    return password
+
+
 async def _wait_for_temporal() -> None:
     for _ in range(120):
         try:
@@ -172,6 +190,7 @@ async def main() -> None:
         "TRACKING_SECRET": _dev_secret(DATA / "tracking-secret"),
         "TRACKING_EVENTS_TOKEN": _dev_secret(DATA / "events-token"),
         "CODEC_SERVER_TOKEN": _dev_secret(DATA / "codec-token"),
+        "CONSOLE_SECRET": _dev_secret(DATA / "console-secret"),
     }.items():
         os.environ.setdefault(name, value)
     # Payloads encrypted by default: a key of its own, where worker.connect finds it.
@@ -184,6 +203,7 @@ async def main() -> None:
         create_tables(engine)
         with session(engine) as db:
             seed_demo(db)
+        demo_password = _demo_login(engine)
         document = read_document(DEMO_FLOW)
         try:
             deploy_flow(engine, document)
@@ -197,10 +217,14 @@ async def main() -> None:
             loop.add_signal_handler(sig, stop.set)
         tracking = create_app(engine, client, TrackingSettings.from_settings(TASK_QUEUE))
         codec = CodecServerSettings.from_settings()
+        console = ConsoleSettings.from_settings(TASK_QUEUE, outbox=OUTBOX)
         async with (
             build_worker(client, engine),
             serving(tracking, host="127.0.0.1", port=TRACKING_PORT),
             serving(create_codec_app(codec), host=codec.host, port=codec.port),
+            serving(
+                create_console_app(engine, client, console), host=console.host, port=console.port
+            ),
         ):
             contacts = selection_members(engine, DEMO_SELECTION_ID)
             flow_id = deployed.flow.id
@@ -211,6 +235,7 @@ async def main() -> None:
   Flow {flow_id!r} v{deployed.version}: {len(report.enrolled)} contacts enrolled now, \
 {len(report.refused)} not ({", ".join(sorted(set(report.refused.values()))) or "-"})
 
+  Console       http://localhost:{CONSOLE_PORT}  sign in as {DEMO_LOGIN} / {demo_password}
   Temporal UI   http://localhost:{UI_PORT}/namespaces/default/workflows?query={query}
   Waiting       http://localhost:{UI_PORT}/namespaces/default/workflows?query=FlowId%3D'{flow_id}'%20AND%20FlowStep%3D'nurture-wait'
   Status        .venv/bin/python starter.py status {flow_id}

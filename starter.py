@@ -9,6 +9,7 @@ python starter.py diagram welcome                   (-o welcome.png, --mermaid)
 python starter.py simulate welcome --contact 1      (a dry run on the time-skipping server)
 python starter.py schema > flow.schema.json
 python starter.py event form_submitted --contact 3 --form 1 --data topic=pricing
+python starter.py user add ada@example.com --role admin   (a console user; asks the password)
 
 Exit status: 0 done; 1 failed (an error the message explains, or `validate` found the document
 invalid); 2 invalid input (the command line, a missing or unreadable file, a malformed value);
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import getpass
 import json
 import os
 import sys
@@ -55,6 +57,7 @@ from control.lifecycle import (
     resume_flow,
     run_flow,
 )
+from models.accounts import AccountError, Role, add_user
 from models.content import content_folder
 from models.crm import action_catalogue
 from models.database import PROJECT_ROOT, create_tables, get_engine, session
@@ -418,6 +421,36 @@ def cmd_simulate(args: argparse.Namespace, used: Resources) -> int:
     return DONE
 
 
+def cmd_user(args: argparse.Namespace, used: Resources) -> int:
+    """``user add``: a console account (the first admin, say)."""
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.email}: ")
+        if getpass.getpass("again: ") != password:
+            raise InvalidInput("the two passwords differ")
+    try:
+        with session(used.engine()) as db:
+            user = add_user(db, args.email, password, Role(args.role), args.name)
+            print(f"added {user.email} ({user.role})")
+    except AccountError as problem:
+        raise InvalidInput(str(problem)) from None
+    return DONE
+
+
+def _user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    users = sub.add_parser("user", help="console users")
+    actions = users.add_subparsers(dest="user_command", required=True)
+    add = actions.add_parser("add", help="add a user who signs in to the console")
+    add.set_defaults(handler=cmd_user)
+    add.add_argument("email", help="the sign-in name")
+    add.add_argument("--role", choices=[role.value for role in Role], default=Role.viewer.value)
+    add.add_argument("--name", default="", help="shown in the console")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin (else asked)"
+    )
+
+
 def _observability_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     stats = sub.add_parser("stats", help="a flow's statistics: participants, drop-outs, emails")
     stats.set_defaults(handler=cmd_stats)
@@ -504,6 +537,7 @@ def parser() -> argparse.ArgumentParser:
             command.add_argument("--folder", default=str(PROJECT_ROOT / ".data" / "outbox"))
             command.add_argument("--last", type=int, default=20, help="show this many of each")
     _observability_commands(sub)
+    _user_commands(sub)
     return p
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from models.content import ContentFileError, content_folder, content_path
-from models.crm import crm_lists
+from models.crm import action_catalogue, crm_lists
 from models.database import session
 from models.engine import FlowRecord, FlowStatus, FlowVersion, Participant
 from models.flow import Flow
@@ -75,14 +75,27 @@ def _checksum(flow: Flow) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def deploy_flow(engine: Engine, document: dict[str, Any]) -> Deployed:
-    """Store a new version if the document is valid to save; all or nothing. Request and sale
-    steps are checked against this CRM's types, statuses, priorities, categories and stages."""
+def check_document(engine: Engine, document: object, *, overlaps: bool = False) -> FlowReport:
+    """The report ``deploy_flow`` decides on: request and sale steps checked against this CRM's
+    types, statuses, priorities, categories and stages, scripts against the registered ones,
+    content files in the content folder. ``overlaps``: also warn about steps that duplicate or
+    contradict the own actions of the forms and links the flow uses."""
     with session(engine) as db:
         lists = crm_lists(db)
-    report = check_flow(
-        document, lists, known_scripts=registered_scripts(), content_folder=content_folder()
+        actions = action_catalogue(db) if overlaps else None
+    return check_flow(
+        document,
+        lists,
+        actions=actions,
+        known_scripts=registered_scripts(),
+        content_folder=content_folder(),
     )
+
+
+def deploy_flow(engine: Engine, document: dict[str, Any]) -> Deployed:
+    """Store a new version if the document is valid to save; all or nothing (``check_document``
+    says what is checked)."""
+    report = check_document(engine, document)
     if not report.can_save or report.flow is None:
         raise FlowRejected(report)
     flow = report.flow

@@ -69,6 +69,9 @@ class Participant(SQLModel, table=True):
         Index("ix_participants_flow_id_status", "flow_id", "status"),
         # "never active twice in the same flow" looks participants up by flow and contact.
         Index("ix_participants_flow_id_contact_id", "flow_id", "contact_id"),
+        # The console's participant table: a flow's participants at one step, newest first.
+        Index("ix_participants_flow_id_current_step", "flow_id", "current_step"),
+        Index("ix_participants_flow_id_enrolled_at", "flow_id", "enrolled_at"),
     )
 
     # No foreign keys on flow_id / contact_id: the workflow writes this row and must not fail

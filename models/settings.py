@@ -161,6 +161,20 @@ class Settings(BaseSettings):
     )
     tracking_rate_limit: int = Field(30, description="requests per token and minute; more get 429")
 
+    # --- the flows console -------------------------------------------------------------------
+    console_secret: SecretStr | None = Field(
+        None,
+        description="signs the console's session cookies (at least 32 random characters); "
+        "changing it signs everyone out",
+    )
+    console_host: str = Field("127.0.0.1", description="where python -m console listens")
+    console_port: int = Field(8029, description="its port")
+    temporal_ui_url: str | None = Field(
+        None,
+        description="the Temporal Web UI the console links participants to; "
+        "unset: http://localhost at TEMPORAL_UI_PORT",
+    )
+
     # --- the dev stack (make run) --------------------------------------------------------------
     temporal_port: int = Field(7233, description="make run: the Temporal dev server's port")
     temporal_ui_port: int = Field(8233, description="make run: the Temporal Web UI's port")

@@ -14,7 +14,8 @@ import signal
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.parser import BytesHeaderParser
+from email.message import EmailMessage, Message
+from email.parser import BytesHeaderParser, BytesParser
 from email.policy import default as default_policy
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -66,6 +67,17 @@ class InboxMessage:
     sender: str
     recipients: str
     subject: str
+    message_id: str = ""
+
+
+@dataclass(frozen=True)
+class InboxContent:
+    """One stored message as a mail client shows it: its headers and its bodies."""
+
+    message: InboxMessage
+    html: str | None
+    text: str | None
+    attachments: list[str]
 
 
 def read_inbox(maildir: Path | str = DEFAULT_MAILDIR) -> list[InboxMessage]:
@@ -79,16 +91,38 @@ def read_inbox(maildir: Path | str = DEFAULT_MAILDIR) -> list[InboxMessage]:
     for key in box.iterkeys():  # iterating a Mailbox itself yields messages
         with box.get_file(key) as handle:
             headers = parser.parse(cast(BinaryIO, handle))  # a file-like proxy
-        summaries.append(
-            InboxMessage(
-                key=key,
-                date=_date(headers.get("Date")) or _delivered_at(box, key),
-                sender=str(headers.get("From", "")),
-                recipients=str(headers.get("To") or headers.get("X-Envelope-To") or ""),
-                subject=str(headers.get("Subject", "")),
-            )
-        )
+        summaries.append(_summary(box, key, headers))
     return sorted(summaries, key=lambda message: message.date)
+
+
+def read_message(maildir: Path | str, key: str) -> InboxContent | None:
+    """The message stored under ``key`` with its HTML and plain-text bodies, or None."""
+    box = mailbox.Maildir(Path(maildir), factory=None, create=False)
+    try:
+        with box.get_file(key) as handle:
+            message = BytesParser(policy=default_policy).parse(cast(BinaryIO, handle))
+    except (KeyError, FileNotFoundError):
+        return None
+    assert isinstance(message, EmailMessage)
+    bodies: dict[str, str] = {}
+    for subtype in ("html", "plain"):
+        part = message.get_body(preferencelist=(subtype,))
+        if part is not None and isinstance(part, EmailMessage):
+            bodies[subtype] = str(part.get_content())
+    summary = _summary(box, key, message)
+    names = [part.get_filename() or "attachment" for part in message.iter_attachments()]
+    return InboxContent(summary, bodies.get("html"), bodies.get("plain"), names)
+
+
+def _summary(box: mailbox.Maildir, key: str, headers: Message) -> InboxMessage:
+    return InboxMessage(
+        key=key,
+        date=_date(headers.get("Date")) or _delivered_at(box, key),
+        sender=str(headers.get("From", "")),
+        recipients=str(headers.get("To") or headers.get("X-Envelope-To") or ""),
+        subject=str(headers.get("Subject", "")),
+        message_id=str(headers.get("Message-ID", "")).strip(),
+    )
 
 
 def _date(header: object) -> datetime | None:

@@ -87,8 +87,9 @@ async def participants_through(client: Client, flow_id: str) -> Counter[str]:
 
 
 def _count_text(step_id: str, counts: StepCounts) -> str:
-    through = "?" if counts.through is None else str(counts.through[step_id])
-    return f"at {counts.at[step_id]} · through {through}"
+    if counts.through is None:  # not asked: say what is known
+        return f"at {counts.at[step_id]}"
+    return f"at {counts.at[step_id]} · through {counts.through[step_id]}"
 
 
 def _exits(step: Step) -> list[str]:
@@ -195,9 +196,10 @@ class DrawingUnavailable(RuntimeError):
     """Graphviz's ``dot`` program is not installed."""
 
 
-def live_note(flow: Flow) -> str:
+def live_note(flow: Flow, through: bool = True) -> str:
     now = datetime.now(ZoneInfo(flow.time_zone)).strftime("%Y-%m-%d %H:%M")
-    return f"participants at and through each step, {now} {flow.time_zone}"
+    counted = "at and through each step" if through else "at each step"
+    return f"participants {counted}, {now} {flow.time_zone}"
 
 
 def write_picture(graph: graphviz.Digraph, path: Path) -> Path:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from selenium import webdriver
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -26,6 +27,7 @@ from models.database import get_engine, migrate, session
 from models.demo import seed_demo
 from models.settings import Settings, get_settings
 from peers.twilio_api import TwilioApiServer
+from testkit.browser import BrowserMissing, chromium
 from testkit.peers import Inbox, running_inbox, running_twilio_api
 from testkit.servers import start_dev_server, start_time_skipping_server
 from testkit.workers import fresh_task_queue
@@ -265,3 +267,13 @@ def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Sett
 
     yield use
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    """Debian's Chromium, headless, for the tests of web pages."""
+    try:
+        with chromium(1400, 900) as driver:
+            yield driver
+    except BrowserMissing as missing:
+        pytest.fail(str(missing))

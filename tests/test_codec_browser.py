@@ -9,15 +9,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
 from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from temporalio.api.common.v1 import Payload, Payloads
 
@@ -26,28 +23,8 @@ from models.encryption import Keyring
 from testkit.servers import free_port
 from tracking.server import serving
 
-CHROMIUM = Path("/usr/lib/chromium/chromium")  # the binary: Debian's wrapper script may fail here
 TOKEN = "browser-token-" + "b" * 20
 KEYS = Keyring.new_entry("2026-1")
-
-
-@pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    driver_path = shutil.which("chromedriver")
-    if not CHROMIUM.exists() or driver_path is None:
-        pytest.fail(
-            "Chromium and chromium-driver (Debian packages) are needed: .ci/run installs them"
-        )
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    options.add_argument("--window-size=900,600")
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@
     control     what the client does against Temporal and the database (enroll, ingest,
                 lifecycle, flow storage, the dry run); reports beside it (statistics, diagram)
     worker      the worker process: workflows and activities, with control's enroll and ingest
-    starter …   the programs on top: the CLI, the tracking service, the codec server, the dev
-                stack
+    starter …   the programs on top: the CLI, the tracking service, the codec server, the flows
+                console, the dev stack
 
 Tests, benchmarks, the kit they share (testkit) and migrations sit outside: they may import
 anything, and nothing in the layers imports them.
@@ -32,6 +32,7 @@ LAYERS = {
     "worker": 4,
     "tracking": 5,
     "codec_server": 5,
+    "console": 5,
     "starter": 5,
     "devstack": 5,
 }

@@ -4,6 +4,8 @@ results."""
 from __future__ import annotations
 
 import asyncio
+import atexit
+import itertools
 import logging
 import os
 import re
@@ -21,7 +23,8 @@ from typing import Any
 from unittest import mock
 
 from pydantic import SecretStr
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, create_engine, insert, make_url, select
+from sqlalchemy.pool import NullPool
 from sqlmodel import SQLModel
 from temporalio.client import Client, WorkflowHandle
 from temporalio.runtime import (
@@ -170,6 +173,12 @@ def command_name(pid: int) -> str:
         return ""
 
 
+# ``--postgres URL`` puts the in-process parts' databases on this PostgreSQL server (its role may
+# create databases): one database per part, dropped when the run ends.
+POSTGRES_SERVER = "BENCH_POSTGRES_URL"
+_POSTGRES_PREFIX = f"bench_{os.getpid()}_"
+
+
 @dataclass(frozen=True)
 class Usage:
     """Wall time and CPU of this process (worker, client, peers) and of the server's processes."""
@@ -180,12 +189,13 @@ class Usage:
     slow_tasks: int = 0  # workflow tasks that took over 5 s (the SDK's TMPRL1104 warning)
     lost_tasks: int = 0  # workflow task completions the server refused: it had timed them out
     machine_cpu: float = 0.0  # every process on the machine, these two included
+    database_cpu: float = 0.0  # the PostgreSQL server's processes (with --postgres)
     python_threads: dict[str, float] = field(default_factory=dict)  # CPU s by kind of thread
 
     @property
     def other_cores(self) -> float:
         """CPU that other processes on the machine took meanwhile: noise in the figures."""
-        other = self.machine_cpu - self.python_cpu - self.server_cpu
+        other = self.machine_cpu - self.python_cpu - self.server_cpu - self.database_cpu
         return max(other, 0.0) / self.wall if self.wall > 0 else 0.0
 
     @property
@@ -214,6 +224,7 @@ class Meter:
         start_slow = CORE_WARNINGS.counts[SLOW_TASK]
         start_lost = CORE_WARNINGS.counts[TASK_NOT_FOUND]
         start_machine = machine_busy_seconds()
+        start_database = database_cpu_seconds()
         start_threads = thread_cpu()
         result: list[Usage] = []
         try:
@@ -227,6 +238,7 @@ class Meter:
                     slow_tasks=CORE_WARNINGS.counts[SLOW_TASK] - start_slow,
                     lost_tasks=CORE_WARNINGS.counts[TASK_NOT_FOUND] - start_lost,
                     machine_cpu=machine_busy_seconds() - start_machine,
+                    database_cpu=database_cpu_seconds() - start_database,
                     python_threads=_thread_split(start_threads, thread_cpu()),
                 )
             )
@@ -268,6 +280,30 @@ def _thread_split(
         else:
             split[OTHER_THREADS] += spent
     return split
+
+
+def database_cpu_seconds() -> float:
+    """CPU seconds of the PostgreSQL backends serving this run's databases when the bench uses
+    PostgreSQL (0 on SQLite, whose work is done in this process). The server's own background
+    processes (WAL writer, checkpointer) are left out, and a backend that ends during a section
+    takes its CPU with it; the engine's connections are pooled, so few do."""
+    if not os.environ.get(POSTGRES_SERVER):
+        return 0.0
+    ours = f" {_POSTGRES_PREFIX}".encode()
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                title = handle.read()
+        except OSError:
+            continue
+        # A backend's title: "postgres: <role> <database> <client> <state>".
+        if not title.startswith(b"postgres: ") or ours not in title:
+            continue
+        total += cpu_seconds(int(entry))
+    return total
 
 
 def machine_busy_seconds() -> float:
@@ -349,15 +385,36 @@ def twilio_api() -> Iterator[TwilioSettings]:
 # --- the database --------------------------------------------------------------------------------
 
 
+_postgres_databases = itertools.count(1)
+
+
 def temp_database(directory: Path) -> Engine:
-    """A fresh SQLite file with every table the worker's activities use.
+    """A fresh database with every table the worker's activities use: a SQLite file in
+    ``directory``, or a new database on the ``--postgres`` server.
 
     The tables come from the models (importing ``worker`` registered them all), not from the
     migrations: the bench measures the engine, and tests/test_migrations.py keeps the two equal.
     """
-    engine = get_engine(f"sqlite:///{directory / 'bench.db'}")
+    server = os.environ.get(POSTGRES_SERVER)
+    url = f"sqlite:///{directory / 'bench.db'}" if not server else _postgres_database(server)
+    engine = get_engine(url)
     SQLModel.metadata.create_all(engine)
     return engine
+
+
+def _postgres_database(server: str) -> str:
+    name = f"{_POSTGRES_PREFIX}{next(_postgres_databases)}"
+    # AUTOCOMMIT: CREATE/DROP DATABASE refuse to run inside a transaction.
+    admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    atexit.register(drop)
+    return make_url(server).set(database=name).render_as_string(hide_password=False)
 
 
 @dataclass(frozen=True)
@@ -661,6 +718,9 @@ class PartResult:
                 (f"  of which {kind}", "CPU ms", seconds * 1000 / count)
                 for kind, seconds in usage.python_threads.items()
             ]
+            if os.environ.get(POSTGRES_SERVER):
+                per = usage.database_cpu * 1000 / count
+                figures.append((f"PostgreSQL CPU per {what}", "CPU ms", per))
         figures += [
             ("workflow tasks over 5 s", "SDK warnings", float(usage.slow_tasks)),
             ("workflow tasks timed out (10 s)", "SDK warnings", float(usage.lost_tasks)),

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sqlite3
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import create_engine, make_url
+from sqlalchemy.pool import NullPool
 
 from bench.harness import PartResult, Row
 
@@ -95,6 +99,15 @@ def machine() -> dict[str, Any]:
         "git_commit": _git_commit(),
         "work tree": _git_dirty(),
     }
+
+
+def database_description(postgres: str | None) -> str:
+    """The in-process parts' database: SQLite's version, or the PostgreSQL server's."""
+    if not postgres:
+        return f"SQLite {sqlite3.sqlite_version} (a file per part)"
+    with create_engine(postgres, poolclass=NullPool).connect() as connection:
+        version = connection.exec_driver_sql("SHOW server_version").scalar_one()
+    return f"PostgreSQL {version} at {make_url(postgres).host}:{make_url(postgres).port}"
 
 
 def _number(value: float | None) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from types import ModuleType
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import DEFAULT_TUNING, Options, PartResult, Tuning
+from bench.harness import DEFAULT_TUNING, POSTGRES_SERVER, Options, PartResult, Tuning
 from bench.parts import (
     burst,
     email,
@@ -32,7 +33,14 @@ from bench.parts import (
     waiting,
     waking,
 )
-from bench.report import PROJECT_ROOT, load_average, machine, part_markdown, write
+from bench.report import (
+    PROJECT_ROOT,
+    database_description,
+    load_average,
+    machine,
+    part_markdown,
+    write,
+)
 
 PARTS: dict[str, ModuleType] = {
     module.NAME: module
@@ -118,6 +126,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=PROJECT_ROOT / "bench" / "results",
         help="where the markdown and JSON results go",
     )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        default=None,
+        help="run the in-process parts on this PostgreSQL server instead of SQLite files (a role "
+        "that may create databases, e.g. the URL `.ci/postgres.sh` prints); burst, scaleout and "
+        "the worker.py processes stay on SQLite",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -152,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     tunings = [TUNINGS[name] for name in _names(args.tunings, dict(TUNINGS), "tuning")]
     command = " ".join(["python -m bench", shlex.join(sys.argv[1:] if argv is None else argv)])
     command = command.strip()
+    if args.postgres:
+        os.environ[POSTGRES_SERVER] = args.postgres
     info = machine()
+    info["database"] = database_description(args.postgres)
     info["load average at start (1/5/15 min)"] = load_average()
     started = time.perf_counter()
     stamp = time.strftime("%Y-%m-%d-%H%M%S")

@@ -26,18 +26,17 @@ from temporalio.converter import (
 from models.encryption import Keyring, PayloadEncryption
 
 _PYDANTIC_JSON = PydanticJSONPlainPayloadConverter()
+_CONVERTERS = tuple(
+    _PYDANTIC_JSON if isinstance(converter, JSONPlainPayloadConverter) else converter
+    for converter in DefaultPayloadConverter.default_encoding_payload_converters
+)
 
 
 class PayloadConverter(CompositePayloadConverter):
     """The SDK's pydantic payload converter: same encodings, same order, shared JSON one."""
 
     def __init__(self) -> None:
-        super().__init__(
-            *(
-                _PYDANTIC_JSON if isinstance(converter, JSONPlainPayloadConverter) else converter
-                for converter in DefaultPayloadConverter.default_encoding_payload_converters
-            )
-        )
+        super().__init__(*_CONVERTERS)
 
 
 DATA_CONVERTER = DataConverter(payload_converter_class=PayloadConverter)

@@ -59,11 +59,11 @@ from models.consent import Refused, marketing_recipient, notification_recipient
 from models.crm import Contact, contact_facts
 from models.database import PROJECT_ROOT, session
 from models.flow import EmailSettings, NotifyEmail, SendEmail
+from models.frequency_caps import Capping
 from models.ledger import (
     DeliveryOutcome,
     DeliveryStatus,
     claim,
-    claim_in,
     claiming,
     mark_sending,
     record_skip,
@@ -72,6 +72,8 @@ from models.ledger import (
     settle_in,
     settle_unsent,
 )
+from models.send_counts import claim_within_caps
+from models.sending import NO_SENDING_SETTINGS, SendingSettings
 from models.settings import Settings, get_settings
 from models.tracking_links import TrackingLinks
 
@@ -153,6 +155,9 @@ class EmailSend(BaseModel):
     # The step's entry record and its checks, when the participant leaves them to the send (one
     # transaction for both); absent in sends scheduled before, which were recorded apart.
     record: ParticipantRecord | None = None
+    # The frequency caps this message counts toward, and what the flow does over one; None for
+    # messages the caps never hold (transactional ones) and sends scheduled before caps existed.
+    capping: Capping | None = None
 
 
 class EmailNotify(BaseModel):
@@ -200,10 +205,12 @@ class EmailActivities:
         engine: Engine,
         smtp: SmtpSettings,
         *,
+        sending: SendingSettings = NO_SENDING_SETTINGS,
         after_handover: Callable[[str], None] | None = None,
     ) -> None:
         self._engine = engine
         self._smtp = smtp
+        self._caps = sending.caps(CHANNEL)
         self._lines = SmtpLines(smtp)
         self._after_handover = after_handover
 
@@ -255,7 +262,16 @@ class EmailActivities:
             )
         except Unsendable as problem:
             return settle_in(db, key, CHANNEL, recipient, DeliveryStatus.failed, str(problem))
-        claimed = claim_in(db, key, CHANNEL, outgoing.recipient)
+        claimed = claim_within_caps(
+            db,
+            key,
+            CHANNEL,
+            outgoing.recipient,
+            contact_id=request.contact_id,
+            capping=request.capping,
+            caps=self._caps,
+            facts=facts,
+        )
         return outgoing if claimed is None else claimed
 
     @activity.defn

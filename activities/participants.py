@@ -49,6 +49,7 @@ def record_in(db: Session, record: ParticipantRecord) -> Standing:
     row.status = state.status.value
     row.current_step = state.current_step
     row.wait_until = state.wait_until
+    row.waiting_for = None if state.waiting_for is None else state.waiting_for.value
     row.drop_out_reason = state.drop_out_reason
     row.finished_at = state.finished_at
     db.add(row)

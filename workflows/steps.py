@@ -41,7 +41,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.scripts import ScriptStart
     from activities.sms import NO_MOBILE, UNREACHABLE, SmsActivities, SmsNotify, SmsSend
     from models import schedule
-    from models.engine import ParticipantStatus, StepChange
+    from models.engine import ParticipantStatus, StepChange, WaitReason
     from models.events import (
         EVENT_SPLIT_BASES,
         FlowEvent,
@@ -74,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.ledger import DeliveryOutcome, DeliveryStatus
     from models.participant import ParticipantState, Suggestion
+    from models.sending import capping_for, channel_task_queue, step_channel
     from workflows.script import ScriptWorkflow
 
 
@@ -164,7 +165,40 @@ SEND_ACTIVITY: dict[str, Any] = {
 }
 
 
+# Participants that ask this at their first message step (new ones) send on the channel's own
+# task queue, whose workers hold the provider's rate limit, and hand their sends the flow's
+# frequency-cap policy: a message a cap holds back comes back with the instant the cap allows
+# it, and the participant waits for it on a timer and sends again. Runs that had sent before
+# keep the participants' task queue and no caps.
+SENDING_DISCIPLINE = "sending-discipline"
+
+
+def _send_options(
+    step: SendEmail | SendSms | NotifyEmail | NotifySms, disciplined: bool
+) -> dict[str, Any]:
+    """SEND_ACTIVITY, on the step's channel's task queue under SENDING_DISCIPLINE."""
+    if not disciplined:
+        return SEND_ACTIVITY
+    queue = channel_task_queue(workflow.info().task_queue, step_channel(step))
+    return {**SEND_ACTIVITY, "task_queue": queue}
+
+
 # --- Send message ------------------------------------------------------------------------------
+
+
+async def _held_back(participant: Participant, until: datetime, reason: WaitReason) -> None:
+    """Wait until ``until`` with the reason visible in the participant's row."""
+    zone = participant.flow.time_zone
+    summary = {
+        WaitReason.sending_window: "Sending window opens",
+        WaitReason.frequency_cap: "Frequency cap allows it",
+        WaitReason.holiday: "After the holiday",
+    }[reason]
+    participant.state.waiting_for = reason
+    try:
+        await participant.sleep_until(until, f"{summary} {schedule.describe_instant(until, zone)}")
+    finally:
+        participant.state.waiting_for = None
 
 
 async def within_sending_window(participant: Participant) -> None:
@@ -177,8 +211,7 @@ async def within_sending_window(participant: Participant) -> None:
         workflow.now(), window.weekday_numbers, window.start, window.end, zone
     )
     if opening is not None:
-        when = schedule.describe_instant(opening, zone)
-        await participant.sleep_until(opening, f"Sending window opens {when}")
+        await _held_back(participant, opening, WaitReason.sending_window)
 
 
 def _left_at_entry(result: DeliveryOutcome | StepChange) -> Leave | None:
@@ -192,43 +225,54 @@ def _sent(outcome: DeliveryOutcome) -> str:
 
 
 async def send_email(participant: Participant, step: SendEmail) -> Outcome:
-    await within_sending_window(participant)
+    disciplined = workflow.patched(SENDING_DISCIPLINE)
     flow = participant.flow
-    request = EmailSend(
-        delivery_key=participant.delivery_key(step),
-        flow_id=flow.id,
-        flow_name=flow.name,
-        contact_id=participant.contact_id,
-        step=step,
-        settings=flow.email,
-        record=participant.entry_record(),
-    )
-    outcome: DeliveryOutcome = await workflow.execute_activity_method(
-        EmailActivities.send_email,
-        request,
-        # The address is only known inside the activity: name the contact by id here.
-        summary=f"Send email {step.subject!r} to contact {participant.contact_id}",
-        **SEND_ACTIVITY,
-    )
-    return _left_at_entry(outcome) or Continue(step.next, _sent(outcome))
+    while True:
+        await within_sending_window(participant)
+        request = EmailSend(
+            delivery_key=participant.delivery_key(step),
+            flow_id=flow.id,
+            flow_name=flow.name,
+            contact_id=participant.contact_id,
+            step=step,
+            settings=flow.email,
+            record=participant.entry_record(),
+            capping=capping_for(flow, step, workflow.now()) if disciplined else None,
+        )
+        outcome: DeliveryOutcome = await workflow.execute_activity_method(
+            EmailActivities.send_email,
+            request,
+            # The address is only known inside the activity: name the contact by id here.
+            summary=f"Send email {step.subject!r} to contact {participant.contact_id}",
+            **_send_options(step, disciplined),
+        )
+        if outcome.retry_at is None:
+            return _left_at_entry(outcome) or Continue(step.next, _sent(outcome))
+        await _held_back(participant, outcome.retry_at, WaitReason.frequency_cap)
 
 
 async def send_sms(participant: Participant, step: SendSms) -> Outcome:
-    await within_sending_window(participant)
-    request = SmsSend(
-        delivery_key=participant.delivery_key(step),
-        flow_id=participant.flow.id,
-        contact_id=participant.contact_id,
-        step=step,
-        default_sender=participant.flow.sms_sender,
-        record=participant.entry_record(),
-    )
-    outcome: DeliveryOutcome = await workflow.execute_activity_method(
-        SmsActivities.send_sms,
-        request,
-        summary=f"Send SMS {step.label!r} to contact {participant.contact_id}",
-        **SEND_ACTIVITY,
-    )
+    disciplined = workflow.patched(SENDING_DISCIPLINE)
+    while True:
+        await within_sending_window(participant)
+        request = SmsSend(
+            delivery_key=participant.delivery_key(step),
+            flow_id=participant.flow.id,
+            contact_id=participant.contact_id,
+            step=step,
+            default_sender=participant.flow.sms_sender,
+            record=participant.entry_record(),
+            capping=capping_for(participant.flow, step, workflow.now()) if disciplined else None,
+        )
+        outcome: DeliveryOutcome = await workflow.execute_activity_method(
+            SmsActivities.send_sms,
+            request,
+            summary=f"Send SMS {step.label!r} to contact {participant.contact_id}",
+            **_send_options(step, disciplined),
+        )
+        if outcome.retry_at is None:
+            break
+        await _held_back(participant, outcome.retry_at, WaitReason.frequency_cap)
     left = _left_at_entry(outcome)
     if left is not None:
         return left
@@ -518,7 +562,7 @@ async def notify_email(participant: Participant, step: NotifyEmail) -> Outcome:
         EmailActivities.notify_email,
         request,
         summary=f"Notify by email {step.subject!r}",
-        **SEND_ACTIVITY,
+        **_send_options(step, workflow.patched(SENDING_DISCIPLINE)),
     )
     return _notified(step, outcomes)
 
@@ -536,7 +580,7 @@ async def notify_sms(participant: Participant, step: NotifySms) -> Outcome:
         SmsActivities.notify_sms,
         request,
         summary=f"Notify by SMS {step.label!r}",
-        **SEND_ACTIVITY,
+        **_send_options(step, workflow.patched(SENDING_DISCIPLINE)),
     )
     return _notified(step, outcomes)
 

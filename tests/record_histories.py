@@ -38,7 +38,9 @@ from models.database import create_tables, get_engine, session
 from models.demo import DEMO_SELECTION_ID, VIP_SELECTION_ID, seed_demo
 from models.events import EventKind, FlowEvent
 from models.flow import Flow
+from models.frequency_caps import FrequencyCap
 from models.participant import Enrollment, ParticipantState, Resume
+from models.sending import RateLimits, SendingSettings
 from peers.smtp_inbox import MaildirHandler
 from peers.twilio_api import TwilioApiServer
 from testkit.peers import running_twilio_api, twilio_settings
@@ -108,6 +110,7 @@ class Scenario:
     enrollment: dict[str, Any] = field(default_factory=dict)
     drive: Callable[[Handle, Peers], Awaitable[None]] | None = None
     cancelled: bool = False
+    sending: SendingSettings | None = None  # the workspace's caps and rate limits
 
 
 def local(start: datetime, days: int, hour: int) -> str:
@@ -734,6 +737,47 @@ def excluded_at_sms_flow(now: datetime) -> Flow:
     )
 
 
+# One marketing email and one SMS a day per contact, across flows.
+DAILY_CAPS = SendingSettings(
+    frequency_caps=[
+        FrequencyCap(channel="email", max_messages=1, days=1),
+        FrequencyCap(channel="sms", max_messages=1, days=1),
+    ],
+    rate_limits=RateLimits(email=50, sms=10),
+)
+
+
+def capped_flow(when_capped: str) -> Callable[[datetime], Flow]:
+    """Two emails in a row (the second over the daily cap), a transactional one, an SMS and
+    a notification (neither capped)."""
+
+    def build(now: datetime) -> Flow:
+        del now
+        mail = {"type": "send_email", "subject": "Hello [[customer.firstname]]", "text": "Hi"}
+        return flow(
+            [
+                {"id": "first", **mail, "next": "second"},
+                {"id": "second", **mail, "next": "receipt"},
+                {**mail, "id": "receipt", "transactional": True, "next": "text"},
+                {"id": "text", "type": "send_sms", "text": "Hi from Flows", "next": "tell"},
+                {
+                    "id": "tell",
+                    "type": "notify_email",
+                    "to": {"addresses": ["sales@flows.example.com"]},
+                    "subject": "[[customer.fullname]] is in the flow",
+                    "text": "Say hello.",
+                    "next": "done",
+                },
+                FINISH,
+            ],
+            email=EMAIL,
+            sms_sender="Flows",
+            when_capped=when_capped,
+        )
+
+    return build
+
+
 SCENARIOS: dict[str, Scenario] = {
     "messages_sent": Scenario(
         "send_email, send_sms, notify_email, notify_sms delivered; a scheduled start and the "
@@ -1022,6 +1066,24 @@ SCENARIOS: dict[str, Scenario] = {
         event_splits_flow,
         drive=submit_stored_and_click,
     ),
+    # Sending discipline (workflow.patched "sending-discipline", asked at the first message
+    # step): sends on the channels' task queues, the flow's frequency-cap policy in each send.
+    "capped_wait_v5": Scenario(
+        "daily caps: the first email is sent, the second waits on a timer for the local "
+        "midnight and is sent then; a transactional email, an SMS and a notify_email are not "
+        "capped; every send on its channel's task queue",
+        ["sending_discipline.channel_task_queues", "sending_discipline.capped_wait"],
+        capped_flow("wait"),
+        sending=DAILY_CAPS,
+    ),
+    "capped_skip_v5": Scenario(
+        "daily caps, the flow skipping capped messages: the second email is recorded as capped "
+        "and the participant moves on at once",
+        ["sending_discipline.capped_skip"],
+        capped_flow("skip"),
+        contact_id=MAJA,
+        sending=DAILY_CAPS,
+    ),
 }
 
 
@@ -1071,8 +1133,12 @@ async def record(
 ) -> list[tuple[str, WorkflowHistory]]:
     task_queue = f"record-{uuid.uuid4()}"
     now = await env.get_current_time()
-    activities = activities_for(engine, smtp, twilio_settings(peers.twilio))
-    async with build_worker(env.client, engine, task_queue=task_queue, activities=activities):
+    activities = activities_for(
+        engine, smtp, twilio_settings(peers.twilio), sending=scenario.sending
+    )
+    async with build_worker(
+        env.client, engine, task_queue=task_queue, activities=activities, sending=scenario.sending
+    ):
         handle: Handle = await env.client.start_workflow(
             ParticipantWorkflow.run,
             Enrollment(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import select
@@ -13,6 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from models.database import session
 from models.engine import CountedSend, Delivery, ParticipantStatus
+from models.flow import Flow
 from models.frequency_caps import (
     Capping,
     FrequencyCap,
@@ -180,6 +182,19 @@ def test_a_message_that_did_not_reach_the_provider_stops_counting(engine: Engine
 # --- participants of several flows -------------------------------------------------------------
 
 
+def two_emails(**settings: Any) -> Flow:
+    """Emails "one" and "two" in a row, then finish."""
+    return flow_of(
+        [
+            {"id": "one", "type": "send_email", "subject": "1", "text": "1", "next": "two"},
+            {"id": "two", "type": "send_email", "subject": "2", "text": "2", "next": "done"},
+            {"id": "done", "type": "finish"},
+        ],
+        email=EMAIL_SETTINGS,
+        **settings,
+    )
+
+
 async def test_participants_of_two_flows_sending_at_once_share_one_cap(
     dev_env: WorkflowEnvironment,
     engine: Engine,
@@ -221,15 +236,7 @@ async def test_a_capped_message_waits_for_local_midnight_and_goes(
 ) -> None:
     friday = await next_weekday(time_skipping_env, 4, 10)
     karin = contact_named(engine, "Karin")
-    flow = flow_of(
-        [
-            {"id": "one", "type": "send_email", "subject": "1", "text": "1", "next": "two"},
-            {"id": "two", "type": "send_email", "subject": "2", "text": "2", "next": "done"},
-            {"id": "done", "type": "finish"},
-        ],
-        email=EMAIL_SETTINGS,
-        scheduled_start=friday.isoformat(),
-    )
+    flow = two_emails(scheduled_start=friday.isoformat())
     sending = SendingSettings(frequency_caps=[EMAIL_1_A_DAY])
     activities = activities_for(engine, smtp_inbox.settings, sending=sending)
     async with build_worker(

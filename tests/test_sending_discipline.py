@@ -22,6 +22,7 @@ from peers.twilio_api import TwilioApiServer
 from reports.statistics import flow_statistics, render_table
 from testkit.peers import Inbox, twilio_settings
 from testkit.waiting import waiting_at
+from tests.test_frequency_caps import two_emails
 from tests.test_message_steps import EMAIL_SETTINGS, contact_named
 from tests.test_participant import STOCKHOLM, flow_of, next_weekday, start
 from worker import activities_for, build_worker
@@ -217,13 +218,7 @@ async def test_participants_waiting_at_a_message_step_say_what_they_wait_for(
     participant's row says which, and the statistics count it at the step."""
     env = time_skipping_env
     tuesday_night = await next_weekday(env, 1, 22)
-    flow = flow_of(
-        [
-            {"id": "one", "type": "send_email", "subject": "1", "text": "1", "next": "two"},
-            {"id": "two", "type": "send_email", "subject": "2", "text": "2", "next": "done"},
-            {"id": "done", "type": "finish"},
-        ],
-        email=EMAIL_SETTINGS,
+    flow = two_emails(
         scheduled_start=tuesday_night.isoformat(),
         sending_window={"weekdays": "all_days", "start": "08:00", "end": "17:00"},
     )

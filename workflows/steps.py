@@ -165,11 +165,13 @@ SEND_ACTIVITY: dict[str, Any] = {
 }
 
 
-# Participants that ask this at their first message step (new ones) send on the channel's own
-# task queue, whose workers hold the provider's rate limit, and hand their sends the flow's
-# frequency-cap policy: a message a cap holds back comes back with the instant the cap allows
-# it, and the participant waits for it on a timer and sends again. Runs that had sent before
-# keep the participants' task queue and no caps.
+# Asked at a run's first message step (runs that never send pay nothing for it). Under it, sends
+# go to the channel's own task queue, whose workers hold the provider's rate limit, and carry the
+# flow's frequency-cap policy: a message a cap holds back comes back with the instant the cap
+# allows it, and the participant waits for it on a timer and sends again. Sends recorded without
+# the marker replay as they ran, on the participants' task queue and never capped; a participant
+# that was waiting elsewhere when this code came asks it at its next message step, so the
+# provider's ceiling and the caps cover its later sends too.
 SENDING_DISCIPLINE = "sending-discipline"
 
 

@@ -7,7 +7,7 @@ python starter.py status welcome
 python starter.py stats welcome                     (--json)
 python starter.py diagram welcome                   (-o welcome.png, --mermaid)
 python starter.py simulate welcome --contact 1      (a dry run on the time-skipping server)
-python starter.py schema > flow.schema.json
+python starter.py schema > flow.schema.json          (--sending: the sending settings')
 python starter.py event form_submitted --contact 3 --form 1 --data topic=pricing
 python starter.py user add ada@example.com --role admin   (a console user; asks the password)
 
@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar, NoReturn
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy import Engine
 from sqlmodel import select
 from temporalio.client import Client
@@ -64,7 +64,8 @@ from models.database import PROJECT_ROOT, create_tables, get_engine, session
 from models.engine import Participant
 from models.events import EventKind, FlowEvent
 from models.flow import Flow
-from models.validation import check_flow
+from models.sending import SendingSettings, is_sending_settings
+from models.validation import check_flow, check_sending_settings
 from peers.smtp_inbox import read_inbox
 from peers.twilio_api import read_sms_outbox
 from reports import diagram
@@ -139,8 +140,9 @@ def exit_process(code: int) -> NoReturn:
     sys.exit(code)
 
 
-def cmd_schema(_: argparse.Namespace, __: Resources) -> int:
-    schema = TypeAdapter(Flow).json_schema(by_alias=True)
+def cmd_schema(args: argparse.Namespace, __: Resources) -> int:
+    document: type[BaseModel] = SendingSettings if args.sending else Flow
+    schema = TypeAdapter(document).json_schema(by_alias=True)
     print(json.dumps(schema, indent=2))
     return 0
 
@@ -158,6 +160,8 @@ def _read(path: str) -> dict[str, object]:
 
 def cmd_validate(args: argparse.Namespace, used: Resources) -> int:
     document = _read(args.file)
+    if is_sending_settings(document):
+        return _validate_sending_settings(args.file, document)
     with session(used.engine()) as db:
         actions = action_catalogue(db)  # for warnings about forms' and links' own actions
     report = check_flow(
@@ -173,6 +177,17 @@ def cmd_validate(args: argparse.Namespace, used: Resources) -> int:
         return FAILED
     verdict = "valid, ready to run" if report.can_run else "valid to save, not ready to run"
     print(f"{args.file}: {verdict}")
+    return DONE
+
+
+def _validate_sending_settings(file: str, document: object) -> int:
+    problems = check_sending_settings(document)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{file}: invalid sending settings ({len(problems)} errors)")
+        return FAILED
+    print(f"{file}: valid sending settings")
     return DONE
 
 
@@ -498,7 +513,10 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     commands: dict[str, tuple[str, Callable[[argparse.Namespace, Resources], int]]] = {
         "schema": ("print the JSON Schema of a flow document", cmd_schema),
-        "validate": ("check a flow document and list every problem", cmd_validate),
+        "validate": (
+            "check a flow document (or the sending settings) and list every problem",
+            cmd_validate,
+        ),
         "deploy": ("validate and store a new flow version", cmd_deploy),
         "start": ("enroll contacts in a flow (idempotent)", cmd_start),
         "status": ("participants per status and per step", cmd_status),
@@ -515,6 +533,10 @@ def parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=handler)
         if name in ("validate", "deploy"):
             command.add_argument("file")
+        if name == "schema":
+            command.add_argument(
+                "--sending", action="store_true", help="the sending settings document's schema"
+            )
         if name in ("start", "status", "run", "pause", "resume", "end", "delete"):
             command.add_argument("flow")
         if name == "event":

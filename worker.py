@@ -14,10 +14,13 @@ import asyncio
 import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
 from datetime import timedelta
+from types import TracebackType
 from typing import Any
 
 from sqlalchemy import Engine
+from temporalio import activity
 from temporalio.client import Client
 from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
@@ -37,7 +40,9 @@ from control.enrollment import suggest
 from control.ingest import ingest
 from models.database import PROJECT_ROOT, create_tables, get_engine
 from models.encryption import Keyring
+from models.frequency_caps import Channel
 from models.payloads import data_converter
+from models.sending import CHANNELS, SendingSettings, channel_task_queue, load_sending_settings
 from models.settings import Settings, get_settings
 from workflows.participant import ParticipantWorkflow
 from workflows.sandbox import workflow_runner
@@ -45,6 +50,14 @@ from workflows.script import ScriptWorkflow
 
 TASK_QUEUE = get_settings().task_queue
 ACTIVITY_SLOTS = 32
+# Sends on a channel's task queue run on threads of their own, beside the participants' slots.
+CHANNEL_ACTIVITY_SLOTS = 16
+# The activities each channel's task queue serves (sends of participants under the
+# sending-discipline patch; older ones send on the participants' queue).
+CHANNEL_ACTIVITIES: dict[Channel, frozenset[str]] = {
+    "email": frozenset({"send_email", "notify_email"}),
+    "sms": frozenset({"send_sms", "notify_sms"}),
+}
 # The dev stack's payload keys: every program started in the project folder finds them here.
 DEV_PAYLOAD_KEYS = PROJECT_ROOT / ".data" / "payload-keys"
 
@@ -57,18 +70,28 @@ def twilio_from_settings() -> TwilioSettings | None:
         return None
 
 
+def sending_from_settings(settings: Settings | None = None) -> SendingSettings:
+    """The sending settings document ``SENDING_SETTINGS_FILE`` names (none: no caps, no
+    limits); an invalid one stops the worker at start."""
+    return load_sending_settings((settings or get_settings()).sending_settings_file)
+
+
 def activities_for(
-    engine: Engine, smtp: SmtpSettings | None = None, twilio: TwilioSettings | None = None
+    engine: Engine,
+    smtp: SmtpSettings | None = None,
+    twilio: TwilioSettings | None = None,
+    sending: SendingSettings | None = None,
 ) -> list[Callable[..., Any]]:
-    """Every activity the engine's steps call, bound to one database and the mail/SMS peers
-    (taken from the settings when not given)."""
+    """Every activity the engine's steps call, bound to one database, the mail/SMS peers and
+    the frequency caps (taken from the settings when not given)."""
+    sending = sending or sending_from_settings()
     crm = CrmActivities(engine)
     contacts = ContactActivities(engine)
     records = RecordActivities(engine)
     scripts = ScriptActivities(engine)
     participants = ParticipantActivities(engine)
-    email = EmailActivities(engine, smtp or SmtpSettings.from_settings())
-    sms = SmsActivities(engine, twilio or twilio_from_settings())
+    email = EmailActivities(engine, smtp or SmtpSettings.from_settings(), sending=sending)
+    sms = SmsActivities(engine, twilio or twilio_from_settings(), sending=sending)
     # Flow steps enroll and announce through the client's own code paths.
     enrollment = EnrollmentActivities(engine, suggest)
     events = EventActivities(engine, ingest)
@@ -94,6 +117,79 @@ def activities_for(
     ]
 
 
+class EngineWorker:
+    """The participants' worker and one worker per sending channel, run together (``async
+    with``): what ``python worker.py`` runs, and what tests and the bench start."""
+
+    def __init__(
+        self,
+        participants: Worker,
+        channels: Sequence[Worker],
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.participants = participants
+        self.channels = list(channels)
+        self._executor = executor  # the channel workers' threads, shut down with them
+        self._running = AsyncExitStack()
+
+    @property
+    def task_queue(self) -> str:
+        return self.participants.task_queue
+
+    async def __aenter__(self) -> EngineWorker:
+        async with AsyncExitStack() as starting:
+            for worker in (self.participants, *self.channels):
+                await starting.enter_async_context(worker)
+            self._running = starting.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            await self._running.__aexit__(kind, error, traceback)
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _activity_name(function: Callable[..., Any]) -> str | None:
+    definition = activity._Definition.from_callable(function)
+    return None if definition is None else definition.name
+
+
+def channel_workers(
+    client: Client,
+    task_queue: str,
+    activities: Sequence[Callable[..., Any]],
+    sending: SendingSettings,
+    executor: ThreadPoolExecutor,
+) -> list[Worker]:
+    """A worker for each channel's task queue that has activities among ``activities``, with
+    the channel's rate limit: Temporal dispatches at most that many of the queue's activities
+    per second across every worker polling it, and a burst waits in the queue, durably."""
+    workers: list[Worker] = []
+    for channel in CHANNELS:
+        sends = [a for a in activities if _activity_name(a) in CHANNEL_ACTIVITIES[channel]]
+        if not sends:
+            continue
+        workers.append(
+            Worker(
+                client,
+                task_queue=channel_task_queue(task_queue, channel),
+                activities=sends,
+                activity_executor=executor,
+                max_concurrent_activities=CHANNEL_ACTIVITY_SLOTS,
+                max_task_queue_activities_per_second=sending.rate_limits.of(channel),
+                graceful_shutdown_timeout=timedelta(seconds=10),
+            )
+        )
+    return workers
+
+
 def build_worker(
     client: Client,
     engine: Engine,
@@ -101,16 +197,22 @@ def build_worker(
     task_queue: str = TASK_QUEUE,
     activities: Sequence[Callable[..., Any]] | None = None,
     executor: ThreadPoolExecutor | None = None,
-) -> Worker:
+    sending: SendingSettings | None = None,
+) -> EngineWorker:
     """The worker as production runs it; tests pass their own task queue (and, for workflow-logic
-    tests, activities of the same names)."""
-    return Worker(
+    tests, activities of the same names). ``sending`` (default: ``SENDING_SETTINGS_FILE``) sets
+    the channels' rate limits; the caps are the activities' (``activities_for``)."""
+    sending = sending or sending_from_settings()
+    activities = list(
+        activities if activities is not None else activities_for(engine, sending=sending)
+    )
+    participants = Worker(
         client,
         task_queue=task_queue,
         # Script runs are children of participants: same worker, same task queue.
         workflows=[ParticipantWorkflow, ScriptWorkflow],
         workflow_runner=workflow_runner(get_settings().workflow_sandbox),
-        activities=list(activities if activities is not None else activities_for(engine)),
+        activities=activities,
         # Database activities (and the per-step local record) are synchronous and share this
         # pool. 32 rather than 16 (bench, tuning part): workflow tasks over 5 s fell from 229 to
         # 25 when 300 participants were enrolled at once, at the same CPU per step.
@@ -118,6 +220,9 @@ def build_worker(
         max_concurrent_activities=ACTIVITY_SLOTS,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
+    sends = ThreadPoolExecutor(max_workers=CHANNEL_ACTIVITY_SLOTS, thread_name_prefix="send")
+    channels = channel_workers(client, task_queue, activities, sending, sends)
+    return EngineWorker(participants, channels, sends)
 
 
 def payload_keyring(settings: Settings | None = None, address: str | None = None) -> Keyring | None:
@@ -193,7 +298,8 @@ async def main() -> None:
         loop.add_signal_handler(sig, stop.set)
     async with worker:
         host = client.service_client.config.target_host
-        print(f"worker: polling task queue {TASK_QUEUE!r} on {host}")
+        queues = ", ".join(repr(w.task_queue) for w in (worker.participants, *worker.channels))
+        print(f"worker: polling task queues {queues} on {host}")
         await stop.wait()
         print("worker: stopping (finishing in-flight activities)")
 

@@ -59,11 +59,11 @@ from models.consent import Refused, marketing_recipient, notification_recipient
 from models.crm import Contact, contact_facts
 from models.database import PROJECT_ROOT, session
 from models.flow import EmailSettings, NotifyEmail, SendEmail
+from models.frequency_caps import Capping
 from models.ledger import (
     DeliveryOutcome,
     DeliveryStatus,
     claim,
-    claim_in,
     claiming,
     mark_sending,
     record_skip,
@@ -72,6 +72,8 @@ from models.ledger import (
     settle_in,
     settle_unsent,
 )
+from models.send_counts import claim_within_caps
+from models.sending import NO_SENDING_SETTINGS, SendingSettings
 from models.settings import Settings, get_settings
 from models.tracking_links import TrackingLinks
 
@@ -156,6 +158,9 @@ class EmailSend(BaseModel):
     # The row the participant leaves with through the finish after this step: the send makes
     # that last record too. Absent unless the step goes on to a finish without hand-offs.
     departure: ParticipantRecord | None = None
+    # The frequency caps this message counts toward, and what the flow does over one; None for
+    # messages the caps never hold (transactional ones) and sends scheduled before caps existed.
+    capping: Capping | None = None
 
 
 class EmailNotify(BaseModel):
@@ -203,10 +208,12 @@ class EmailActivities:
         engine: Engine,
         smtp: SmtpSettings,
         *,
+        sending: SendingSettings = NO_SENDING_SETTINGS,
         after_handover: Callable[[str], None] | None = None,
     ) -> None:
         self._engine = engine
         self._smtp = smtp
+        self._caps = sending.caps(CHANNEL)
         self._lines = SmtpLines(smtp)
         self._after_handover = after_handover
 
@@ -258,7 +265,16 @@ class EmailActivities:
             )
         except Unsendable as problem:
             return settle_in(db, key, CHANNEL, recipient, DeliveryStatus.failed, str(problem))
-        claimed = claim_in(db, key, CHANNEL, outgoing.recipient)
+        claimed = claim_within_caps(
+            db,
+            key,
+            CHANNEL,
+            outgoing.recipient,
+            contact_id=request.contact_id,
+            capping=request.capping,
+            caps=self._caps,
+            facts=facts,
+        )
         return outgoing if claimed is None else claimed
 
     @activity.defn

@@ -102,6 +102,8 @@ class _Subject(UnstructuredHeader, BaseHeader):
 
 _LINE_LENGTH = 78  # RFC 5322 §2.1.1
 _PLAIN_WORD = 70  # a longer word is encoded, so that it can be split to fit a line
+
+
 class _Headers(HeaderRegistry):
     """The standard registry, making each header class once: the standard one makes a new
     class for every header it is asked for (a fifth of the time spent building a message)."""

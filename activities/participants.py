@@ -50,9 +50,11 @@ def record_in(db: Session, record: ParticipantRecord) -> Standing:
 def departed(engine: Engine, record: ParticipantRecord | None, result: Departing) -> Departing:
     """``result`` with the participant's last record made (``depart_in``, a transaction of its
     own) when the step was given the row it leaves with (``record``), and goes on to that
-    finish: not when the checks at its entry made it leave."""
+    finish: not when the checks at its entry made it leave, nor when a cap holds it back."""
     if record is None or result.leave_reason is not None:
         return result
+    if isinstance(result, DeliveryOutcome) and result.retry_at is not None:
+        return result  # held back by a frequency cap: the participant waits, then sends again
     with session(engine) as db:
         departure = depart_in(db, record)
     return result.model_copy(update={"departure": departure})
@@ -84,6 +86,7 @@ _COLUMNS = (
     "status",
     "current_step",
     "wait_until",
+    "waiting_for",
     "drop_out_reason",
     "enrolled_at",
     "finished_at",
@@ -95,6 +98,7 @@ _MOVING = (
     "status",
     "current_step",
     "wait_until",
+    "waiting_for",
     "drop_out_reason",
     "finished_at",
     "updated_at",
@@ -121,6 +125,7 @@ def _write_row(db: Session, state: ParticipantState) -> None:
         "status": state.status.value,
         "current_step": state.current_step,
         "wait_until": state.wait_until,
+        "waiting_for": None if state.waiting_for is None else state.waiting_for.value,
         "drop_out_reason": state.drop_out_reason,
         "enrolled_at": state.enrolled_at,
         "finished_at": state.finished_at,

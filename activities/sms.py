@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import aiohttp
@@ -43,10 +44,11 @@ from activities.participants import ParticipantRecord, departed, enter_message_s
 from models.crm import contact_facts
 from models.database import session, utcnow
 from models.flow import NotifySms, Recipients, SendSms
+from models.frequency_caps import Capping
 from models.ledger import (
     DeliveryOutcome,
     DeliveryStatus,
-    claim,
+    claiming,
     interrupted,
     mark_sending,
     record_skip,
@@ -55,6 +57,8 @@ from models.ledger import (
     settle,
 )
 from models.merge_tags import MergeTagError, render
+from models.send_counts import claim_within_caps
+from models.sending import NO_SENDING_SETTINGS, SendingSettings
 from models.settings import Settings, get_settings
 from models.sms import is_mobile, normalise_number, segments, too_long
 
@@ -156,6 +160,9 @@ class SmsSend(BaseModel):
     record: ParticipantRecord | None = None
     # The row the participant leaves with through the finish after this step, to record last.
     departure: ParticipantRecord | None = None
+    # The frequency caps this message counts toward, and what the flow does over one; None for
+    # messages the caps never hold (transactional ones) and sends scheduled before caps existed.
+    capping: Capping | None = None
 
 
 class SmsNotify(BaseModel):
@@ -171,6 +178,14 @@ class _Accepted(BaseModel):
     sid: str
 
 
+@dataclass(frozen=True)
+class _Counted:
+    """A send to the contact itself, and the caps it asks for (None: it counts toward none)."""
+
+    contact_id: int
+    capping: Capping | None
+
+
 class SmsActivities:
     """``after_handover(key)`` runs once Twilio accepted a send and the ledger recorded it."""
 
@@ -179,9 +194,12 @@ class SmsActivities:
         engine: Engine,
         twilio: TwilioSettings | None,
         after_handover: Callable[[str], None] | None = None,
+        *,
+        sending: SendingSettings = NO_SENDING_SETTINGS,
     ) -> None:
         self._engine = engine
         self._configured = twilio
+        self._caps = sending.caps(CHANNEL)
         self._after_handover = after_handover
 
     @property
@@ -225,7 +243,8 @@ class SmsActivities:
         if not is_mobile(number):
             return await self._skip(key, number, NOT_MOBILE)
         sender = request.step.sender or request.default_sender
-        return await self._deliver(key, number, sender, request.step.text, facts)
+        capped = _Counted(request.contact_id, request.capping)
+        return await self._deliver(key, number, sender, request.step.text, facts, capped)
 
     @activity.defn
     @counts_messages
@@ -266,13 +285,25 @@ class SmsActivities:
     # --- one recipient ----------------------------------------------------------------------------
 
     async def _deliver(
-        self, key: str, to: str, sender: str | None, template: str, facts: dict[str, object]
+        self,
+        key: str,
+        to: str,
+        sender: str | None,
+        template: str,
+        facts: dict[str, object],
+        counted: _Counted | None = None,
     ) -> DeliveryOutcome:
         async with heartbeating():  # a worker that dies here is noticed within seconds
-            return await self._deliver_once(key, to, sender, template, facts)
+            return await self._deliver_once(key, to, sender, template, facts, counted)
 
     async def _deliver_once(
-        self, key: str, to: str, sender: str | None, template: str, facts: dict[str, object]
+        self,
+        key: str,
+        to: str,
+        sender: str | None,
+        template: str,
+        facts: dict[str, object],
+        counted: _Counted | None,
     ) -> DeliveryOutcome:
         # Everything that can fail without sending is worked out before the claim, so that an
         # unexpected error cannot leave the key in "sending" (which the next attempt would read
@@ -286,7 +317,27 @@ class SmsActivities:
                 found = await self._reconcile(key, since, to, text, length.segments)
                 if found is not None:
                     return found
-        claimed = await asyncio.to_thread(claim, self._engine, key, CHANNEL, to)
+        # Only a text that can go out counts toward the caps (or is held back by them).
+        capping = counted.capping if counted is not None and problem is None else None
+        contact_id = counted.contact_id if counted is not None else 0
+
+        def claim() -> DeliveryOutcome | None:
+            return claiming(
+                self._engine,
+                key,
+                lambda db: claim_within_caps(
+                    db,
+                    key,
+                    CHANNEL,
+                    to,
+                    contact_id=contact_id,
+                    capping=capping,
+                    caps=self._caps,
+                    facts=facts,
+                ),
+            )
+
+        claimed = await asyncio.to_thread(claim)
         if claimed is not None:
             return claimed  # settled by an earlier attempt: send nothing
         if problem is not None or sender is None:

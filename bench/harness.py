@@ -45,6 +45,7 @@ from control.enrollment import START_CONCURRENCY, enroll
 from control.flows import deploy_flow
 from models.database import get_engine
 from models.participant import participant_workflow_id
+from models.sending import NO_SENDING_SETTINGS
 from testkit.peers import (
     TWILIO_SID,
     TWILIO_TOKEN,
@@ -56,7 +57,7 @@ from testkit.peers import (
 from testkit.servers import LOOPBACK, start_dev_server, start_time_skipping_server
 from testkit.waiting import assert_eventually
 from testkit.workers import new_worker
-from worker import activities_for
+from worker import EngineWorker, activities_for
 
 EMAIL_SETTINGS: dict[str, Any] = {
     "subscription_type": "newsletter",
@@ -521,8 +522,9 @@ def worker_py_options(
     captured: dict[str, Any] = {}
 
     def capture(worker_client: Client, **options: Any) -> Any:
-        captured.update(options, client=worker_client)
-        return None
+        if not captured:  # the participants' worker; the channels' come after it
+            captured.update(options, client=worker_client)
+        return mock.MagicMock()
 
     with mock.patch.object(worker_module, "Worker", capture):
         worker_module.build_worker(
@@ -540,8 +542,9 @@ async def participant_worker(
     task_queue: str,
     activities: Sequence[Callable[..., Any]],
     tuning: Tuning = DEFAULT_TUNING,
-) -> AsyncIterator[Worker]:
-    """The engine's worker as worker.build_worker makes it, or with the tuning's settings."""
+) -> AsyncIterator[EngineWorker]:
+    """The engine's worker as worker.build_worker makes it, or with the tuning's settings (of
+    the participants' worker; the channels' workers as worker.py has them)."""
     slots = tuning.max_concurrent_activities or WORKER_PY_ACTIVITY_SLOTS
     executor = ThreadPoolExecutor(max_workers=slots)
     if tuning == DEFAULT_TUNING:
@@ -557,7 +560,11 @@ async def participant_worker(
         if tuning.pollers is not None:
             options["workflow_task_poller_behavior"] = PollerBehaviorSimpleMaximum(tuning.pollers)
             options["activity_task_poller_behavior"] = PollerBehaviorSimpleMaximum(tuning.pollers)
-        worker = Worker(**options)
+        sends = ThreadPoolExecutor(max_workers=worker_module.CHANNEL_ACTIVITY_SLOTS)
+        channels = worker_module.channel_workers(
+            client, task_queue, activities, NO_SENDING_SETTINGS, sends
+        )
+        worker = EngineWorker(Worker(**options), channels, sends)
     try:
         async with worker:
             yield worker

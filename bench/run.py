@@ -26,6 +26,7 @@ from bench.parts import (
     email,
     enrollment,
     history,
+    rate_limit,
     scaleout,
     simulated,
     throughput,
@@ -55,10 +56,11 @@ PARTS: dict[str, ModuleType] = {
         burst,
         scaleout,
         waking,
+        rate_limit,
     )
 }
 # Parts that run only when named in --only: each takes many minutes at its default size.
-LONG_PARTS = {burst.NAME, scaleout.NAME, waking.NAME}
+LONG_PARTS = {burst.NAME, scaleout.NAME, waking.NAME, rate_limit.NAME}
 DEFAULT_PARTS = [name for name in PARTS if name not in LONG_PARTS]
 
 TUNINGS: dict[str, Tuning] = {

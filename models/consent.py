@@ -17,6 +17,16 @@ class Refused(Exception):
     """A check refused the recipient: the send is skipped, with this reason."""
 
 
+# How the refusals that are the contact's own choice begin (statistics count them apart from
+# missing or invalid addresses).
+_CONSENT_REFUSALS = ("marked no mailings", "no consent for ", "not subscribed to ")
+
+
+def is_consent_refusal(reason: str) -> bool:
+    """Whether a skipped send's reason is the contact's consent or subscriptions."""
+    return reason.startswith(_CONSENT_REFUSALS)
+
+
 def valid_address(address: str) -> str:
     """The address, normalised; raises ``EmailNotValidError``. Syntax only: no DNS lookups."""
     return validate_email(address, check_deliverability=False).normalized

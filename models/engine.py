@@ -61,6 +61,14 @@ class ParticipantStatus(StrEnum):
     cancelled = "Cancelled"
 
 
+class WaitReason(StrEnum):
+    """Why a message step holds its participant back before sending."""
+
+    sending_window = "sending window"
+    frequency_cap = "frequency cap"
+    holiday = "holiday"
+
+
 class Participant(SQLModel, table=True):
     """A contact travelling a flow: the queryable mirror of one participant workflow."""
 
@@ -84,6 +92,8 @@ class Participant(SQLModel, table=True):
     status: str = Field(default=ParticipantStatus.active.value)
     current_step: str | None = None
     wait_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Why a message step waits (models.participant.WaitReason): statistics count it per step.
+    waiting_for: str | None = None
     drop_out_reason: str | None = None
     enrolled_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -108,6 +118,24 @@ class Delivery(SQLModel, table=True):
     updated_at: datetime = Field(
         default_factory=utcnow, sa_type=UTCDateTime, sa_column_kwargs={"onupdate": utcnow}
     )
+
+
+class CountedSend(SQLModel, table=True):
+    """A marketing message that counts toward its contact's frequency caps: added in the
+    transaction that claims its delivery (``models.send_counts``); it stops counting if the
+    delivery ends without reaching the provider."""
+
+    __tablename__ = "counted_sends"
+    __table_args__ = (
+        Index(
+            "ix_counted_sends_contact_id_channel_counted_at", "contact_id", "channel", "counted_at"
+        ),
+    )
+
+    key: str = Field(primary_key=True)  # the delivery's key
+    contact_id: int
+    channel: str
+    counted_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class CrmEvent(SQLModel, table=True):

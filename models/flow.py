@@ -105,6 +105,9 @@ class SendEmail(StepBase):
     )
     attachments: list[Attachment] = []
     track_opens: bool = True
+    transactional: bool = Field(
+        default=False, description="A receipt or confirmation: the frequency caps never hold it"
+    )
 
     @model_validator(mode="after")
     def _has_body(self) -> SendEmail:
@@ -118,6 +121,9 @@ class SendSms(StepBase):
     type: Literal["send_sms"]
     next: StepId
     sender: str | None = Field(default=None, description="Defaults to the flow's SMS sender")
+    transactional: bool = Field(
+        default=False, description="A receipt or confirmation: the frequency caps never hold it"
+    )
     text: str = Field(min_length=1, max_length=1600)
     exit_if_no_mobile: bool = False
     exit: Handoffs = Handoffs()
@@ -618,6 +624,11 @@ class Flow(Definition):
     email: EmailSettings | None = None
     sms_sender: str | None = None
     sending_window: SendingWindow | None = None
+    when_capped: Literal["wait", "skip"] = Field(
+        default="wait",
+        description="A message over a frequency cap of the sending settings waits until the cap "
+        "allows it, or is skipped (recorded as capped) and the participant moves on",
+    )
     scheduled_start: datetime | None = Field(default=None, description="Local, flow's time zone")
     enrollment_end: datetime | None = Field(default=None, description="Local, flow's time zone")
     success: SuccessCriteria | None = None

@@ -50,6 +50,7 @@ class DeliveryStatus(StrEnum):
     failed = "failed"
     skipped = "skipped"
     unconfirmed = "unconfirmed"
+    capped = "capped"  # a frequency cap held it back (models.send_counts)
 
 
 FINAL = frozenset(
@@ -59,6 +60,7 @@ FINAL = frozenset(
         DeliveryStatus.failed,
         DeliveryStatus.skipped,
         DeliveryStatus.unconfirmed,
+        DeliveryStatus.capped,
     }
 )
 
@@ -79,6 +81,9 @@ class DeliveryOutcome(BaseModel):
     leave_reason: str | None = None
     # Set when the send also made the participant's last record, for the finish after it.
     departure: Departure | None = None
+    # Set when a frequency cap holds the message back until then and the flow waits for it:
+    # nothing was claimed, and the participant sends again from then (status capped).
+    retry_at: datetime | None = None
 
     @classmethod
     def left(cls, key: str, channel: str, reason: str) -> DeliveryOutcome:

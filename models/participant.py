@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from models.engine import ParticipantStatus
+from models.engine import ParticipantStatus, WaitReason
 from models.events import FlowEvent
 from models.flow import Flow
 
@@ -40,6 +40,9 @@ class ParticipantState(BaseModel):
     status: ParticipantStatus = ParticipantStatus.active
     current_step: str | None = None
     wait_until: datetime | None = None
+    waiting_for: WaitReason | None = Field(
+        default=None, description="Why a message step waits (none: it does not, or another step)"
+    )
     drop_out_reason: str | None = None
     enrolled_at: datetime
     finished_at: datetime | None = None

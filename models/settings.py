@@ -136,6 +136,13 @@ class Settings(BaseSettings):
         "SE", description="region for numbers written without a country code"
     )
 
+    # --- sending discipline --------------------------------------------------------------------
+    sending_settings_file: Path | None = Field(
+        None,
+        description="the sending settings document: frequency caps per channel and the "
+        "provider rate limits (models/sending.py); unset: no caps, no limits",
+    )
+
     # --- tracking ------------------------------------------------------------------------------
     tracking_base_url: str | None = Field(
         None,

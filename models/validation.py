@@ -50,6 +50,7 @@ from models.flow import (
 from models.merge_tags import TAG_PATTERN, template_problems, unknown_tags
 from models.overlaps import overlaps
 from models.patterns import PatternError, compile_pattern
+from models.sending import SendingSettings
 from models.settings import get_settings
 from models.sms import is_mobile, normalise_number, number_kind, too_long
 
@@ -63,10 +64,11 @@ class Problem:
     step: str | None
     field: str
     message: str
+    document: str = "flow"  # what the problem is in when no step names it
 
     def __str__(self) -> str:
         tag = {"error": "error", "not_ready": "not ready to run", "warning": "warning"}[self.level]
-        where = f"step {self.step!r}" if self.step else "flow"
+        where = f"step {self.step!r}" if self.step else self.document
         if self.field:
             where = f"{where}, {_printable(self.field)}"
         return f"{tag}: {where}: {_printable(self.message)}"
@@ -148,6 +150,37 @@ def check_flow(
     if actions is not None and flow is not None:
         problems += [Problem("warning", *found) for found in overlaps(flow, actions)]
     return FlowReport(flow, _unique(problems))
+
+
+SENDING_SETTINGS = "sending settings"
+
+
+def check_sending_settings(document: object) -> list[Problem]:
+    """Every problem of a sending settings document (``models.sending``), each named by its
+    field; an empty list: valid."""
+    try:
+        settings = SendingSettings.model_validate(document)
+    except ValidationError as exc:
+        return [
+            Problem(
+                "error",
+                None,
+                ".".join(str(part) for part in error["loc"]),
+                error["msg"].removeprefix("Value error, "),
+                SENDING_SETTINGS,
+            )
+            for error in exc.errors()
+        ]
+    problems: list[Problem] = []
+    first: dict[tuple[str, int], int] = {}
+    for index, cap in enumerate(settings.frequency_caps):
+        same = first.setdefault((cap.channel, cap.days), index)
+        if same != index:
+            message = f"frequency_caps.{same} caps {cap.channel} over {cap.days} days already"
+            problems.append(
+                Problem("error", None, f"frequency_caps.{index}", message, SENDING_SETTINGS)
+            )
+    return problems
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Flow statistics (spec §9), read from the engine's tables: participants, deliveries, events.
 
-Participants: the ``participants`` rows that mirror each participant workflow. Email steps: the
-delivery ledger (``deliveries``; a key is ``<participant id>/<step id>/<visit>``). Opens and clicks
+Participants: the ``participants`` rows that mirror each participant workflow. Message steps: the
+delivery ledger (``deliveries``; a key is ``<participant id>/<step id>/<visit>``), and why
+messages were not sent — the ledger's outcome, or, for participants still at the step, what they
+wait for (the row's ``waiting_for``). Opens and clicks
 come from the ``crm_events`` table, and this is the contract the tracking service writes to:
 
 * one row per open or click, ``kind`` ``"email_opened"`` or ``"link_clicked"``;
@@ -22,14 +24,34 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
+from models.consent import is_consent_refusal
 from models.database import session
-from models.engine import CrmEvent, Delivery, Participant, ParticipantStatus
-from models.flow import Flow, SendEmail
+from models.engine import CrmEvent, Delivery, Participant, ParticipantStatus, WaitReason
+from models.flow import Flow, SendEmail, SendSms
+from models.ledger import DeliveryStatus
 
 OPENED = "email_opened"
 CLICKED = "link_clicked"
-EMAIL = "email"
 SENT = "sent"
+
+# Why a message step's message was not sent (yet): every reason is shown, zeros included.
+CAPPED = "capped"
+SKIPPED_BY_CONSENT = "skipped by consent"
+SKIPPED_OTHERWISE = "skipped: no usable address or number"
+WAITING = {
+    WaitReason.sending_window.value: "waiting for the window",
+    WaitReason.frequency_cap.value: "waiting for the cap",
+    WaitReason.holiday.value: "waiting for a holiday",
+}
+NOT_SENT_REASONS = (
+    CAPPED,
+    SKIPPED_BY_CONSENT,
+    SKIPPED_OTHERWISE,
+    DeliveryStatus.bounced.value,
+    DeliveryStatus.failed.value,
+    DeliveryStatus.unconfirmed.value,
+    *WAITING.values(),
+)
 
 
 class StepCount(BaseModel):
@@ -44,11 +66,22 @@ class EmailStepStatistics(BaseModel):
     label: str
     subject: str
     recipients: int = Field(description="Contacts the email was handed to (ledger status sent)")
-    not_sent: dict[str, int] = Field(description="Other ledger outcomes: skipped, failed, …")
     opens: int = Field(description="Contacts who opened it (tracked)")
     clicks: int = Field(description="Contacts who clicked a tracked link in it")
     open_rate: float | None = Field(description="opens / recipients; None without recipients")
     click_through_rate: float | None = Field(description="clicks / recipients")
+
+
+class MessageStepStatistics(BaseModel):
+    step_id: str
+    label: str
+    type: str
+    sent: int = Field(description="Messages handed to the provider (ledger status sent)")
+    not_sent: dict[str, int] = Field(
+        description="Messages not sent, by reason: capped, skipped by consent, skipped (no usable "
+        "address or number), bounced, failed, unconfirmed; and participants at the step waiting "
+        "for the sending window, a frequency cap or a holiday. Every reason, zeros included."
+    )
 
 
 class FlowStatistics(BaseModel):
@@ -65,6 +98,9 @@ class FlowStatistics(BaseModel):
     drop_out_reasons: dict[str, int]
     enrolled_per_day: dict[date, int] = Field(description="Local dates in the flow's time zone")
     email_steps: list[EmailStepStatistics]
+    message_steps: list[MessageStepStatistics] = Field(
+        description="Email and SMS steps: sent, and not sent by reason"
+    )
     tracking_enabled: bool = Field(description="Any open or click recorded for this flow")
     best_by_click_through: list[str] = Field(description="Email step ids, best first")
 
@@ -81,9 +117,7 @@ def flow_statistics(engine: Engine, flow: Flow, version: int) -> FlowStatistics:
         # Ledger keys start with the participant id; a join on a LIKE prefix would not use an
         # index either, so read the email rows and match the prefix here.
         deliveries = [
-            d
-            for d in db.exec(select(Delivery).where(Delivery.channel == EMAIL)).all()
-            if d.key.split("/", 1)[0] in run_ids
+            d for d in db.exec(select(Delivery)).all() if d.key.split("/", 1)[0] in run_ids
         ]
         events = db.exec(select(CrmEvent).where(col(CrmEvent.kind).in_([OPENED, CLICKED]))).all()
         tracked = [
@@ -94,6 +128,7 @@ def flow_statistics(engine: Engine, flow: Flow, version: int) -> FlowStatistics:
         statuses = Counter(p.status for p in participants)
         active = [p for p in participants if p.status == ParticipantStatus.active.value]
         at_step = Counter(p.current_step for p in active)
+        waiting = Counter((p.current_step, p.waiting_for) for p in active if p.waiting_for)
         zone = ZoneInfo(flow.time_zone)
         per_day = Counter(p.enrolled_at.astimezone(zone).date() for p in participants)
         reasons = Counter(p.drop_out_reason for p in participants if p.drop_out_reason)
@@ -116,7 +151,7 @@ def flow_statistics(engine: Engine, flow: Flow, version: int) -> FlowStatistics:
         if not isinstance(step, SendEmail):
             continue
         outcomes = Counter(d.status for d in deliveries if d.key.split("/")[1] == step.id)
-        recipients = outcomes.pop(SENT, 0)
+        recipients = outcomes[SENT]
         opens = len({c for kind, s, c in tracked if kind == OPENED and s == step.id})
         clicks = len({c for kind, s, c in tracked if kind == CLICKED and s == step.id})
         email_steps.append(
@@ -125,13 +160,17 @@ def flow_statistics(engine: Engine, flow: Flow, version: int) -> FlowStatistics:
                 label=step.label,
                 subject=step.subject,
                 recipients=recipients,
-                not_sent=dict(outcomes.most_common()),
                 opens=opens,
                 clicks=clicks,
                 open_rate=_rate(opens, recipients),
                 click_through_rate=_rate(clicks, recipients),
             )
         )
+    message_steps = [
+        _message_step(step, deliveries, waiting)
+        for step in flow.steps
+        if isinstance(step, SendEmail | SendSms)
+    ]
     best = sorted(
         (s for s in email_steps if s.clicks),
         key=lambda s: s.click_through_rate or 0.0,
@@ -151,8 +190,43 @@ def flow_statistics(engine: Engine, flow: Flow, version: int) -> FlowStatistics:
         drop_out_reasons=dict(reasons.most_common()),
         enrolled_per_day=dict(sorted(per_day.items())),
         email_steps=email_steps,
+        message_steps=message_steps,
         tracking_enabled=bool(tracked),
         best_by_click_through=[s.step_id for s in best],
+    )
+
+
+def _not_sent_reason(row: Delivery) -> str | None:
+    """Why a ledger row's message was not sent; None: sent, or still on its way."""
+    status = row.status
+    if status == DeliveryStatus.capped:
+        return CAPPED
+    if status == DeliveryStatus.skipped:
+        return SKIPPED_BY_CONSENT if is_consent_refusal(row.detail or "") else SKIPPED_OTHERWISE
+    if status in (DeliveryStatus.bounced, DeliveryStatus.failed, DeliveryStatus.unconfirmed):
+        return str(status)
+    return None
+
+
+def _message_step(
+    step: SendEmail | SendSms,
+    deliveries: list[Delivery],
+    waiting: Counter[tuple[str | None, str]],
+) -> MessageStepStatistics:
+    rows = [d for d in deliveries if d.key.split("/")[1] == step.id]
+    not_sent = dict.fromkeys(NOT_SENT_REASONS, 0)
+    for row in rows:
+        reason = _not_sent_reason(row)
+        if reason is not None:
+            not_sent[reason] += 1
+    for wait, reason in WAITING.items():
+        not_sent[reason] += waiting[(step.id, wait)]
+    return MessageStepStatistics(
+        step_id=step.id,
+        label=step.label,
+        type=step.type,
+        sent=sum(row.status == SENT for row in rows),
+        not_sent=not_sent,
     )
 
 
@@ -201,11 +275,14 @@ def render_table(stats: FlowStatistics) -> str:
             f"  {s.label[:30]:<30} {s.recipients:>10} {s.opens:>6} {s.clicks:>6} "
             f"{_percent(s.open_rate):>5} {_percent(s.click_through_rate):>5}"
         )
-        if s.not_sent:
-            not_sent = ", ".join(f"{count} {status}" for status, count in s.not_sent.items())
-            lines.append(f"  {'':<30} not sent: {not_sent}")
     if not stats.email_steps:
         lines.append("  (no email steps)")
+    lines += ["", "message steps: sent, and why not"]
+    for m in stats.message_steps:
+        lines.append(f"  {f'{m.label} ({m.type})'[:44]:<44} {m.sent:>6} sent")
+        lines += [f"    {reason:<42} {n:>6}" for reason, n in m.not_sent.items()]
+    if not stats.message_steps:
+        lines.append("  (no message steps)")
     if stats.best_by_click_through:
         names = {s.step_id: s.label for s in stats.email_steps}
         best = ", ".join(names[step] for step in stats.best_by_click_through[:3])

@@ -10,9 +10,9 @@ from typing import Any
 
 from sqlalchemy import Engine
 from temporalio.client import Client
-from temporalio.worker import Worker
 
-from worker import build_worker
+from models.sending import SendingSettings
+from worker import EngineWorker, build_worker
 
 
 def fresh_task_queue(prefix: str = "tq") -> str:
@@ -26,13 +26,16 @@ def new_worker(
     activities: Sequence[Callable[..., Any]] | None = None,
     task_queue: str | None = None,
     executor: ThreadPoolExecutor | None = None,
-) -> Worker:
-    """worker.py's worker on ``task_queue``, or on a new one (``worker.task_queue`` names it);
-    ``activities`` replaces the real ones, e.g. with stand-ins of the same names."""
+    sending: SendingSettings | None = None,
+) -> EngineWorker:
+    """worker.py's worker on ``task_queue``, or on a new one (``worker.task_queue`` names it),
+    with its channels' workers; ``activities`` replaces the real ones, e.g. with stand-ins of
+    the same names."""
     return build_worker(
         client,
         engine,
         task_queue=task_queue or fresh_task_queue(),
         activities=activities,
         executor=executor,
+        sending=sending,
     )

@@ -39,7 +39,9 @@ from models.database import create_tables, get_engine, session
 from models.demo import DEMO_SELECTION_ID, VIP_SELECTION_ID, seed_demo
 from models.events import EventKind, FlowEvent
 from models.flow import Flow
+from models.frequency_caps import FrequencyCap
 from models.participant import Enrollment, ParticipantState, Resume
+from models.sending import RateLimits, SendingSettings
 from peers.smtp_inbox import MaildirHandler
 from peers.twilio_api import TwilioApiServer
 from testkit.peers import running_twilio_api, twilio_settings
@@ -112,6 +114,7 @@ class Scenario:
     # Started with the search attributes enrollment gives (FlowStep set to the first step);
     # scenarios recorded before were started without any.
     enrolled: bool = False
+    sending: SendingSettings | None = None  # the workspace's caps and rate limits
 
 
 def local(start: datetime, days: int, hour: int) -> str:
@@ -768,6 +771,47 @@ def excluded_at_sms_flow(now: datetime) -> Flow:
     )
 
 
+# One marketing email and one SMS a day per contact, across flows.
+DAILY_CAPS = SendingSettings(
+    frequency_caps=[
+        FrequencyCap(channel="email", max_messages=1, days=1),
+        FrequencyCap(channel="sms", max_messages=1, days=1),
+    ],
+    rate_limits=RateLimits(email=50, sms=10),
+)
+
+
+def capped_flow(when_capped: str) -> Callable[[datetime], Flow]:
+    """Two emails in a row (the second over the daily cap), a transactional one, an SMS and
+    a notification (neither capped)."""
+
+    def build(now: datetime) -> Flow:
+        del now
+        mail = {"type": "send_email", "subject": "Hello [[customer.firstname]]", "text": "Hi"}
+        return flow(
+            [
+                {"id": "first", **mail, "next": "second"},
+                {"id": "second", **mail, "next": "receipt"},
+                {**mail, "id": "receipt", "transactional": True, "next": "text"},
+                {"id": "text", "type": "send_sms", "text": "Hi from Flows", "next": "tell"},
+                {
+                    "id": "tell",
+                    "type": "notify_email",
+                    "to": {"addresses": ["sales@flows.example.com"]},
+                    "subject": "[[customer.fullname]] is in the flow",
+                    "text": "Say hello.",
+                    "next": "done",
+                },
+                FINISH,
+            ],
+            email=EMAIL,
+            sms_sender="Flows",
+            when_capped=when_capped,
+        )
+
+    return build
+
+
 SCENARIOS: dict[str, Scenario] = {
     "messages_sent": Scenario(
         "send_email, send_sms, notify_email, notify_sms delivered; a scheduled start and the "
@@ -1091,6 +1135,40 @@ SCENARIOS: dict[str, Scenario] = {
         event_splits_flow,
         drive=submit_stored_and_click,
     ),
+    # Sending discipline (workflow.patched "sending-discipline", asked at the first message
+    # step): sends on the channels' task queues, the flow's frequency-cap policy in each send.
+    "capped_wait_v5": Scenario(
+        "daily caps: the first email is sent, the second waits on a timer for the local "
+        "midnight and is sent then; a transactional email, an SMS and a notify_email are not "
+        "capped; every send on its channel's task queue",
+        ["sending_discipline.channel_task_queues", "sending_discipline.capped_wait"],
+        capped_flow("wait"),
+        sending=DAILY_CAPS,
+    ),
+    "capped_skip_v5": Scenario(
+        "daily caps, the flow skipping capped messages: the second email is recorded as capped "
+        "and the participant moves on at once",
+        ["sending_discipline.capped_skip"],
+        capped_flow("skip"),
+        contact_id=MAJA,
+        sending=DAILY_CAPS,
+    ),
+    # One marker for both (workflow.patched "depart-and-send-by-channel", asked at the start).
+    "email_departure_v6": Scenario(
+        "as email_departure_v5 under depart-and-send-by-channel: the send on the email channel's "
+        "task queue records the departure",
+        ["depart_and_send_by_channel.email"],
+        email_then_finish_flow,
+        enrolled=True,
+    ),
+    "capped_wait_v6": Scenario(
+        "as capped_wait_v5 under depart-and-send-by-channel: no sending-discipline marker at the "
+        "first send",
+        ["depart_and_send_by_channel.capped_wait"],
+        capped_flow("wait"),
+        sending=DAILY_CAPS,
+        enrolled=True,
+    ),
 }
 
 
@@ -1140,9 +1218,13 @@ async def record(
 ) -> list[tuple[str, WorkflowHistory]]:
     task_queue = f"record-{uuid.uuid4()}"
     now = await env.get_current_time()
-    activities = activities_for(engine, smtp, twilio_settings(peers.twilio))
+    activities = activities_for(
+        engine, smtp, twilio_settings(peers.twilio), sending=scenario.sending
+    )
     flow_now = scenario.flow(now)
-    async with build_worker(env.client, engine, task_queue=task_queue, activities=activities):
+    async with build_worker(
+        env.client, engine, task_queue=task_queue, activities=activities, sending=scenario.sending
+    ):
         handle: Handle = await env.client.start_workflow(
             ParticipantWorkflow.run,
             Enrollment(

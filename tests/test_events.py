@@ -32,7 +32,7 @@ from models.flow import Trigger
 from models.participant import participant_workflow_id
 from models.settings import Settings
 from testkit.waiting import assert_eventually
-from worker import build_worker
+from worker import EngineWorker, build_worker
 
 KARIN, LARS, EMILY = 1, 2, 3
 # Events name forms and links by id and URL; no form or link row is needed to take one in.
@@ -125,7 +125,7 @@ def crm_events(engine: Engine) -> list[CrmEvent]:
 @pytest.fixture
 async def worker(
     dev_env: WorkflowEnvironment, engine: Engine, task_queue: str
-) -> AsyncIterator[Worker]:
+) -> AsyncIterator[EngineWorker]:
     async with build_worker(dev_env.client, engine, task_queue=task_queue) as running:
         yield running
 

@@ -307,7 +307,8 @@ async def test_a_message_steps_send_records_its_entry_and_makes_the_checks(
     )
     assert [(v.step, v.outcome) for v in state.trail] == [("send", "on the exclusion list")]
     assert smtp_inbox.messages() == [] and twilio_api.messages == []
-    # One patch asked, one record (as the participant leaves): none before the send.
+    # One patch marker (asked at the start), one record (as the participant leaves): none
+    # before the send.
     assert markers == ["core_patch", "core_local_activity"]
     with session(engine) as db:
         assert db.exec(select(Delivery)).all() == []

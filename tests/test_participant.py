@@ -173,7 +173,7 @@ async def test_the_worker_runs_participants_unsandboxed_unless_told(
         ]
     )
     worker = build_worker(time_skipping_env.client, engine, task_queue=task_queue)
-    assert isinstance(worker.config()["workflow_runner"], UnsandboxedWorkflowRunner)
+    assert isinstance(worker.participants.config()["workflow_runner"], UnsandboxedWorkflowRunner)
     async with worker:
         handle = await start(time_skipping_env, task_queue, flow, first_contact(engine))
         state = await handle.result()
@@ -181,7 +181,7 @@ async def test_the_worker_runs_participants_unsandboxed_unless_told(
     assert [v.step for v in state.trail] == ["tag", "w", "done"]
     settings_env()
     sandboxed = build_worker(time_skipping_env.client, engine, task_queue=task_queue)
-    assert isinstance(sandboxed.config()["workflow_runner"], SandboxedWorkflowRunner)
+    assert isinstance(sandboxed.participants.config()["workflow_runner"], SandboxedWorkflowRunner)
 
 
 async def test_split_on_data_and_list_steps(

@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.flow_versions import shared
     from workflows.steps import (
+        SENDING_DISCIPLINE,
         Continue,
         Leave,
         Leaving,
@@ -87,6 +88,11 @@ RECORD_IN_STEP_ACTIVITY = "record-in-step-activity"
 # upserted only when it changes (enrollment sets it to the first step).
 DEPART_IN_STEP_ACTIVITY = "depart-in-step-activity"
 
+# All of the above, and sends on the channels' task queues under the frequency caps
+# (workflows.steps.SENDING_DISCIPLINE), in one marker asked at the start: runs started before ask
+# SENDING_DISCIPLINE on its own, at their first message step.
+DEPART_AND_SEND_BY_CHANNEL = "depart-and-send-by-channel"
+
 
 @workflow.defn(name="Participant")
 class ParticipantWorkflow:
@@ -109,6 +115,7 @@ class ParticipantWorkflow:
         self._record_in_send = False  # RECORD_IN_MESSAGE_STEP, decided once per run
         self._record_in_step_activity = False  # RECORD_IN_STEP_ACTIVITY, decided once per run
         self._depart_in_step_activity = False  # DEPART_IN_STEP_ACTIVITY, decided once per run
+        self._by_channel: bool | None = None  # SENDING_DISCIPLINE, decided at the first send
         # The last record a step's activity made for the finish after it: the row it was given
         # (``_departure_offered``) and what the activity reported (``_departure``).
         self._departure_offered: ParticipantState | None = None
@@ -182,7 +189,10 @@ class ParticipantWorkflow:
 
     @workflow.run
     async def run(self, enrollment: Enrollment) -> ParticipantState:
-        if workflow.patched(DEPART_IN_STEP_ACTIVITY):
+        if workflow.patched(DEPART_AND_SEND_BY_CHANNEL):
+            self._by_channel = self._depart_in_step_activity = True
+            self._once_per_step = self._record_in_send = self._record_in_step_activity = True
+        elif workflow.patched(DEPART_IN_STEP_ACTIVITY):
             self._depart_in_step_activity = True
             self._once_per_step = self._record_in_send = self._record_in_step_activity = True
         elif workflow.patched(RECORD_IN_STEP_ACTIVITY):
@@ -374,6 +384,12 @@ class ParticipantWorkflow:
             return None
         self._entry_unrecorded = False
         return self._row_record()
+
+    def sends_by_channel(self) -> bool:
+        """Whether this run's sends go to the channels' task queues, under the frequency caps."""
+        if self._by_channel is None:
+            self._by_channel = workflow.patched(SENDING_DISCIPLINE)
+        return self._by_channel
 
     def departure_record(self, next_step: str) -> ParticipantRecord | None:
         """The row the participant will leave with through ``next_step``, for the activity of the

@@ -41,7 +41,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.scripts import ScriptStart
     from activities.sms import NO_MOBILE, UNREACHABLE, SmsActivities, SmsNotify, SmsSend
     from models import schedule
-    from models.engine import Departure, ParticipantStatus, StepChange
+    from models.engine import Departure, ParticipantStatus, StepChange, WaitReason
     from models.events import (
         EVENT_SPLIT_BASES,
         FlowEvent,
@@ -74,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.ledger import DeliveryOutcome, DeliveryStatus
     from models.participant import ParticipantState, Suggestion
+    from models.sending import capping_for, channel_task_queue, step_channel
     from workflows.script import ScriptWorkflow
 
 
@@ -143,6 +144,11 @@ class Participant(Protocol):
         activity may record it at (it then reports a ``departure``)."""
         ...
 
+    def sends_by_channel(self) -> bool:
+        """Whether sends go to the channels' task queues under the frequency caps
+        (SENDING_DISCIPLINE), decided once per run."""
+        ...
+
 
 # CRM writes are short and idempotent: retry without limit, so a database outage delays
 # participants (visibly, as a retrying activity in the UI) rather than dropping them.
@@ -171,7 +177,43 @@ SEND_ACTIVITY: dict[str, Any] = {
 }
 
 
+# Asked at a run's first message step by runs started before workflows.participant's
+# DEPART_AND_SEND_BY_CHANNEL, which stands for it in later ones. Under it, sends
+# go to the channel's own task queue, whose workers hold the provider's rate limit, and carry the
+# flow's frequency-cap policy: a message a cap holds back comes back with the instant the cap
+# allows it, and the participant waits for it on a timer and sends again. Sends recorded without
+# the marker replay as they ran, on the participants' task queue and never capped; a participant
+# that was waiting elsewhere when this code came asks it at its next message step, so the
+# provider's ceiling and the caps cover its later sends too.
+SENDING_DISCIPLINE = "sending-discipline"
+
+
+def _send_options(
+    step: SendEmail | SendSms | NotifyEmail | NotifySms, disciplined: bool
+) -> dict[str, Any]:
+    """SEND_ACTIVITY, on the step's channel's task queue under SENDING_DISCIPLINE."""
+    if not disciplined:
+        return SEND_ACTIVITY
+    queue = channel_task_queue(workflow.info().task_queue, step_channel(step))
+    return {**SEND_ACTIVITY, "task_queue": queue}
+
+
 # --- Send message ------------------------------------------------------------------------------
+
+
+async def _held_back(participant: Participant, until: datetime, reason: WaitReason) -> None:
+    """Wait until ``until`` with the reason visible in the participant's row."""
+    zone = participant.flow.time_zone
+    summary = {
+        WaitReason.sending_window: "Sending window opens",
+        WaitReason.frequency_cap: "Frequency cap allows it",
+        WaitReason.holiday: "After the holiday",
+    }[reason]
+    participant.state.waiting_for = reason
+    try:
+        await participant.sleep_until(until, f"{summary} {schedule.describe_instant(until, zone)}")
+    finally:
+        participant.state.waiting_for = None
 
 
 async def within_sending_window(participant: Participant) -> None:
@@ -184,8 +226,7 @@ async def within_sending_window(participant: Participant) -> None:
         workflow.now(), window.weekday_numbers, window.start, window.end, zone
     )
     if opening is not None:
-        when = schedule.describe_instant(opening, zone)
-        await participant.sleep_until(opening, f"Sending window opens {when}")
+        await _held_back(participant, opening, WaitReason.sending_window)
 
 
 def _left_at_entry(result: DeliveryOutcome | StepChange) -> Leave | None:
@@ -199,48 +240,59 @@ def _sent(outcome: DeliveryOutcome) -> str:
 
 
 async def send_email(participant: Participant, step: SendEmail) -> Outcome:
-    await within_sending_window(participant)
+    disciplined = participant.sends_by_channel()
     flow = participant.flow
-    request = EmailSend(
-        delivery_key=participant.delivery_key(step),
-        flow_id=flow.id,
-        flow_name=flow.name,
-        contact_id=participant.contact_id,
-        step=step,
-        settings=flow.email,
-        record=participant.entry_record(),
-        departure=participant.departure_record(step.next),
-    )
-    outcome: DeliveryOutcome = await workflow.execute_activity_method(
-        EmailActivities.send_email,
-        request,
-        # The address is only known inside the activity: name the contact by id here.
-        summary=f"Send email {step.subject!r} to contact {participant.contact_id}",
-        **SEND_ACTIVITY,
-    )
-    return _left_at_entry(outcome) or Continue(
-        step.next, _sent(outcome), departure=outcome.departure
-    )
+    while True:
+        await within_sending_window(participant)
+        request = EmailSend(
+            delivery_key=participant.delivery_key(step),
+            flow_id=flow.id,
+            flow_name=flow.name,
+            contact_id=participant.contact_id,
+            step=step,
+            settings=flow.email,
+            record=participant.entry_record(),
+            departure=participant.departure_record(step.next),
+            capping=capping_for(flow, step, workflow.now()) if disciplined else None,
+        )
+        outcome: DeliveryOutcome = await workflow.execute_activity_method(
+            EmailActivities.send_email,
+            request,
+            # The address is only known inside the activity: name the contact by id here.
+            summary=f"Send email {step.subject!r} to contact {participant.contact_id}",
+            **_send_options(step, disciplined),
+        )
+        if outcome.retry_at is None:
+            return _left_at_entry(outcome) or Continue(
+                step.next, _sent(outcome), departure=outcome.departure
+            )
+        await _held_back(participant, outcome.retry_at, WaitReason.frequency_cap)
 
 
 async def send_sms(participant: Participant, step: SendSms) -> Outcome:
-    await within_sending_window(participant)
-    request = SmsSend(
-        delivery_key=participant.delivery_key(step),
-        flow_id=participant.flow.id,
-        contact_id=participant.contact_id,
-        step=step,
-        default_sender=participant.flow.sms_sender,
-        record=participant.entry_record(),
-        # A contact without a mobile number may leave through the step's exit instead.
-        departure=None if step.exit_if_no_mobile else participant.departure_record(step.next),
-    )
-    outcome: DeliveryOutcome = await workflow.execute_activity_method(
-        SmsActivities.send_sms,
-        request,
-        summary=f"Send SMS {step.label!r} to contact {participant.contact_id}",
-        **SEND_ACTIVITY,
-    )
+    disciplined = participant.sends_by_channel()
+    while True:
+        await within_sending_window(participant)
+        request = SmsSend(
+            delivery_key=participant.delivery_key(step),
+            flow_id=participant.flow.id,
+            contact_id=participant.contact_id,
+            step=step,
+            default_sender=participant.flow.sms_sender,
+            record=participant.entry_record(),
+            # A contact without a mobile number may leave through the step's exit instead.
+            departure=None if step.exit_if_no_mobile else participant.departure_record(step.next),
+            capping=capping_for(participant.flow, step, workflow.now()) if disciplined else None,
+        )
+        outcome: DeliveryOutcome = await workflow.execute_activity_method(
+            SmsActivities.send_sms,
+            request,
+            summary=f"Send SMS {step.label!r} to contact {participant.contact_id}",
+            **_send_options(step, disciplined),
+        )
+        if outcome.retry_at is None:
+            break
+        await _held_back(participant, outcome.retry_at, WaitReason.frequency_cap)
     left = _left_at_entry(outcome)
     if left is not None:
         return left
@@ -532,7 +584,7 @@ async def notify_email(participant: Participant, step: NotifyEmail) -> Outcome:
         EmailActivities.notify_email,
         request,
         summary=f"Notify by email {step.subject!r}",
-        **SEND_ACTIVITY,
+        **_send_options(step, participant.sends_by_channel()),
     )
     return _notified(step, outcomes)
 
@@ -550,7 +602,7 @@ async def notify_sms(participant: Participant, step: NotifySms) -> Outcome:
         SmsActivities.notify_sms,
         request,
         summary=f"Notify by SMS {step.label!r}",
-        **SEND_ACTIVITY,
+        **_send_options(step, participant.sends_by_channel()),
     )
     return _notified(step, outcomes)
 

@@ -40,6 +40,7 @@ from models.participant import Enrollment, ParticipantState
 from models.payloads import DATA_CONVERTER
 from models.personal_data import short_name
 from models.search_attributes import register_search_attributes
+from models.sending import CHANNELS, channel_task_queue
 from models.validation import check_flow
 from scripts import registered_scripts
 from workflows.participant import ParticipantWorkflow
@@ -124,7 +125,19 @@ async def dry_run(
             activities=capture.activities(),
             activity_executor=readers,
         )
-        async with worker:
+        # Sends go to their channel's task queue: captured there too, with no rate limit.
+        channels = [
+            Worker(
+                env.client,
+                task_queue=channel_task_queue(task_queue, channel),
+                activities=capture.activities(),
+                activity_executor=readers,
+            )
+            for channel in CHANNELS
+        ]
+        async with contextlib.AsyncExitStack() as workers:
+            for running in (worker, *channels):
+                await workers.enter_async_context(running)
             handle = await env.client.start_workflow(
                 ParticipantWorkflow.run,
                 Enrollment(flow=stored.flow, flow_version=stored.version, contact_id=contact_id),

@@ -1,0 +1,258 @@
+"""The sending settings document, the channels' task queues and their rate limits, and the
+statistics of messages not sent, by reason."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from temporalio.testing import WorkflowEnvironment
+
+import starter
+from models.database import session
+from models.engine import Delivery, Participant, ParticipantStatus, WaitReason
+from models.flow import Flow
+from models.frequency_caps import FrequencyCap
+from models.sending import RateLimits, SendingSettings
+from models.validation import check_sending_settings
+from peers.twilio_api import TwilioApiServer
+from reports.statistics import flow_statistics, render_table
+from testkit.peers import Inbox, twilio_settings
+from testkit.waiting import waiting_at
+from tests.test_frequency_caps import two_emails
+from tests.test_message_steps import EMAIL_SETTINGS, contact_named
+from tests.test_participant import STOCKHOLM, flow_of, next_weekday, start
+from worker import activities_for, build_worker
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "flows" / "settings" / "sending.json"
+
+
+# --- the settings document --------------------------------------------------------------------
+
+
+def test_the_sending_settings_are_checked_field_by_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert check_sending_settings(json.loads(EXAMPLE.read_text())) == []
+    wrong = {
+        "frequency_caps": [
+            {"channel": "email", "max_messages": 2, "days": 7},
+            {"channel": "fax", "max_messages": 0, "days": 1},
+            {"channel": "email", "max_messages": 3, "days": 7},
+        ],
+        "rate_limits": {"email": -1, "pigeon": 2},
+    }
+    problems = {p.field: p.message for p in check_sending_settings(wrong)}
+    assert set(problems) == {
+        "frequency_caps.1.channel",
+        "frequency_caps.1.max_messages",
+        "rate_limits.email",
+        "rate_limits.pigeon",
+    }
+    twice = {"frequency_caps": [{"channel": "sms", "max_messages": 1, "days": 1}] * 2}
+    (problem,) = check_sending_settings(twice)
+    assert str(problem) == (
+        "error: sending settings, frequency_caps.1: frequency_caps.0 caps sms over 1 days already"
+    )
+
+    path = tmp_path / "sending.json"
+    path.write_text(json.dumps(wrong))
+    assert starter.main(["validate", str(path)]) == 1
+    assert "invalid sending settings (4 errors)" in capsys.readouterr().out
+    assert starter.main(["validate", str(EXAMPLE)]) == 0
+    assert "valid sending settings" in capsys.readouterr().out
+
+
+# --- the channels' task queues ----------------------------------------------------------------
+
+
+async def test_new_participants_send_on_their_channels_task_queues(
+    time_skipping_env: WorkflowEnvironment,
+    engine: Engine,
+    task_queue: str,
+    smtp_inbox: Inbox,
+    twilio_api: TwilioApiServer,
+) -> None:
+    """Each channel's sends wait in a task queue of their own, whose worker asks Temporal for
+    the channel's rate limit (participants started before keep sending on the participants'
+    queue: the replay corpus holds them)."""
+    flow = flow_of(
+        [
+            {"id": "mail", "type": "send_email", "subject": "S", "text": "T", "next": "text"},
+            {"id": "text", "type": "send_sms", "text": "Hi", "next": "tell"},
+            {
+                "id": "tell",
+                "type": "notify_sms",
+                "to": {"addresses": ["+46701234567"]},
+                "text": "FYI",
+                "next": "done",
+            },
+            {"id": "done", "type": "finish"},
+        ],
+        email=EMAIL_SETTINGS,
+        sms_sender="Flows",
+    )
+    sending = SendingSettings(rate_limits=RateLimits(email=20, sms=5))
+    activities = activities_for(engine, smtp_inbox.settings, twilio_settings(twilio_api))
+    worker = build_worker(
+        time_skipping_env.client,
+        engine,
+        task_queue=task_queue,
+        activities=activities,
+        sending=sending,
+    )
+    limits = {
+        w.task_queue: w.config()["max_task_queue_activities_per_second"] for w in worker.channels
+    }
+    assert limits == {f"{task_queue}-email": 20, f"{task_queue}-sms": 5}
+    async with worker:
+        handle = await start(time_skipping_env, task_queue, flow, contact_named(engine, "Karin"))
+        state = await handle.result()
+        scheduled = [
+            (
+                e.activity_task_scheduled_event_attributes.activity_type.name,
+                e.activity_task_scheduled_event_attributes.task_queue.name,
+            )
+            async for e in handle.fetch_history_events()
+            if e.HasField("activity_task_scheduled_event_attributes")
+        ]
+    assert state.status is ParticipantStatus.finished
+    assert scheduled == [
+        ("send_email", f"{task_queue}-email"),
+        ("send_sms", f"{task_queue}-sms"),
+        ("notify_sms", f"{task_queue}-sms"),
+    ]
+    assert len(smtp_inbox.messages()) == 1 and len(twilio_api.messages) == 2
+
+
+# --- why not sent -----------------------------------------------------------------------------
+
+
+def _statistics_flow() -> Flow:
+    return flow_of(
+        [
+            {"id": "mail", "type": "send_email", "subject": "S", "text": "T", "next": "text"},
+            {"id": "text", "type": "send_sms", "text": "Hi", "next": "done"},
+            {"id": "done", "type": "finish"},
+        ],
+        email=EMAIL_SETTINGS,
+        sms_sender="Flows",
+    )
+
+
+def test_statistics_count_messages_not_sent_by_reason(engine: Engine) -> None:
+    flow = _statistics_flow()
+    waits = {
+        "p-window": ("mail", WaitReason.sending_window),
+        "p-cap": ("mail", WaitReason.frequency_cap),
+        "p-holiday": ("text", WaitReason.holiday),
+    }
+    ledger = {
+        "p1/mail/1": ("sent", "250 OK"),
+        "p2/mail/1": ("capped", "capped: at most 1 email a day"),
+        "p3/mail/1": ("skipped", "no consent for emarketing"),
+        "p4/mail/1": ("skipped", "not subscribed to 'newsletter'"),
+        "p5/mail/1": ("skipped", "no email address"),
+        "p6/mail/1": ("bounced", "550 5.1.1 no such user"),
+        "p7/text/1": ("failed", "Twilio 400 21211: invalid To"),
+        "p8/text/1": ("sent", "1 segment"),
+        "p9/text/1": ("pending", None),  # on its way: neither sent nor not sent yet
+        "elsewhere/mail/1": ("capped", "a participant of another flow"),
+    }
+    with session(engine) as db:
+        for participant_id in [*waits, *(key.split("/")[0] for key in ledger)]:
+            if participant_id == "elsewhere":
+                continue
+            step, reason = waits.get(participant_id, ("done", None))
+            db.add(
+                Participant(
+                    id=participant_id,
+                    workflow_id=f"wf-{participant_id}",
+                    flow_id=flow.id,
+                    flow_version=1,
+                    contact_id=1,
+                    current_step=step,
+                    waiting_for=None if reason is None else reason.value,
+                )
+            )
+        for key, (status, detail) in ledger.items():
+            db.add(Delivery(key=key, channel="email", recipient="x", status=status, detail=detail))
+
+    stats = flow_statistics(engine, flow, 1)
+    steps = {m.step_id: m for m in stats.message_steps}
+    assert (steps["mail"].sent, steps["text"].sent) == (1, 1)
+    assert steps["mail"].not_sent == {
+        "capped": 1,
+        "skipped by consent": 2,
+        "skipped: no usable address or number": 1,
+        "bounced": 1,
+        "failed": 0,
+        "unconfirmed": 0,
+        "waiting for the window": 1,
+        "waiting for the cap": 1,
+        "waiting for a holiday": 0,
+    }
+    assert {reason: n for reason, n in steps["text"].not_sent.items() if n} == {
+        "failed": 1,
+        "waiting for a holiday": 1,
+    }
+    # The JSON that `stats --json` prints has them too.
+    document = json.loads(stats.model_dump_json())
+    assert document["message_steps"][0]["not_sent"]["skipped by consent"] == 2
+    table = render_table(stats)
+    assert "message steps: sent, and why not" in table
+    assert "    waiting for the cap" in table
+
+
+async def test_participants_waiting_at_a_message_step_say_what_they_wait_for(
+    time_skipping_env: WorkflowEnvironment,
+    engine: Engine,
+    task_queue: str,
+    smtp_inbox: Inbox,
+) -> None:
+    """Reached at night, a message step waits for the sending window; its message sent, the
+    next one waits for the frequency cap (one email a day), then for the window again. The
+    participant's row says which, and the statistics count it at the step."""
+    env = time_skipping_env
+    tuesday_night = await next_weekday(env, 1, 22)
+    flow = two_emails(
+        scheduled_start=tuesday_night.isoformat(),
+        sending_window={"weekdays": "all_days", "start": "08:00", "end": "17:00"},
+    )
+    sending = SendingSettings(
+        frequency_caps=[FrequencyCap(channel="email", max_messages=1, days=1)]
+    )
+    activities = activities_for(engine, smtp_inbox.settings, sending=sending)
+
+    async def skip_to(local: datetime) -> None:
+        await env.sleep(local.replace(tzinfo=STOCKHOLM) - await env.get_current_time())
+
+    def waiting(step_id: str) -> dict[str, int]:
+        (step,) = [
+            m for m in flow_statistics(engine, flow, 1).message_steps if m.step_id == step_id
+        ]
+        return {reason: n for reason, n in step.not_sent.items() if n}
+
+    async with build_worker(env.client, engine, task_queue=task_queue, activities=activities):
+        handle = await start(env, task_queue, flow, contact_named(engine, "Karin"))
+        await skip_to(tuesday_night + timedelta(minutes=1))
+        state = await waiting_at(handle, "one")
+        assert state.waiting_for is WaitReason.sending_window
+        assert waiting("one") == {"waiting for the window": 1}
+
+        await skip_to(tuesday_night.replace(hour=8, minute=1) + timedelta(days=1))
+        state = await waiting_at(handle, "two")
+        assert state.waiting_for is WaitReason.frequency_cap
+        assert state.wait_until == (tuesday_night.replace(hour=0) + timedelta(days=2)).replace(
+            tzinfo=STOCKHOLM
+        )
+        assert waiting("two") == {"waiting for the cap": 1}
+
+        state = await handle.result()
+    assert state.status is ParticipantStatus.finished
+    assert len(smtp_inbox.messages()) == 2
+    done = next(v.entered_at for v in state.trail if v.step == "done").astimezone(STOCKHOLM)
+    assert (done.date(), done.hour) == ((tuesday_night + timedelta(days=2)).date(), 8)

@@ -189,6 +189,43 @@ class SplitBasis(StrEnum):
     link_clicked = "link_clicked"
     project = "project"
     selection = "selection"
+    experiment = "experiment"
+
+
+class ExperimentMetric(StrEnum):
+    """What makes an experiment's path the winner: the share of its participants who opened an
+    email of the flow, clicked a tracked link in one, or met a success criterion."""
+
+    opens = "opens"
+    clicks = "clicks"
+    success = "success"
+
+
+class Winner(Definition):
+    metric: ExperimentMetric
+    after: Interval = Field(
+        default=Interval(amount=3, unit="days"),
+        description="Decided this long after the experiment's first participant",
+    )
+
+
+class Experiment(Definition):
+    """A split by percentage. A contact's path follows from (flow, experiment id, contact), so a
+    replay, a re-run or a second enrollment lands on the same path (``models.experiments``)."""
+
+    id: StepId = Field(description="Names the experiment: renaming it reshuffles the paths")
+    holdout_percent: int = Field(
+        default=0,
+        ge=0,
+        le=98,
+        description="Share that leaves the flow at once as 'held out': the control group",
+    )
+    winner: Winner | None = Field(
+        default=None, description="Unset: the split keeps its percentages for good"
+    )
+
+
+EXPERIMENT_PATHS = (2, 5)  # the fewest and the most paths an experiment has
 
 
 class SplitBranch(Definition):
@@ -199,6 +236,9 @@ class SplitBranch(Definition):
     link: str | None = None
     project_id: int | None = None
     selection_id: int | None = None
+    percent: int | None = Field(
+        default=None, ge=1, le=100, description="basis experiment: this path's share"
+    )
 
 
 class EveryoneElse(Definition):
@@ -218,6 +258,9 @@ class Split(StepBase):
     )
     branches: list[SplitBranch] = Field(min_length=1, max_length=20)
     everyone_else: EveryoneElse
+    experiment: Experiment | None = Field(
+        default=None, description="basis experiment: its id, holdout and winner"
+    )
 
     @model_validator(mode="after")
     def _basis_fields(self) -> Split:
@@ -227,6 +270,7 @@ class Split(StepBase):
             SplitBasis.form_submitted: "submitted",
             SplitBasis.project: "project_id",
             SplitBasis.selection: "selection_id",
+            SplitBasis.experiment: "percent",
         }
         problems: list[tuple[str, str]] = []
         field = needs.get(self.basis)
@@ -247,9 +291,46 @@ class Split(StepBase):
                     "basis form_submitted has exactly two branches: submitted true and false",
                 )
             )
+        problems += self._experiment_problems()
         if problems:
             raise FieldErrors(*problems)
         return self
+
+    def _experiment_problems(self) -> list[tuple[str, str]]:
+        if self.basis is not SplitBasis.experiment:
+            if self.experiment is not None:
+                return [("experiment", f"experiment is for basis experiment, not {self.basis}")]
+            return []
+        problems: list[tuple[str, str]] = []
+        if self.experiment is None:
+            problems.append(("experiment", "basis experiment needs experiment (at least its id)"))
+        fewest, most = EXPERIMENT_PATHS
+        if not fewest <= len(self.branches) <= most:
+            problems.append(
+                (
+                    "branches",
+                    f"an experiment has {fewest} to {most} paths, not {len(self.branches)}",
+                )
+            )
+        holdout = self.experiment.holdout_percent if self.experiment is not None else 0
+        shares = [branch.percent for branch in self.branches]
+        if None not in shares and sum(filter(None, shares)) + holdout != 100:
+            total = sum(filter(None, shares))
+            with_holdout = f" and the holdout's {holdout}" if holdout else ""
+            problems.append(
+                (
+                    "branches",
+                    f"the paths' percentages ({total}){with_holdout} must add up to 100",
+                )
+            )
+        if self.everyone_else.next is not None:
+            problems.append(
+                (
+                    "everyone_else.next",
+                    "an experiment's everyone else is its holdout, which leaves the flow",
+                )
+            )
+        return problems
 
 
 # --- Update participant ------------------------------------------------------------------------

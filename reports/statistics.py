@@ -25,6 +25,7 @@ from sqlmodel import col, select
 from models.database import session
 from models.engine import CrmEvent, Delivery, Participant, ParticipantStatus
 from models.flow import Flow, SendEmail
+from reports.experiments import ExperimentStatistics, experiment_statistics, render_experiments
 
 OPENED = "email_opened"
 CLICKED = "link_clicked"
@@ -67,6 +68,7 @@ class FlowStatistics(BaseModel):
     email_steps: list[EmailStepStatistics]
     tracking_enabled: bool = Field(description="Any open or click recorded for this flow")
     best_by_click_through: list[str] = Field(description="Email step ids, best first")
+    experiments: list[ExperimentStatistics] = Field(default=[], description="Experiment splits")
 
 
 def _rate(part: int, whole: int) -> float | None:
@@ -98,6 +100,7 @@ def flow_statistics(engine: Engine, flow: Flow, version: int) -> FlowStatistics:
         per_day = Counter(p.enrolled_at.astimezone(zone).date() for p in participants)
         reasons = Counter(p.drop_out_reason for p in participants if p.drop_out_reason)
         enrolled = len(participants)
+        experiments = experiment_statistics(db, flow)
 
     success = statuses[ParticipantStatus.finished_with_success.value]
     completed = statuses[ParticipantStatus.finished.value] + success
@@ -153,6 +156,7 @@ def flow_statistics(engine: Engine, flow: Flow, version: int) -> FlowStatistics:
         email_steps=email_steps,
         tracking_enabled=bool(tracked),
         best_by_click_through=[s.step_id for s in best],
+        experiments=experiments,
     )
 
 
@@ -210,4 +214,5 @@ def render_table(stats: FlowStatistics) -> str:
         names = {s.step_id: s.label for s in stats.email_steps}
         best = ", ".join(names[step] for step in stats.best_by_click_through[:3])
         lines += ["", f"best emails by click-through: {best}"]
+    lines += render_experiments(stats.experiments, stats.time_zone)
     return "\n".join(lines)

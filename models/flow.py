@@ -689,6 +689,29 @@ class SuccessCriteria(Definition):
     move_to_finish: bool = False
 
 
+class ReentryRule(StrEnum):
+    """When a contact that took part before may enter the flow again (spec §2; ``only_once`` is
+    the rule ``once``)."""
+
+    once = "once"  # only once ever
+    after_leaving = "after_leaving"  # again once it has left (never active twice)
+    after_cooldown = "after_cooldown"  # again once cooldown_days have passed since it left
+    restart = "restart"  # again at any time: an active participant starts over
+
+
+class Reentry(Definition):
+    rule: ReentryRule = ReentryRule.after_leaving
+    cooldown_days: int | None = Field(
+        default=None, ge=1, le=3650, description="after_cooldown: days from leaving"
+    )
+
+    @model_validator(mode="after")
+    def _cooldown(self) -> Reentry:
+        if (self.rule is ReentryRule.after_cooldown) != (self.cooldown_days is not None):
+            raise FieldErrors(("cooldown_days", "cooldown_days goes with rule after_cooldown"))
+        return self
+
+
 class Flow(Definition):
     id: FlowId
     name: str = Field(min_length=1, max_length=200)
@@ -704,6 +727,9 @@ class Flow(Definition):
     success: SuccessCriteria | None = None
     exclusion_selections: list[int] = []
     only_once: bool = False
+    reentry: Reentry = Field(
+        default=Reentry(), description="Whether and when a contact may enter again"
+    )
     remove_from_flows: list[FlowId] = []
     filter: Criteria | None = None
     triggers: list[Trigger] = []
@@ -718,6 +744,20 @@ class Flow(Definition):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown IANA time zone {value!r}") from None
         return value
+
+    @model_validator(mode="after")
+    def _one_reentry_rule(self) -> Flow:
+        # The default rule (after_leaving) gives way to only_once; another one contradicts it.
+        if self.only_once and self.reentry.rule not in (
+            ReentryRule.once,
+            ReentryRule.after_leaving,
+        ):
+            raise FieldErrors(("reentry", "only_once says once: drop one of the two"))
+        return self
+
+    @property
+    def reentry_rule(self) -> ReentryRule:
+        return ReentryRule.once if self.only_once else self.reentry.rule
 
     def step(self, step_id: str) -> Step:
         for step in self.steps:

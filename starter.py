@@ -7,6 +7,8 @@ python starter.py status welcome
 python starter.py stats welcome                     (--json)
 python starter.py diagram welcome                   (-o welcome.png, --mermaid)
 python starter.py simulate welcome --contact 1      (a dry run on the time-skipping server)
+python starter.py preview welcome welcome-email --contact 1      (nothing is sent)
+python starter.py test-send welcome welcome-email --contact 1 --to me@example.com
 python starter.py schema > flow.schema.json          (--sending: the sending settings')
 python starter.py event form_submitted --contact 3 --form 1 --data topic=pricing
 python starter.py user add ada@example.com --role admin   (a console user; asks the password)
@@ -43,6 +45,8 @@ from temporalio.client import Client
 from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.service import RPCError
 
+from activities.email import SmtpSettings
+from activities.sms import TwilioSettings
 from control.dry_run import DryRunStuck, PlannedEvent, UnknownContact, dry_run, render_timeline
 from control.enrollment import enroll, selection_members
 from control.flows import FlowRejected, UnknownFlow, deploy_flow, load_flow, read_document
@@ -57,6 +61,7 @@ from control.lifecycle import (
     resume_flow,
     run_flow,
 )
+from control.preview import EmailPreview, PreviewError, preview, send_as_test
 from models.accounts import AccountError, Role, add_user
 from models.content import content_folder
 from models.crm import action_catalogue
@@ -389,6 +394,59 @@ def cmd_stats(args: argparse.Namespace, used: Resources) -> int:
     return DONE
 
 
+def cmd_preview(args: argparse.Namespace, used: Resources) -> int:
+    engine = used.engine()
+    flow = load_flow(engine, args.flow).flow
+    try:
+        shown = preview(engine, flow, args.step, args.contact, SmtpSettings.from_settings())
+    except PreviewError as problem:
+        raise CommandError(str(problem)) from None
+    html_file = None
+    if isinstance(shown, EmailPreview) and shown.html is not None:
+        html_file = Path(
+            args.html_out
+            or PROJECT_ROOT
+            / ".data"
+            / "previews"
+            / (f"{flow.id}-{shown.step_id}-{shown.contact_id}.html")
+        )
+        html_file.parent.mkdir(parents=True, exist_ok=True)
+        html_file.write_text(shown.html, encoding="utf-8")
+    if args.json:
+        print(shown.model_dump_json(indent=2))
+        return DONE
+    fields = shown.model_dump(exclude={"html", "merge_tags", "step_id", "contact_id"})
+    for name, value in fields.items():
+        if value is not None:
+            text = str(value)
+            print(f"{name}:" + (f"\n{text}" if "\n" in text else f" {text}"))
+    if html_file is not None:
+        print(f"html: {html_file}")
+    print("merge tags:")
+    for tag, value in shown.merge_tags.items():
+        print(f"  [[{tag}]] = {value!r}")
+    return DONE
+
+
+def cmd_test_send(args: argparse.Namespace, used: Resources) -> int:
+    engine = used.engine()
+    flow = load_flow(engine, args.flow).flow
+    try:
+        twilio: TwilioSettings | None = TwilioSettings.from_settings()
+    except ValueError:
+        twilio = None
+    try:
+        answer = asyncio.run(
+            send_as_test(
+                engine, flow, args.step, args.contact, args.to, SmtpSettings.from_settings(), twilio
+            )
+        )
+    except PreviewError as problem:
+        raise CommandError(str(problem)) from None
+    print(f"test sent to {args.to}: {answer}")
+    return DONE
+
+
 async def _through(flow_id: str, used: Resources) -> Counter[str] | None:
     try:
         client = await used.client()
@@ -506,6 +564,22 @@ def _observability_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
         "form_submitted@3h,form=1,data.topic=pricing (repeatable)",
     )
     simulate.add_argument("--json", action="store_true", help="print JSON instead of a timeline")
+
+    shown = sub.add_parser(
+        "preview", help="a message step as a contact would get it, merge tags filled in; not sent"
+    )
+    shown.set_defaults(handler=cmd_preview)
+    sent = sub.add_parser(
+        "test-send", help="send a message step as a contact would get it to ADDRESS, as a test"
+    )
+    sent.set_defaults(handler=cmd_test_send)
+    for command in (shown, sent):
+        command.add_argument("flow")
+        command.add_argument("step")
+        command.add_argument("--contact", type=int, required=True, metavar="ID")
+    shown.add_argument("--html-out", metavar="FILE", help="default .data/previews/…html")
+    shown.add_argument("--json", action="store_true", help="print JSON")
+    sent.add_argument("--to", required=True, metavar="ADDRESS", help="an address or a number")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -31,6 +31,7 @@ from activities.crm import CrmActivities
 from activities.email import EmailActivities, SmtpSettings
 from activities.enrollment import EnrollmentActivities
 from activities.events import EventActivities
+from activities.experiments import ExperimentActivities
 from activities.metrics import metrics_runtime
 from activities.participants import ParticipantActivities
 from activities.records import RecordActivities
@@ -95,11 +96,13 @@ def activities_for(
     # Flow steps enroll and announce through the client's own code paths.
     enrollment = EnrollmentActivities(engine, suggest)
     events = EventActivities(engine, ingest)
+    experiments = ExperimentActivities(engine)
     return [
         crm.add_to_list,
         crm.remove_from_list,
         crm.choose_split_branch,
         crm.choose_form_data_branch,
+        experiments.choose_experiment_path,
         contacts.update_contact,
         contacts.distribute_to_owner,
         records.create_follow_up,

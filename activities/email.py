@@ -632,3 +632,12 @@ async def _end_message_data(protocol: SMTPProtocol, timeout: float) -> aiosmtpli
 def _fact_text(facts: dict[str, object] | None, name: str) -> str | None:
     value = (facts or {}).get(name)
     return value if isinstance(value, str) and value else None
+
+
+def send_outside_ledger(settings: SmtpSettings, outgoing: Outgoing) -> str:
+    """Hand one message over without the ledger (a test send, which no participant makes): the
+    server's reply to it. A refusal or an unreachable server raises ``Unsendable``."""
+    try:
+        return SmtpLines(settings).run(lambda line: _converse(line, outgoing, lambda: True))
+    except (_Final, _Transient, _Unconfirmed) as failure:
+        raise Unsendable(str(failure)) from None

@@ -148,7 +148,7 @@ def marketing_message(
     recipient: str,
 ) -> Outgoing:
     """A send_email step's message to the contact, at ``recipient`` (its checked address)."""
-    links = _links(settings, contact_id, flow_id)
+    links = message_links(settings, contact_id, flow_id)
     html_source = step.html
     if html_source is None and step.content_file is not None:
         path = _content_path(settings, step.content_file)
@@ -223,7 +223,7 @@ def notification_message(
     recipient: str,
 ) -> Outgoing:
     """A notify_email step's plain-text message to one of our own people."""
-    links = _links(settings, contact_id, flow_id)
+    links = message_links(settings, contact_id, flow_id)
     try:
         subject = render_header(step.subject, facts, links=links)
         text = render(step.text, facts, links=links)
@@ -287,7 +287,7 @@ def _reply_to(reply_to: ReplyTo, sender: Address, facts: dict[str, object]) -> A
 # --- links and content ---------------------------------------------------------------------------
 
 
-def _links(settings: MessageSettings, contact_id: int, flow_id: str) -> dict[str, str]:
+def message_links(settings: MessageSettings, contact_id: int, flow_id: str) -> dict[str, str]:
     urls = {
         "unsubscribe": settings.list_unsubscribe_url,
         "subscription": settings.subscription_url,

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
-from sqlmodel import col, select
+from sqlmodel import Session, col, select, update
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -24,9 +24,9 @@ from models import search_attributes as sa
 from models.criteria import evaluate
 from models.crm import Contact, SelectionMember, contact_facts
 from models.database import session
-from models.engine import FlowStatus, Participant
+from models.engine import FlowStatus, Participant, ParticipantStatus
 from models.events import FlowEvent
-from models.flow import Flow
+from models.flow import Flow, ReentryRule
 from models.participant import Enrollment, Suggestion, participant_workflow_id
 from models.personal_data import short_name
 from models.validation import check_flow
@@ -51,6 +51,12 @@ class EnrollmentReport:
     refused: dict[int, str] = field(default_factory=dict)  # contact id -> why not
     # contact id -> the flows it was taken out of ("remove from other flows")
     removed: dict[int, list[str]] = field(default_factory=dict)
+    # contacts whose active participant was replaced by a new one (re-entry rule restart)
+    restarted: list[int] = field(default_factory=list)
+
+
+# The reason a participant replaced under the re-entry rule "restart" left with.
+RESTARTED = "restarted: enrolled again"
 
 
 def selection_members(engine: Engine, selection_id: int) -> list[int]:
@@ -102,16 +108,7 @@ def _screen(engine: Engine, stored: StoredFlow, contact_ids: Sequence[int]) -> S
             ).all()
             for contact_id, selection_id in memberships:
                 excluded.setdefault(contact_id, selection_id)
-        earlier: set[int] = set()
-        if flow.only_once:
-            earlier = set(
-                db.exec(
-                    select(Participant.contact_id).where(
-                        Participant.flow_id == flow.id,
-                        col(Participant.contact_id).in_(contact_ids),
-                    )
-                ).all()
-            )
+        again = _reentry_refusals(db, flow, contact_ids, datetime.now(UTC))
         for contact_id in contact_ids:
             if contact_id not in names:
                 screening.refused[contact_id] = "no such contact"
@@ -119,10 +116,8 @@ def _screen(engine: Engine, stored: StoredFlow, contact_ids: Sequence[int]) -> S
                 screening.refused[contact_id] = (
                     f"on the exclusion list (selection {excluded[contact_id]})"
                 )
-            elif contact_id in earlier:
-                screening.refused[contact_id] = (
-                    "already took part, and the flow allows it only once"
-                )
+            elif contact_id in again:
+                screening.refused[contact_id] = again[contact_id]
             elif flow.filter is not None and not evaluate(
                 flow.filter, contact_facts(db, contact_id) or {}
             ):
@@ -130,6 +125,60 @@ def _screen(engine: Engine, stored: StoredFlow, contact_ids: Sequence[int]) -> S
             else:
                 screening.names[contact_id] = names[contact_id]
     return screening
+
+
+def _reentry_refusals(
+    db: Session, flow: Flow, contact_ids: Sequence[int], now: datetime
+) -> dict[int, str]:
+    """The candidates the flow's re-entry rule keeps out, and why: one that took part before,
+    when the flow allows it only once; one that left less than the cool-down ago. (Being active
+    now is refused at the start, by the workflow id, unless the rule restarts it.)"""
+    rule = flow.reentry_rule
+    if rule not in (ReentryRule.once, ReentryRule.after_cooldown):
+        return {}
+    rows = db.exec(
+        select(Participant.contact_id, Participant.status, Participant.finished_at).where(
+            Participant.flow_id == flow.id, col(Participant.contact_id).in_(contact_ids)
+        )
+    ).all()
+    if rule is ReentryRule.once:
+        return {c: "already took part, and the flow allows it only once" for c, _, _ in rows}
+    days = flow.reentry.cooldown_days or 0
+    active = {c for c, status, _ in rows if status == ParticipantStatus.active.value}
+    last_left: dict[int, datetime] = {}
+    for contact_id, _, finished_at in rows:
+        if finished_at is not None and contact_id not in active:
+            last_left[contact_id] = max(finished_at, last_left.get(contact_id, finished_at))
+    refused: dict[int, str] = {}
+    for contact_id, left in last_left.items():
+        again = left + timedelta(days=days)
+        if now < again:
+            zone = flow.time_zone
+            refused[contact_id] = (
+                f"left the flow {schedule.local_date(left, zone).isoformat()}: may enter again "
+                f"from {schedule.describe_instant(again, zone)} (a cool-down of {days} days)"
+            )
+    return refused
+
+
+def _replaced(engine: Engine, flow_id: str, contact_id: int, new_participant: str) -> None:
+    """The rows of the participant a restart replaced: it left, as its workflow cannot say."""
+    with session(engine) as db:
+        db.exec(
+            update(Participant)
+            .where(
+                col(Participant.flow_id) == flow_id,
+                col(Participant.contact_id) == contact_id,
+                col(Participant.status) == ParticipantStatus.active.value,
+                col(Participant.id) != new_participant,
+            )
+            .values(
+                status=ParticipantStatus.dropped_out.value,
+                drop_out_reason=RESTARTED,
+                finished_at=datetime.now(UTC),
+                wait_until=None,
+            )
+        )
 
 
 async def enroll(
@@ -171,10 +220,12 @@ async def enroll(
         nonlocal failed
         try:
             reason = await _start(
-                client, stored, contact_id, name, task_queue, steps_per_run, event
+                client, engine, stored, contact_id, name, task_queue, steps_per_run, event
             )
-            if reason is None:
+            if reason is None or reason == RESTARTED:
                 result.enrolled.append(contact_id)
+                if reason == RESTARTED:
+                    result.restarted.append(contact_id)
                 removed = await _remove_from_other_flows(client, stored.flow, contact_id)
                 if removed:
                     result.removed[contact_id] = removed
@@ -212,6 +263,7 @@ async def enroll(
 
 async def _start(
     client: Client,
+    engine: Engine,
     stored: StoredFlow,
     contact_id: int,
     name: str,
@@ -219,11 +271,16 @@ async def _start(
     steps_per_run: int | None,
     event: FlowEvent | None = None,
 ) -> str | None:
+    """Start the contact's participant: None when it started, RESTARTED when it replaced an
+    active one (re-entry rule restart), or why it did not start."""
     flow = stored.flow
     workflow_id = participant_workflow_id(flow.id, contact_id)
+    restart = flow.reentry_rule is ReentryRule.restart
     # Enrolled by an event: signal-with-start puts it in the participant's history before its
     # first step. That call signals a running participant instead of refusing it: look first.
-    if event is not None and await _running(client, workflow_id):
+    # A restart replaces a running one: look to know.
+    running = (event is not None or restart) and await _running(client, workflow_id)
+    if running and not restart:
         return "already active in this flow"
     # Enrolled while the flow is paused: the participant queues before the first step.
     paused = stored.status is FlowStatus.paused
@@ -232,17 +289,21 @@ async def _start(
     )
     if steps_per_run is not None:
         enrollment.steps_per_run = steps_per_run
+    # Re-entry after leaving is allowed (a closed id may be reused); two at once are not, but
+    # for a restart, which ends the running one. (Signal-with-start does not take FAIL; the
+    # look above stands in for it.)
+    policy = (
+        WorkflowIDConflictPolicy.FAIL if event is None else WorkflowIDConflictPolicy.USE_EXISTING
+    )
+    if restart:
+        policy = WorkflowIDConflictPolicy.TERMINATE_EXISTING
     try:
-        await client.start_workflow(
+        handle = await client.start_workflow(
             ParticipantWorkflow.run,
             enrollment,
             id=workflow_id,
             task_queue=task_queue,
-            # Re-entry after leaving is allowed (a closed id may be reused); two at once are not.
-            # (Signal-with-start does not take FAIL; the look above stands in for it.)
-            id_conflict_policy=WorkflowIDConflictPolicy.FAIL
-            if event is None
-            else WorkflowIDConflictPolicy.USE_EXISTING,
+            id_conflict_policy=policy,
             start_signal=None if event is None else EVENT_SIGNAL,
             # The event's reference: its form data stays in crm_events.
             start_signal_args=[] if event is None else [event.reference()],
@@ -253,6 +314,10 @@ async def _start(
         )
     except WorkflowAlreadyStartedError:
         return "already active in this flow"
+    if running:
+        run_id = handle.first_execution_run_id or handle.result_run_id or ""
+        await asyncio.to_thread(_replaced, engine, flow.id, contact_id, run_id)
+        return RESTARTED
     return None
 
 

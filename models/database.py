@@ -112,7 +112,7 @@ def get_engine(url: str | None = None) -> Engine:
 
 def import_tables() -> None:
     """Register every table class on `SQLModel.metadata` (Alembic compares against it)."""
-    from models import accounts, crm  # noqa: F401
+    from models import accounts, crm, experiments  # noqa: F401
     from models import engine as engine_tables  # noqa: F401
 
 

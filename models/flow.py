@@ -195,6 +195,43 @@ class SplitBasis(StrEnum):
     link_clicked = "link_clicked"
     project = "project"
     selection = "selection"
+    experiment = "experiment"
+
+
+class ExperimentMetric(StrEnum):
+    """What makes an experiment's path the winner: the share of its participants who opened an
+    email of the flow, clicked a tracked link in one, or met a success criterion."""
+
+    opens = "opens"
+    clicks = "clicks"
+    success = "success"
+
+
+class Winner(Definition):
+    metric: ExperimentMetric
+    after: Interval = Field(
+        default=Interval(amount=3, unit="days"),
+        description="Decided this long after the experiment's first participant",
+    )
+
+
+class Experiment(Definition):
+    """A split by percentage. A contact's path follows from (flow, experiment id, contact), so a
+    replay, a re-run or a second enrollment lands on the same path (``models.experiments``)."""
+
+    id: StepId = Field(description="Names the experiment: renaming it reshuffles the paths")
+    holdout_percent: int = Field(
+        default=0,
+        ge=0,
+        le=98,
+        description="Share that leaves the flow at once as 'held out': the control group",
+    )
+    winner: Winner | None = Field(
+        default=None, description="Unset: the split keeps its percentages for good"
+    )
+
+
+EXPERIMENT_PATHS = (2, 5)  # the fewest and the most paths an experiment has
 
 
 class SplitBranch(Definition):
@@ -205,6 +242,9 @@ class SplitBranch(Definition):
     link: str | None = None
     project_id: int | None = None
     selection_id: int | None = None
+    percent: int | None = Field(
+        default=None, ge=1, le=100, description="basis experiment: this path's share"
+    )
 
 
 class EveryoneElse(Definition):
@@ -224,6 +264,9 @@ class Split(StepBase):
     )
     branches: list[SplitBranch] = Field(min_length=1, max_length=20)
     everyone_else: EveryoneElse
+    experiment: Experiment | None = Field(
+        default=None, description="basis experiment: its id, holdout and winner"
+    )
 
     @model_validator(mode="after")
     def _basis_fields(self) -> Split:
@@ -233,6 +276,7 @@ class Split(StepBase):
             SplitBasis.form_submitted: "submitted",
             SplitBasis.project: "project_id",
             SplitBasis.selection: "selection_id",
+            SplitBasis.experiment: "percent",
         }
         problems: list[tuple[str, str]] = []
         field = needs.get(self.basis)
@@ -253,9 +297,46 @@ class Split(StepBase):
                     "basis form_submitted has exactly two branches: submitted true and false",
                 )
             )
+        problems += self._experiment_problems()
         if problems:
             raise FieldErrors(*problems)
         return self
+
+    def _experiment_problems(self) -> list[tuple[str, str]]:
+        if self.basis is not SplitBasis.experiment:
+            if self.experiment is not None:
+                return [("experiment", f"experiment is for basis experiment, not {self.basis}")]
+            return []
+        problems: list[tuple[str, str]] = []
+        if self.experiment is None:
+            problems.append(("experiment", "basis experiment needs experiment (at least its id)"))
+        fewest, most = EXPERIMENT_PATHS
+        if not fewest <= len(self.branches) <= most:
+            problems.append(
+                (
+                    "branches",
+                    f"an experiment has {fewest} to {most} paths, not {len(self.branches)}",
+                )
+            )
+        holdout = self.experiment.holdout_percent if self.experiment is not None else 0
+        shares = [branch.percent for branch in self.branches]
+        if None not in shares and sum(filter(None, shares)) + holdout != 100:
+            total = sum(filter(None, shares))
+            with_holdout = f" and the holdout's {holdout}" if holdout else ""
+            problems.append(
+                (
+                    "branches",
+                    f"the paths' percentages ({total}){with_holdout} must add up to 100",
+                )
+            )
+        if self.everyone_else.next is not None:
+            problems.append(
+                (
+                    "everyone_else.next",
+                    "an experiment's everyone else is its holdout, which leaves the flow",
+                )
+            )
+        return problems
 
 
 # --- Update participant ------------------------------------------------------------------------
@@ -614,6 +695,29 @@ class SuccessCriteria(Definition):
     move_to_finish: bool = False
 
 
+class ReentryRule(StrEnum):
+    """When a contact that took part before may enter the flow again (spec §2; ``only_once`` is
+    the rule ``once``)."""
+
+    once = "once"  # only once ever
+    after_leaving = "after_leaving"  # again once it has left (never active twice)
+    after_cooldown = "after_cooldown"  # again once cooldown_days have passed since it left
+    restart = "restart"  # again at any time: an active participant starts over
+
+
+class Reentry(Definition):
+    rule: ReentryRule = ReentryRule.after_leaving
+    cooldown_days: int | None = Field(
+        default=None, ge=1, le=3650, description="after_cooldown: days from leaving"
+    )
+
+    @model_validator(mode="after")
+    def _cooldown(self) -> Reentry:
+        if (self.rule is ReentryRule.after_cooldown) != (self.cooldown_days is not None):
+            raise FieldErrors(("cooldown_days", "cooldown_days goes with rule after_cooldown"))
+        return self
+
+
 class Flow(Definition):
     id: FlowId
     name: str = Field(min_length=1, max_length=200)
@@ -634,6 +738,9 @@ class Flow(Definition):
     success: SuccessCriteria | None = None
     exclusion_selections: list[int] = []
     only_once: bool = False
+    reentry: Reentry = Field(
+        default=Reentry(), description="Whether and when a contact may enter again"
+    )
     remove_from_flows: list[FlowId] = []
     filter: Criteria | None = None
     triggers: list[Trigger] = []
@@ -648,6 +755,20 @@ class Flow(Definition):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown IANA time zone {value!r}") from None
         return value
+
+    @model_validator(mode="after")
+    def _one_reentry_rule(self) -> Flow:
+        # The default rule (after_leaving) gives way to only_once; another one contradicts it.
+        if self.only_once and self.reentry.rule not in (
+            ReentryRule.once,
+            ReentryRule.after_leaving,
+        ):
+            raise FieldErrors(("reentry", "only_once says once: drop one of the two"))
+        return self
+
+    @property
+    def reentry_rule(self) -> ReentryRule:
+        return ReentryRule.once if self.only_once else self.reentry.rule
 
     def step(self, step_id: str) -> Step:
         for step in self.steps:

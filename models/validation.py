@@ -34,6 +34,7 @@ from models.flow import (
     CreateRequest,
     CreateSale,
     EmailSettings,
+    ExperimentMetric,
     FieldErrors,
     Flow,
     NotifyEmail,
@@ -147,6 +148,8 @@ def check_flow(
         *_header_problems(parts),
         *_sms_problems(parts, sms_region or get_settings().sms_default_region),
     ]
+    if flow is not None:
+        problems += _experiment_problems(flow)
     if actions is not None and flow is not None:
         problems += [Problem("warning", *found) for found in overlaps(flow, actions)]
     return FlowReport(flow, _unique(problems))
@@ -181,6 +184,32 @@ def check_sending_settings(document: object) -> list[Problem]:
                 Problem("error", None, f"frequency_caps.{index}", message, SENDING_SETTINGS)
             )
     return problems
+
+
+def _experiment_problems(flow: Flow) -> Iterator[Problem]:
+    """What an experiment needs from the rest of the flow: an id of its own (paths, decisions
+    and figures are kept by it), and success criteria when its winner is chosen by success."""
+    seen: dict[str, str] = {}
+    for step in flow.steps:
+        if not isinstance(step, Split) or step.experiment is None:
+            continue
+        experiment = step.experiment
+        if experiment.id in seen:
+            yield Problem(
+                "error",
+                step.id,
+                "experiment.id",
+                f"experiment {experiment.id!r} is step {seen[experiment.id]!r}'s too",
+            )
+        seen.setdefault(experiment.id, step.id)
+        winner = experiment.winner
+        if winner is not None and winner.metric is ExperimentMetric.success and not flow.success:
+            yield Problem(
+                "error",
+                step.id,
+                "experiment.winner.metric",
+                "a winner by success needs the flow's success criteria",
+            )
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from models.database import session
 from models.engine import CrmEvent, Delivery, Participant, ParticipantStatus, WaitReason
 from models.flow import Flow, SendEmail, SendSms
 from models.ledger import DeliveryStatus
+from reports.experiments import ExperimentStatistics, experiment_statistics, render_experiments
 
 OPENED = "email_opened"
 CLICKED = "link_clicked"
@@ -103,6 +104,7 @@ class FlowStatistics(BaseModel):
     )
     tracking_enabled: bool = Field(description="Any open or click recorded for this flow")
     best_by_click_through: list[str] = Field(description="Email step ids, best first")
+    experiments: list[ExperimentStatistics] = Field(default=[], description="Experiment splits")
 
 
 def _rate(part: int, whole: int) -> float | None:
@@ -133,6 +135,7 @@ def flow_statistics(engine: Engine, flow: Flow, version: int) -> FlowStatistics:
         per_day = Counter(p.enrolled_at.astimezone(zone).date() for p in participants)
         reasons = Counter(p.drop_out_reason for p in participants if p.drop_out_reason)
         enrolled = len(participants)
+        experiments = experiment_statistics(db, flow)
 
     success = statuses[ParticipantStatus.finished_with_success.value]
     completed = statuses[ParticipantStatus.finished.value] + success
@@ -193,6 +196,7 @@ def flow_statistics(engine: Engine, flow: Flow, version: int) -> FlowStatistics:
         message_steps=message_steps,
         tracking_enabled=bool(tracked),
         best_by_click_through=[s.step_id for s in best],
+        experiments=experiments,
     )
 
 
@@ -287,4 +291,5 @@ def render_table(stats: FlowStatistics) -> str:
         names = {s.step_id: s.label for s in stats.email_steps}
         best = ", ".join(names[step] for step in stats.best_by_click_through[:3])
         lines += ["", f"best emails by click-through: {best}"]
+    lines += render_experiments(stats.experiments, stats.time_zone)
     return "\n".join(lines)

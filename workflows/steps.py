@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.email import EmailActivities, EmailNotify, EmailSend
     from activities.enrollment import EnrollmentActivities
     from activities.events import EventActivities
+    from activities.experiments import ExperimentActivities, ExperimentAnswer, ExperimentQuestion
     from activities.participants import ParticipantRecord
     from activities.records import (
         FollowUpCreation,
@@ -49,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         choose_by_events,
         last_submission,
     )
+    from models.experiments import HELD_OUT
     from models.flow import (
         AddToList,
         CreateFollowUp,
@@ -364,6 +366,8 @@ FORM_DATA_FROM_STORE = "form-data-from-store"
 
 
 async def split(participant: Participant, step: Split) -> Outcome:
+    if step.basis is SplitBasis.experiment:
+        return await experiment(participant, step)
     if step.basis is SplitBasis.form_data:
         branch = await _choose_by_form_data(participant, step)
     elif step.basis in EVENT_SPLIT_BASES:
@@ -391,6 +395,40 @@ async def split(participant: Participant, step: Split) -> Outcome:
     return Leave(
         ParticipantStatus.finished, "left at 'everyone else'", handoffs=step.everyone_else.exit
     )
+
+
+async def experiment(participant: Participant, step: Split) -> Outcome:
+    """Down the path the contact's share (or the experiment's winner) gives it, or out of the
+    flow as held out, with the everyone-else hand-offs. The activity records the path."""
+    flow = participant.flow
+    assert step.experiment is not None  # the model requires it for basis experiment
+    question = ExperimentQuestion(
+        key=participant.delivery_key(step),
+        flow_id=flow.id,
+        time_zone=flow.time_zone,
+        participant_id=participant.state.participant_id,
+        contact_id=participant.contact_id,
+        split=step,
+        success=flow.success,
+        at=workflow.now(),
+        record=participant.entry_record(),
+    )
+    answer: ExperimentAnswer = await workflow.execute_activity_method(
+        ExperimentActivities.choose_experiment_path,
+        question,
+        summary=f"Experiment {step.experiment.id!r}: choose a path",
+        **CRM_ACTIVITY,
+    )
+    if answer.leave_reason is not None:
+        return Leave.dropping_out(answer.leave_reason)
+    if answer.path is None:
+        return Leave(
+            ParticipantStatus.dropped_out,
+            answer.outcome,
+            reason=HELD_OUT,
+            handoffs=step.everyone_else.exit,
+        )
+    return Continue(step.branches[answer.path].next, answer.outcome)
 
 
 async def _choose_by_form_data(participant: Participant, step: Split) -> int | None:

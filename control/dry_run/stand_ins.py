@@ -34,6 +34,7 @@ from temporalio.exceptions import ApplicationError
 import activities
 from activities.crm import CrmActivities
 from activities.email import EmailNotify, EmailSend
+from activities.experiments import ExperimentAnswer, ExperimentQuestion, planned_path
 from activities.participants import ParticipantRecord, leave_reason
 from activities.scripts import ScriptActivities
 from activities.sms import CHANNEL as SMS
@@ -175,6 +176,7 @@ class Capture:
             self.send_sms,
             self.notify_email,
             self.notify_sms,
+            self.choose_experiment_path,
             self.any_other,
         ]
         return [*readers, *standing_in]
@@ -239,6 +241,19 @@ class Capture:
             standing = Standing(leave_reason=leave_reason(db, record))
         self._record("record participant (not written)", record, standing)
         return standing
+
+    @activity.defn(name="choose_experiment_path")
+    async def choose_experiment_path(self, question: ExperimentQuestion) -> ExperimentAnswer:
+        """The contact's path by its share (or a winner decided before), recorded nowhere."""
+        with session(self.engine) as db:
+            reason = None if question.record is None else leave_reason(db, question.record)
+            answer = (
+                ExperimentAnswer(leave_reason=reason)
+                if reason is not None
+                else planned_path(db, question)
+            )
+        self._record(f"experiment: {answer.outcome or reason}", question, answer)
+        return answer
 
     def _left_at_entry(
         self, record: ParticipantRecord | None, key: str, channel: str, what: str

@@ -79,6 +79,7 @@ def activities_for(
         crm.choose_form_data_branch,
         contacts.update_contact,
         contacts.distribute_to_owner,
+        contacts.find_time_zone,
         records.create_follow_up,
         records.create_request,
         records.create_sale,

@@ -30,6 +30,7 @@ from typing import Literal, get_args
 from zoneinfo import ZoneInfo
 
 import holidays
+from temporalio import workflow
 
 __all__ = [
     "WORKDAYS",
@@ -118,13 +119,17 @@ def _holidays(country: str, subdivision: str | None, year: int) -> Mapping[date,
     categories = [c for c in _CLOSING_CATEGORIES if c in cls.supported_categories]
     language = _NAME_LANGUAGE if _NAME_LANGUAGE in cls.supported_languages else None
     make: Callable[..., holidays.HolidayBase] = cls  # some calendars take options of their own
-    calendar = make(
-        subdiv=subdivision,
-        years=year,
-        categories=categories,
-        language=language or cls.default_language,
-        **options,
-    )
+    # The package names holidays through gettext, which the workflow sandbox refuses because it
+    # can read the host's locale; given a language, as here, it reads only the package's own
+    # catalogues. (Outside a workflow this changes nothing.)
+    with workflow.unsafe.sandbox_unrestricted():
+        calendar = make(
+            subdiv=subdivision,
+            years=year,
+            categories=categories,
+            language=language or cls.default_language,
+            **options,
+        )
     return MappingProxyType({day: str(name) for day, name in sorted(calendar.items())})
 
 

@@ -34,10 +34,10 @@ from pydantic import BaseModel
 ZoneSource = Literal["field", "country", "mobile", "flow"]
 
 _SOURCE_TEXT: dict[ZoneSource, str] = {
-    "field": "the contact's {field}",
+    "field": "{field}",
     "country": "the company's country",
     "mobile": "the contact's mobile number",
-    "flow": "the flow's time zone: nothing on the contact named one",
+    "flow": "the flow: nothing on the contact names one",
 }
 
 

@@ -8,6 +8,7 @@ branch, and ``finish`` ends the path). Structural checks that need the whole gra
 
 from __future__ import annotations
 
+import re
 import typing
 from datetime import date, datetime, time
 from enum import StrEnum
@@ -537,11 +538,14 @@ class SendingWindow(Definition):
         return frozenset(WEEKDAY_NUMBERS[day] for day in self.weekdays)
 
 
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def _iso_date(value: object) -> object:
     """A closed date is written as in ISO 8601, 2026-12-28: not a number, not a date-time."""
     if isinstance(value, date) and not isinstance(value, datetime):
         return value
-    if isinstance(value, str) and len(value) == 10:
+    if isinstance(value, str) and ISO_DATE.fullmatch(value):
         return value
     raise ValueError(f"a date written as YYYY-MM-DD, not {value!r}")
 

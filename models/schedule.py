@@ -150,6 +150,9 @@ def holiday_calendar_problem(country: str, subdivision: str | None) -> tuple[str
     return None
 
 
+CLOSED_BY_THE_FLOW = "closed by the flow"
+
+
 @dataclass(frozen=True)
 class ClosedDays:
     """The days a flow treats as closed besides weekends: the public (and de facto) holidays of
@@ -160,12 +163,13 @@ class ClosedDays:
     dates: frozenset[date] = frozenset()
 
     def name(self, day: date) -> str | None:
-        """Why ``day`` is closed ("New Year's Day", "closed"), or None if it is not."""
+        """Why ``day`` is closed ("New Year's Day", "closed by the flow"), or None if it is
+        not."""
         if self.country is not None:
             holiday = _holidays(self.country, self.subdivision, day.year).get(day)
             if holiday is not None:
                 return holiday
-        return "closed" if day in self.dates else None
+        return CLOSED_BY_THE_FLOW if day in self.dates else None
 
     def __contains__(self, day: object) -> bool:
         return isinstance(day, date) and self.name(day) is not None

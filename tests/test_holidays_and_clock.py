@@ -24,6 +24,7 @@ from models.crm import Contact
 from models.database import session
 from models.participant import ParticipantState
 from models.payloads import DATA_CONVERTER
+from models.schedule import describe_day
 from models.settings import Settings
 from models.time_zones import RecipientZone
 from tests.test_participant import STOCKHOLM, entered, first_contact, flow_of, start
@@ -105,7 +106,10 @@ async def test_a_working_day_wait_steps_over_a_holiday(
     between = [holiday + timedelta(days=n) for n in range((woke.date() - holiday).days)]
     assert not any(open_for_work(day) for day in between)
     (wait_summary,) = [s for s in await summaries(handle) if s.startswith("Wait until")]
-    assert "(closed: " in wait_summary and wait_summary.endswith(")")
+    named = holidays.country_holidays(
+        "SE", years=holiday.year, categories=("public", "de_facto"), language="en_US"
+    )
+    assert f"(closed: {describe_day(holiday)}, {named[holiday]}" in wait_summary
 
 
 async def two_waits_until_nine(env: WorkflowEnvironment, zone: ZoneInfo) -> list[datetime]:
@@ -223,15 +227,13 @@ async def test_simulate_shows_the_year_end_skip(
         after += timedelta(days=1)
     text = await asyncio.to_thread(_simulate, flow_id, first_contact(engine), eve, capsys)
 
-    from models.schedule import describe_day
-
     skipped = "" if date(year + 1, 1, 1).weekday() >= 5 else " (closed: "
     expected = f"Wait until {describe_day(after)} {year + 1} 10:00 Europe/Stockholm{skipped}"
     assert expected in text, text
     if year == 2026:
         assert (
             "⏸ Wait until Mon 4 Jan 2027 10:00 Europe/Stockholm "
-            "(closed: Fri 1 Jan New Year's Day) (4 d)"
+            "(closed: Fri 1 Jan, New Year's Day) (4 d)"
         ) in text
 
 

@@ -508,7 +508,7 @@ def test_a_subdivision_adds_its_own_holidays() -> None:
 
 def test_the_flows_own_dates_are_closed_with_or_without_a_country() -> None:
     own = ClosedDays(dates=frozenset({date(2026, 12, 28)}))
-    assert own.name(date(2026, 12, 28)) == "closed"
+    assert own.name(date(2026, 12, 28)) == "closed by the flow"
     assert date(2026, 12, 29) not in own
     both = ClosedDays("SE", dates=frozenset({date(2026, 12, 28)}))
     assert [day.day for day in (date(2026, 12, d) for d in range(24, 32)) if day in both] == [

@@ -206,14 +206,15 @@ def _moment(participant: Participant, instant: datetime, zone: str) -> str:
 
 
 def _closed_on_the_way(participant: Participant, until: datetime) -> str:
-    """The closed days a working-day wait steps over, for its summary: " (closed: Fri 1 Jan
-    New Year's Day)"; empty without a holiday calendar or when there were none."""
+    """The closed days a working-day wait steps over, for its summary: " (closed: Fri 1 Jan,
+    New Year's Day; Mon 4 Jan, closed by the flow)"; empty without a holiday calendar or when
+    there were none."""
     flow = participant.flow
     if flow.holidays is None:
         return ""
     skipped = schedule.closed_days_between(workflow.now(), until, flow.time_zone, flow.closed_days)
-    days = [f"{schedule.describe_day(day)} {name}" for day, name in skipped]
-    return f" (closed: {', '.join(days)})" if days else ""
+    days = [f"{schedule.describe_day(day)}, {name}" for day, name in skipped]
+    return f" (closed: {'; '.join(days)})" if days else ""
 
 
 # --- Send message ------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 
 import starter
 from control.flows import deploy_flow
-from models.crm import Contact
+from models.crm import Contact, FollowUp
 from models.database import session
 from models.participant import ParticipantState
 from models.payloads import DATA_CONVERTER
@@ -277,3 +277,35 @@ async def test_simulate_shows_the_contacts_clock(
     assert "08:00 America/New_York (the contact's clock)" in text
     opened = datetime.combine(day, datetime.min.time()).replace(hour=8, tzinfo=NEW_YORK)
     assert opened.astimezone(STOCKHOLM).strftime("%H:%M") in text  # the send, in flow time
+
+
+async def test_follow_ups_skip_the_flows_closed_days(
+    time_skipping_env: WorkflowEnvironment, engine: Engine, task_queue: str
+) -> None:
+    # A Tuesday a week ahead, and the Wednesday after it closed by the flow.
+    day = (await time_skipping_env.get_current_time()).astimezone(STOCKHOLM).date()
+    day += timedelta(days=7)
+    while day.weekday() != 1 or not open_for_work(day) or not open_for_work(day + timedelta(1)):
+        day += timedelta(days=1)
+    closed, after = day + timedelta(days=1), day + timedelta(days=2)
+    later = {"amount": 1, "unit": "working_days"}
+    follow_up = {"type": "create_follow_up", "follow_up_type": "Meeting", "after": later}
+    flow = flow_of(
+        [
+            {**follow_up, "id": "todo", "title": "Call", "next": "meeting"},
+            {**follow_up, "id": "meeting", "title": "Demo", "kind": "meeting", "next": "done"},
+            {"id": "done", "type": "finish"},
+        ],
+        holidays={"closed_dates": [closed.isoformat()]},
+        scheduled_start=datetime.combine(day, datetime.min.time()).replace(hour=10).isoformat(),
+    )
+    async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
+        handle = await start(time_skipping_env, task_queue, flow, first_contact(engine))
+        await handle.result()
+    with session(engine) as db:
+        booked = {f.title: f.starts_at for f in db.exec(select(FollowUp))}
+    assert booked["Call"] is not None and booked["Demo"] is not None
+    assert booked["Call"].astimezone(STOCKHOLM).date() == after
+    meeting = booked["Demo"].astimezone(STOCKHOLM)
+    # The first quarter hour from the moment the step ran (10:00 and the milliseconds after).
+    assert (meeting.date(), meeting.strftime("%H:%M")) in {(after, "10:00"), (after, "10:15")}

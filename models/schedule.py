@@ -30,6 +30,7 @@ from typing import Literal, get_args
 from zoneinfo import ZoneInfo
 
 import holidays
+from holidays.registry import COUNTRIES
 from temporalio import workflow
 
 __all__ = [
@@ -133,15 +134,19 @@ def _holidays(country: str, subdivision: str | None, year: int) -> Mapping[date,
     return MappingProxyType({day: str(name) for day, name in sorted(calendar.items())})
 
 
+# The package's calendars by ISO 3166 alpha-2 code (its registry lists each country's class name,
+# then that code, then other codes and aliases), read without importing every calendar.
+CALENDARS: frozenset[str] = frozenset(codes[1] for codes in COUNTRIES.values())
+
+
 def holiday_calendar_problem(country: str, subdivision: str | None) -> tuple[str, str] | None:
     """What is wrong with a holiday calendar's name, as (field, message); None if it is known."""
-    supported = holidays.list_supported_countries()
-    if country not in supported:
+    if country not in CALENDARS:
         return "country", (
             f"no holiday calendar for {country!r}: use an ISO 3166 code the holidays package "
             "knows, such as SE, NO, DE or US"
         )
-    subdivisions = supported[country]
+    subdivisions = _calendar_class(country).subdivisions
     if subdivision is not None and subdivision not in subdivisions:
         known = ", ".join(subdivisions[:12]) + (", ..." if len(subdivisions) > 12 else "")
         if not subdivisions:

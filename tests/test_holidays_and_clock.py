@@ -19,6 +19,7 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 import starter
+from control.dry_run import dry_run
 from control.flows import deploy_flow
 from models.crm import Contact, FollowUp
 from models.database import session
@@ -309,3 +310,35 @@ async def test_follow_ups_skip_the_flows_closed_days(
     meeting = booked["Demo"].astimezone(STOCKHOLM)
     # The first quarter hour from the moment the step ran (10:00 and the milliseconds after).
     assert (meeting.date(), meeting.strftime("%H:%M")) in {(after, "10:00"), (after, "10:15")}
+
+
+@pytest.mark.parametrize("open_on_holidays", [False, True])
+async def test_the_sending_window_stays_shut_on_closed_days_unless_told(
+    engine: Engine, open_on_holidays: bool
+) -> None:
+    # A Monday evening a week ahead; the flow closes the Tuesday after it.
+    day = datetime.now(STOCKHOLM).date() + timedelta(days=7)
+    while day.weekday() != 0 or not all(open_for_work(day + timedelta(n)) for n in range(3)):
+        day += timedelta(days=1)
+    closed = day + timedelta(days=1)
+    window = {"weekdays": "workdays", "start": "08:00", "end": "17:00"}
+    document: dict[str, Any] = {
+        "id": f"shut-{uuid.uuid4().hex[:6]}",
+        "name": "Shut on closed days",
+        "time_zone": "Europe/Stockholm",
+        "email": EMAIL,
+        "sending_window": {**window, "open_on_holidays": open_on_holidays},
+        "holidays": {"closed_dates": [closed.isoformat()]},
+        "start": "mail",
+        "steps": [
+            {"id": "mail", "type": "send_email", "subject": "Hi", "text": "Hi", "next": "done"},
+            {"id": "done", "type": "finish"},
+        ],
+    }
+    deploy_flow(engine, document)
+    evening = datetime.combine(day, datetime.min.time()).replace(hour=18)
+    run = await dry_run(engine, document["id"], first_contact(engine), start_at=evening)
+    (sent,) = [call for call in run.captured if call.activity == "send_email"]
+    opened = sent.at.astimezone(STOCKHOLM)
+    assert opened.strftime("%H:%M") == "08:00"
+    assert opened.date() == (closed if open_on_holidays else closed + timedelta(days=1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -28,11 +28,21 @@ from models.payloads import DATA_CONVERTER
 from models.schedule import describe_day
 from models.settings import Settings
 from models.time_zones import RecipientZone
+from testkit.servers import start_time_skipping_server
 from tests.test_participant import STOCKHOLM, entered, first_contact, flow_of, start
 from worker import build_worker
 
 NEW_YORK = ZoneInfo("America/New_York")
 EMAIL = {"subscription_type": "newsletter", "from": {"address": "news@example.com"}}
+
+
+@pytest.fixture(scope="module")
+async def calendar_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of this module's own, its clock near today's: the session's has
+    been moved on by other tests, years at times, past the years the calendars know."""
+    env = await start_time_skipping_server()
+    yield env
+    await env.shutdown()
 
 
 def swedish_closed_days(year: int) -> set[date]:
@@ -48,12 +58,12 @@ def open_for_work(day: date) -> bool:
 
 def a_holiday_after_a_working_day(after: date) -> date:
     """The first Swedish holiday on a weekday, after ``after``, whose eve is a working day."""
-    day = after
-    while not (
-        day.weekday() < 5 and not open_for_work(day) and open_for_work(day - timedelta(days=1))
-    ):
-        day += timedelta(days=1)
-    return day
+    for offset in range(366):
+        day = after + timedelta(days=offset)
+        eve = day - timedelta(days=1)
+        if day.weekday() < 5 and not open_for_work(day) and open_for_work(eve):
+            return day
+    raise AssertionError(f"no Swedish holiday on a weekday in the year after {after}")
 
 
 async def summaries(handle: WorkflowHandle[Any, ParticipantState]) -> list[str]:
@@ -75,9 +85,9 @@ async def activity_types(handle: WorkflowHandle[Any, ParticipantState]) -> list[
 
 
 async def test_a_working_day_wait_steps_over_a_holiday(
-    time_skipping_env: WorkflowEnvironment, engine: Engine, task_queue: str
+    calendar_env: WorkflowEnvironment, engine: Engine, task_queue: str
 ) -> None:
-    today = (await time_skipping_env.get_current_time()).astimezone(STOCKHOLM).date()
+    today = (await calendar_env.get_current_time()).astimezone(STOCKHOLM).date()
     holiday = a_holiday_after_a_working_day(today + timedelta(days=7))
     eve = datetime.combine(holiday - timedelta(days=1), datetime.min.time()).replace(hour=10)
     flow = flow_of(
@@ -95,8 +105,8 @@ async def test_a_working_day_wait_steps_over_a_holiday(
         holidays={"country": "SE"},
         scheduled_start=eve.isoformat(),
     )
-    async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
-        handle = await start(time_skipping_env, task_queue, flow, first_contact(engine))
+    async with build_worker(calendar_env.client, engine, task_queue=task_queue):
+        handle = await start(calendar_env, task_queue, flow, first_contact(engine))
         state = await handle.result()
 
     woke = entered(state, "done")
@@ -148,7 +158,7 @@ def woke(run: ParticipantState, step_id: str, zone: ZoneInfo) -> datetime:
 
 
 async def test_waits_until_a_date_read_the_contacts_clock_asked_once(
-    time_skipping_env: WorkflowEnvironment, engine: Engine, task_queue: str
+    calendar_env: WorkflowEnvironment, engine: Engine, task_queue: str
 ) -> None:
     contact_id = first_contact(engine)
     with session(engine) as db:
@@ -156,18 +166,18 @@ async def test_waits_until_a_date_read_the_contacts_clock_asked_once(
         assert contact is not None
         contact.extra_fields["time_zone"] = "America/New_York"
         db.commit()
-    async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
-        first, second = await two_waits_until_nine(time_skipping_env, NEW_YORK)
+    async with build_worker(calendar_env.client, engine, task_queue=task_queue):
+        first, second = await two_waits_until_nine(calendar_env, NEW_YORK)
         theirs = await start(
-            time_skipping_env,
+            calendar_env,
             task_queue,
             flow_of(waits_until(first, second), recipient_clock={}),
             contact_id,
         )
         state = await theirs.result()
         # The same flow without a recipient clock reads the flow's zone and asks nothing.
-        here, there = await two_waits_until_nine(time_skipping_env, STOCKHOLM)
-        ours = await start(time_skipping_env, task_queue, flow_of(waits_until(here, there)), 1)
+        here, there = await two_waits_until_nine(calendar_env, STOCKHOLM)
+        ours = await start(calendar_env, task_queue, flow_of(waits_until(here, there)), 1)
         as_before = await ours.result()
 
     assert woke(state, "two", NEW_YORK) == first
@@ -281,10 +291,10 @@ async def test_simulate_shows_the_contacts_clock(
 
 
 async def test_follow_ups_skip_the_flows_closed_days(
-    time_skipping_env: WorkflowEnvironment, engine: Engine, task_queue: str
+    calendar_env: WorkflowEnvironment, engine: Engine, task_queue: str
 ) -> None:
     # A Tuesday a week ahead, and the Wednesday after it closed by the flow.
-    day = (await time_skipping_env.get_current_time()).astimezone(STOCKHOLM).date()
+    day = (await calendar_env.get_current_time()).astimezone(STOCKHOLM).date()
     day += timedelta(days=7)
     while day.weekday() != 1 or not open_for_work(day) or not open_for_work(day + timedelta(1)):
         day += timedelta(days=1)
@@ -300,8 +310,8 @@ async def test_follow_ups_skip_the_flows_closed_days(
         holidays={"closed_dates": [closed.isoformat()]},
         scheduled_start=datetime.combine(day, datetime.min.time()).replace(hour=10).isoformat(),
     )
-    async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
-        handle = await start(time_skipping_env, task_queue, flow, first_contact(engine))
+    async with build_worker(calendar_env.client, engine, task_queue=task_queue):
+        handle = await start(calendar_env, task_queue, flow, first_contact(engine))
         await handle.result()
     with session(engine) as db:
         booked = {f.title: f.starts_at for f in db.exec(select(FollowUp))}

@@ -105,6 +105,7 @@ def activities_for(
         experiments.choose_experiment_path,
         contacts.update_contact,
         contacts.distribute_to_owner,
+        contacts.find_time_zone,
         records.create_follow_up,
         records.create_request,
         records.create_sale,

@@ -1,4 +1,5 @@
-"""Steps that change the participant's contact: update_contact and distribute_to_owner.
+"""Steps that change the participant's contact: update_contact and distribute_to_owner; and the
+one read a flow with a recipient clock makes of it: the contact's time zone.
 
 Each activity is one transaction that makes the change and records its CRM event, keyed by the
 step's delivery key (participant, step, visit). A retry finds the event and returns the outcome
@@ -17,7 +18,16 @@ from temporalio.exceptions import ApplicationError
 from activities.crm import missing_contact
 from activities.participants import ParticipantRecord, enter_step
 from models.contact_update import apply_row, field_spec
-from models.crm import Associate, Availability, Company, Contact, Notification, group_members
+from models.crm import (
+    Associate,
+    Availability,
+    Company,
+    Contact,
+    Notification,
+    contact_facts,
+    group_members,
+)
+from models.database import session
 from models.engine import (
     OwnerShare,
     StepChange,
@@ -28,6 +38,8 @@ from models.engine import (
 )
 from models.events import EventKind
 from models.flow import DistributeToOwner, UpdateRow
+from models.settings import get_settings
+from models.time_zones import RecipientZone, recipient_zone
 
 
 class ContactUpdate(BaseModel):
@@ -48,9 +60,26 @@ class OwnerDistribution(BaseModel):
     record: ParticipantRecord | None = None  # the step's entry, to record and check first
 
 
+class TimeZoneQuestion(BaseModel):
+    contact_id: int
+    field: str  # the fact that may name the zone (the flow's recipient_clock.field)
+    flow_time_zone: str  # the answer when nothing on the contact says
+
+
 class ContactActivities:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+
+    @activity.defn
+    def find_time_zone(self, question: TimeZoneQuestion) -> RecipientZone:
+        """The contact's own time zone, by the rule of ``models.time_zones``. The answer is a
+        zone name and where it came from: nothing of the contact's data reaches the history."""
+        with session(self._engine) as db:
+            facts = contact_facts(db, question.contact_id)
+        if facts is None:
+            raise missing_contact(question.contact_id)
+        region = get_settings().sms_default_region
+        return recipient_zone(facts, question.field, question.flow_time_zone, region)
 
     @activity.defn
     def update_contact(self, update: ContactUpdate) -> StepChange:

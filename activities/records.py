@@ -47,7 +47,14 @@ from models.crm import (
 )
 from models.engine import StepChange, change_made_before, record_step_event, serialize_on, transact
 from models.events import EventKind
-from models.flow import CreateFollowUp, CreateRequest, CreateSale, Interval, Owner
+from models.flow import (
+    CreateFollowUp,
+    CreateRequest,
+    CreateSale,
+    HolidayCalendar,
+    Interval,
+    Owner,
+)
 from models.merge_tags import MergeTagError, render, render_header
 
 
@@ -56,6 +63,7 @@ class Creation(BaseModel):
     flow_id: str
     flow_name: str
     time_zone: str
+    holidays: HolidayCalendar | None = None  # the flow's: working days skip its closed days
     contact_id: int
     at: datetime  # the participant's now when it reached the step
     record: ParticipantRecord | None = None  # the step's entry, to record and check first
@@ -111,10 +119,16 @@ def _project(db: Session, project_id: int | None) -> None:
         raise _missing(f"project {project_id}")
 
 
-def _after(at: datetime, interval: Interval | None, time_zone: str) -> datetime:
+def _after(at: datetime, interval: Interval | None, request: Creation) -> datetime:
     if interval is None:
         return at
-    return schedule.add_interval(at, interval.amount, interval.unit, time_zone)
+    return schedule.add_interval(
+        at, interval.amount, interval.unit, request.time_zone, _closed(request)
+    )
+
+
+def _closed(request: Creation) -> schedule.ClosedDays:
+    return schedule.NOTHING_CLOSED if request.holidays is None else request.holidays.closed_days
 
 
 class RecordActivities:
@@ -142,16 +156,18 @@ class RecordActivities:
             starts_at: datetime
             ends_at: datetime | None = None
             if step.kind == "todo":
-                due = schedule.local_date(_after(request.at, step.after, zone), zone)
+                due = schedule.local_date(_after(request.at, step.after, request), zone)
                 starts_at = schedule.local_to_instant(datetime.combine(due, time()), zone)
                 when = f"due {due.isoformat()}"
             else:
                 # Bookings in one diary take turns, or two could take the same free slot.
                 serialize_on(db, f"diary/{owner.id}")
                 duration = timedelta(minutes=step.duration_minutes)
-                earliest = _after(request.at, step.after, zone)
+                earliest = _after(request.at, step.after, request)
                 booked = _booked(db, owner.id, earliest)
-                slot = diary.first_free_slot(earliest, duration, booked, zone)
+                slot = diary.first_free_slot(
+                    earliest, duration, booked, zone, closed=_closed(request)
+                )
                 if slot is None:
                     full = f"no follow-up created: {owner.name}'s diary is full for a year"
                     return StepChange(outcome=full)
@@ -322,7 +338,7 @@ class RecordActivities:
                 amount=sale_type.estimate_amount,
                 unit=sale_type.estimate_unit,
             )
-            estimated_at = _after(request.at, estimate, zone)
+            estimated_at = _after(request.at, estimate, request)
             owner, absent = _owner(db, contact, step.owner)
             sale = Sale(
                 contact_id=request.contact_id,

@@ -4,7 +4,8 @@ Pure, like ``models.schedule``: callers pass the instant to search from and the 
 already booked, so the same question always gets the same answer (an activity retried a minute
 later books the same slot).
 
-Working hours are 08:00 to 17:00, Monday to Friday, in the flow's time zone. Meetings start on a
+Working hours are 08:00 to 17:00, Monday to Friday, in the flow's time zone, except on the flow's
+closed days (its holiday calendar). Meetings start on a
 quarter hour counted from the opening of the day, never overlap a booked appointment (touching
 one is fine), and never run past the close of the day.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime, time, timedelta
 
-from models.schedule import WORKDAYS, local_date, local_to_instant
+from models.schedule import NOTHING_CLOSED, ClosedDays, is_workday, local_date, local_to_instant
 
 WORKING_DAY_START = time(8, 0)
 WORKING_DAY_END = time(17, 0)
@@ -45,9 +46,11 @@ def first_free_slot(
     time_zone: str,
     *,
     search_days: int = SEARCH_DAYS,
+    closed: ClosedDays = NOTHING_CLOSED,
 ) -> datetime | None:
     """The first start at or after ``earliest`` where a meeting of ``duration`` fits the working
-    hours and overlaps none of the ``busy`` intervals; None if there is none within
+    hours of a working day (not ``closed``) and overlaps none of the ``busy`` intervals; None if
+    there is none within
     ``search_days`` days. Instants are aware; the result is UTC."""
     if earliest.tzinfo is None:
         raise ValueError(f"earliest must be timezone-aware, got {earliest!r}")
@@ -60,7 +63,7 @@ def first_free_slot(
     first_day = local_date(earliest, time_zone)
     for offset in range(search_days + 1):
         day = first_day + timedelta(days=offset)
-        if day.weekday() not in WORKDAYS:
+        if not is_workday(day, closed):
             continue
         opening = local_to_instant(datetime.combine(day, WORKING_DAY_START), time_zone)
         closing = local_to_instant(datetime.combine(day, WORKING_DAY_END), time_zone)

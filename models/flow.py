@@ -8,14 +8,16 @@ branch, and ``finish`` ends the path). Structural checks that need the whole gra
 
 from __future__ import annotations
 
+import re
 import typing
-from datetime import datetime, time
+from datetime import date, datetime, time
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -24,7 +26,7 @@ from pydantic import (
 )
 
 from models.criteria import Criteria
-from models.schedule import IntervalUnit
+from models.schedule import NOTHING_CLOSED, ClosedDays, IntervalUnit, holiday_calendar_problem
 
 StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 FlowId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
@@ -582,11 +584,15 @@ WEEKDAY_PRESETS = {
 
 
 class SendingWindow(Definition):
-    """Only send email and SMS on these days between start and end, in the flow's time zone."""
+    """Only send email and SMS on these days between start and end, in the flow's time zone
+    (or the contact's, with a recipient clock), and not on the holiday calendar's closed days."""
 
     weekdays: list[Weekday] = Field(default=WEEKDAY_PRESETS["workdays"], min_length=1)
     start: time = time(8, 0)
     end: time = time(17, 0)
+    open_on_holidays: bool = Field(
+        default=False, description="Open on the holiday calendar's closed days too"
+    )
 
     @field_validator("weekdays", mode="before")
     @classmethod
@@ -617,6 +623,65 @@ class SendingWindow(Definition):
     @property
     def weekday_numbers(self) -> frozenset[int]:
         return frozenset(WEEKDAY_NUMBERS[day] for day in self.weekdays)
+
+
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_date(value: object) -> object:
+    """A closed date is written as in ISO 8601, 2026-12-28: not a number, not a date-time."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and ISO_DATE.fullmatch(value):
+        return value
+    raise ValueError(f"a date written as YYYY-MM-DD, not {value!r}")
+
+
+ClosedDate = Annotated[date, BeforeValidator(_iso_date)]
+
+
+class HolidayCalendar(Definition):
+    """The days the flow keeps closed besides weekends: working-day waits and the create steps'
+    working days skip them, meetings are not booked on them, and the sending window stays shut
+    on them (unless it is open on holidays)."""
+
+    country: str | None = Field(
+        default=None,
+        description="The public holidays of this country (ISO 3166 code, as the holidays "
+        "package names its calendars, e.g. SE), and the days its law treats as holidays",
+    )
+    subdivision: str | None = Field(
+        default=None, description="A state or province of the country's calendar, e.g. BY"
+    )
+    closed_dates: list[ClosedDate] = Field(
+        default=[], max_length=366, description="Further closed dates, e.g. 2026-12-28"
+    )
+
+    @model_validator(mode="after")
+    def _known_calendar(self) -> HolidayCalendar:
+        if self.country is None:
+            if self.subdivision is not None:
+                raise FieldErrors(("subdivision", "a subdivision needs its country"))
+            return self
+        problem = holiday_calendar_problem(self.country, self.subdivision)
+        if problem is not None:
+            raise FieldErrors(problem)
+        return self
+
+    @property
+    def closed_days(self) -> ClosedDays:
+        return ClosedDays(self.country, self.subdivision, frozenset(self.closed_dates))
+
+
+class RecipientClock(Definition):
+    """The sending window and "until" waits follow the contact's own time zone: the one in
+    ``field``, else the one of the contact's company's country, else the one of the contact's
+    mobile number, else the flow's (``models.time_zones``)."""
+
+    field: str = Field(
+        default="contact.extra.time_zone",
+        description="The contact's fact that holds an IANA time zone name",
+    )
 
 
 class Sender(Definition):
@@ -733,6 +798,8 @@ class Flow(Definition):
         description="A message over a frequency cap of the sending settings waits until the cap "
         "allows it, or is skipped (recorded as capped) and the participant moves on",
     )
+    holidays: HolidayCalendar | None = None
+    recipient_clock: RecipientClock | None = None
     scheduled_start: datetime | None = Field(default=None, description="Local, flow's time zone")
     enrollment_end: datetime | None = Field(default=None, description="Local, flow's time zone")
     success: SuccessCriteria | None = None
@@ -769,6 +836,11 @@ class Flow(Definition):
     @property
     def reentry_rule(self) -> ReentryRule:
         return ReentryRule.once if self.only_once else self.reentry.rule
+
+    @property
+    def closed_days(self) -> ClosedDays:
+        """The holiday calendar's closed days; none without one."""
+        return NOTHING_CLOSED if self.holidays is None else self.holidays.closed_days
 
     def step(self, step_id: str) -> Step:
         for step in self.steps:

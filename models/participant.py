@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from models.engine import ParticipantStatus, WaitReason
 from models.events import FlowEvent
 from models.flow import Flow
+from models.time_zones import RecipientZone
 
 
 def participant_workflow_id(flow_id: str, contact_id: int) -> str:
@@ -61,6 +62,11 @@ class ParticipantState(BaseModel):
     paused: bool = Field(default=False, description="The flow is paused: frozen where it is")
     kept_version: KeptVersion | None = Field(
         default=None, description="The last resume's version could not be taken: which, and why"
+    )
+    recipient_zone: RecipientZone | None = Field(
+        default=None,
+        description="The contact's time zone, read once when a flow with a recipient clock "
+        "first needs it",
     )
 
     def without_form_data(self) -> ParticipantState:

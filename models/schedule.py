@@ -13,19 +13,35 @@ Conventions:
   not exist (spring-forward gap) moves forward by the gap; an ambiguous one (fall-back)
   takes the first occurrence (``fold=0``). Both fall out of PEP 495 semantics for
   ``fold=0``, which uses the offset in force before the transition.
+* Working days are Monday to Friday, less a flow's closed days (``ClosedDays``): a country's
+  (or subdivision's) public holidays as the ``holidays`` package computes them, which is pure
+  arithmetic on the year, plus dates the flow names itself.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from types import MappingProxyType
 from typing import Literal, get_args
 from zoneinfo import ZoneInfo
 
+import holidays
+from holidays.registry import COUNTRIES
+from temporalio import workflow
+
 __all__ = [
     "WORKDAYS",
+    "ClosedDays",
     "IntervalUnit",
     "add_interval",
+    "closed_days_between",
+    "describe_day",
     "describe_instant",
+    "holiday_calendar_problem",
     "is_workday",
     "local_date",
     "local_to_instant",
@@ -76,9 +92,115 @@ def _wall_clock(instant: datetime, zone: ZoneInfo) -> datetime:
     return instant.astimezone(zone).replace(tzinfo=None, fold=0)
 
 
-def is_workday(day: date) -> bool:
-    """True for Monday to Friday (no holiday calendar)."""
-    return day.weekday() in WORKDAYS
+# --- closed days --------------------------------------------------------------------------------
+
+# Besides public holidays, the days a country's law treats as holidays (Sweden: Midsummer Eve,
+# Christmas Eve and New Year's Eve) are closed too, where the package knows such a category.
+_CLOSING_CATEGORIES = ("public", "de_facto")
+# Holiday names in English where the package has them, never in the host's locale (which the
+# package would otherwise read): summaries must read the same on every worker.
+_NAME_LANGUAGE = "en_US"
+
+
+def _calendar_class(country: str) -> type[holidays.HolidayBase]:
+    found: type[holidays.HolidayBase] = getattr(holidays, country)
+    return found
+
+
+@functools.cache
+def _holidays(country: str, subdivision: str | None, year: int) -> Mapping[date, str]:
+    """The closed days of one year, by date, with their names. Cached: it depends on nothing
+    but its arguments (and the installed package), so the cache never changes an answer."""
+    cls = _calendar_class(country)
+    options: dict[str, bool] = {}
+    # Sweden and Norway can list every Sunday as a holiday: Sundays are weekend days already
+    # (an "all days" sending window means them open), so ask for holidays proper.
+    if "include_sundays" in inspect.signature(cls.__init__).parameters:
+        options["include_sundays"] = False
+    categories = [c for c in _CLOSING_CATEGORIES if c in cls.supported_categories]
+    language = _NAME_LANGUAGE if _NAME_LANGUAGE in cls.supported_languages else None
+    make: Callable[..., holidays.HolidayBase] = cls  # some calendars take options of their own
+    # The package names holidays through gettext, which the workflow sandbox refuses because it
+    # can read the host's locale; given a language, as here, it reads only the package's own
+    # catalogues. (Outside a workflow this changes nothing.)
+    with workflow.unsafe.sandbox_unrestricted():
+        calendar = make(
+            subdiv=subdivision,
+            years=year,
+            categories=categories,
+            language=language or cls.default_language,
+            **options,
+        )
+    return MappingProxyType({day: str(name) for day, name in sorted(calendar.items())})
+
+
+# The package's calendars by ISO 3166 alpha-2 code (its registry lists each country's class name,
+# then that code, then other codes and aliases), read without importing every calendar.
+CALENDARS: frozenset[str] = frozenset(codes[1] for codes in COUNTRIES.values())
+
+
+def holiday_calendar_problem(country: str, subdivision: str | None) -> tuple[str, str] | None:
+    """What is wrong with a holiday calendar's name, as (field, message); None if it is known."""
+    if country not in CALENDARS:
+        return "country", (
+            f"no holiday calendar for {country!r}: use an ISO 3166 code the holidays package "
+            "knows, such as SE, NO, DE or US"
+        )
+    subdivisions = _calendar_class(country).subdivisions
+    if subdivision is not None and subdivision not in subdivisions:
+        known = ", ".join(subdivisions[:12]) + (", ..." if len(subdivisions) > 12 else "")
+        if not subdivisions:
+            return "subdivision", f"{country}'s holiday calendar has no subdivisions"
+        return "subdivision", f"{country} has no subdivision {subdivision!r}: one of {known}"
+    return None
+
+
+CLOSED_BY_THE_FLOW = "closed by the flow"
+
+
+@dataclass(frozen=True)
+class ClosedDays:
+    """The days a flow treats as closed besides weekends: the public (and de facto) holidays of
+    ``country`` (and ``subdivision``), if named, and the flow's own ``dates``."""
+
+    country: str | None = None
+    subdivision: str | None = None
+    dates: frozenset[date] = frozenset()
+
+    def name(self, day: date) -> str | None:
+        """Why ``day`` is closed ("New Year's Day", "closed by the flow"), or None if it is
+        not."""
+        if self.country is not None:
+            holiday = _holidays(self.country, self.subdivision, day.year).get(day)
+            if holiday is not None:
+                return holiday
+        return CLOSED_BY_THE_FLOW if day in self.dates else None
+
+    def __contains__(self, day: object) -> bool:
+        return isinstance(day, date) and self.name(day) is not None
+
+
+NOTHING_CLOSED = ClosedDays()
+
+
+def is_workday(day: date, closed: ClosedDays = NOTHING_CLOSED) -> bool:
+    """True for Monday to Friday, unless ``closed`` names the day."""
+    return day.weekday() in WORKDAYS and day not in closed
+
+
+def closed_days_between(
+    start: datetime, end: datetime, time_zone: str, closed: ClosedDays
+) -> Iterator[tuple[date, str]]:
+    """The closed days, with their names, on Monday to Friday after ``start``'s local date up
+    to ``end``'s in ``time_zone``: what a working-day count stepped over."""
+    _require_aware(start, "start")
+    _require_aware(end, "end")
+    day, last = local_date(start, time_zone), local_date(end, time_zone)
+    while day < last:
+        day += timedelta(days=1)
+        name = closed.name(day)
+        if name is not None and day.weekday() in WORKDAYS:
+            yield day, name
 
 
 def local_to_instant(local: datetime, time_zone: str) -> datetime:
@@ -97,15 +219,22 @@ def local_date(instant: datetime, time_zone: str) -> date:
     return _wall_clock(instant, ZoneInfo(time_zone)).date()
 
 
-def add_interval(start: datetime, amount: int, unit: IntervalUnit, time_zone: str) -> datetime:
+def add_interval(
+    start: datetime,
+    amount: int,
+    unit: IntervalUnit,
+    time_zone: str,
+    closed: ClosedDays = NOTHING_CLOSED,
+) -> datetime:
     """``start`` moved by ``amount`` units, as an aware UTC instant.
 
     * ``minutes``/``hours``: exact elapsed time (``time_zone`` is irrelevant).
     * ``days``/``weeks``: same wall-clock time in ``time_zone`` N calendar days/weeks later,
       so across a DST change the elapsed time is 23h or 25h.
-    * ``working_days``: step one calendar day at a time, counting only Mon-Fri, until N
-      are counted; keep the wall-clock time (Fri + 3 = Wed, Sat + 1 = Mon, Sun + 1 = Mon).
-      A negative amount steps backwards the same way.
+    * ``working_days``: step one calendar day at a time, counting only Mon-Fri that are not
+      ``closed``, until N are counted; keep the wall-clock time (Fri + 3 = Wed, Sat + 1 = Mon,
+      Sun + 1 = Mon; with Swedish holidays Thu 31 Dec + 1 = Mon 4 Jan). A negative amount
+      steps backwards the same way.
 
     ``amount`` 0 returns ``start`` (converted to UTC).
     """
@@ -134,7 +263,7 @@ def add_interval(start: datetime, amount: int, unit: IntervalUnit, time_zone: st
     remaining = abs(amount)
     while remaining:
         local += step
-        if is_workday(local):
+        if is_workday(local.date(), closed):
             remaining -= 1
     return _resolve(local, zone)
 
@@ -145,13 +274,14 @@ def next_window_opening(
     start: time,
     end: time,
     time_zone: str,
+    closed: ClosedDays = NOTHING_CLOSED,
 ) -> datetime | None:
     """When a sending window next opens, or None if ``now`` is inside it (send now).
 
     The window is open on ``weekdays`` (Monday=0) from ``start`` (inclusive) to ``end``
     (exclusive) local time in ``time_zone``, with local times resolved as in
-    ``local_to_instant``. Only same-day windows are supported, so ``start < end`` is
-    required, as is a non-empty weekday set; otherwise ValueError.
+    ``local_to_instant``, and shut on ``closed`` days. Only same-day windows are supported, so
+    ``start < end`` is required, as is a non-empty weekday set; otherwise ValueError.
     """
     _require_aware(now, "now")
     if not weekdays:
@@ -170,25 +300,29 @@ def next_window_opening(
     # 03:30; a window that resolves to nothing, e.g. 02:30-03:00, is skipped that day).
     # Windows are disjoint and in date order, so the first one not yet over decides. Start
     # at yesterday in case a gap spanning midnight pushed its window into today; run two weeks
-    # in case a DST gap empties the only window of the week.
-    for offset in range(-1, 15):
+    # in case a DST gap empties the only window of the week, and further while closed days
+    # shut the windows (a year of them would be a calendar that is never open).
+    for offset in range(-1, 15 + 366):
         day = today + timedelta(days=offset)
-        if day.weekday() not in weekdays:
+        if day.weekday() not in weekdays or day in closed:
             continue
         opening = _resolve(datetime.combine(day, start), zone)
         closing = _resolve(datetime.combine(day, end), zone)
         if opening >= closing or now >= closing:
             continue
         return None if now >= opening else opening
-    # Unreachable: a non-empty weekday set opens at least once in any two weeks.
-    raise AssertionError("no window opening found within two weeks")
+    # Unreachable without closed days: a non-empty weekday set opens at least once in any two
+    # weeks; validation keeps a flow's own closed dates far from a whole year.
+    raise ValueError("the sending window does not open within a year of closed days")
+
+
+def describe_day(day: date) -> str:
+    """A date for summaries, e.g. ``'Fri 1 Jan'``."""
+    return f"{_DAY_NAMES[day.weekday()]} {day.day} {_MONTH_NAMES[day.month - 1]}"
 
 
 def describe_instant(instant: datetime, time_zone: str) -> str:
     """Human text for summaries and status, e.g. ``'Wed 4 Mar 2026 08:00 Europe/Stockholm'``."""
     _require_aware(instant, "instant")
     local = instant.astimezone(ZoneInfo(time_zone))
-    return (
-        f"{_DAY_NAMES[local.weekday()]} {local.day} {_MONTH_NAMES[local.month - 1]} "
-        f"{local.year} {local:%H:%M} {time_zone}"
-    )
+    return f"{describe_day(local.date())} {local.year} {local:%H:%M} {time_zone}"

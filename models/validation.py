@@ -39,6 +39,7 @@ from models.flow import (
     Flow,
     NotifyEmail,
     NotifySms,
+    RecipientClock,
     ReplyTo,
     RunScript,
     SendEmail,
@@ -224,6 +225,7 @@ class _Parts:
     sms_sender: object = None
     scheduled_start: datetime | None = None
     enrollment_end: datetime | None = None
+    recipient_clock: RecipientClock | None = None
 
     @classmethod
     def of_flow(cls, flow: Flow) -> _Parts:
@@ -234,6 +236,7 @@ class _Parts:
             flow.sms_sender,
             flow.scheduled_start,
             flow.enrollment_end,
+            flow.recipient_clock,
         )
 
     @classmethod
@@ -251,6 +254,7 @@ class _Parts:
             document.get("sms_sender"),
             _parsed(_INSTANT, document.get("scheduled_start")),
             _parsed(_INSTANT, document.get("enrollment_end")),
+            _parsed(_CLOCK, document.get("recipient_clock")),
         )
 
 
@@ -259,6 +263,7 @@ _EMAIL: TypeAdapter[EmailSettings | None] = TypeAdapter(EmailSettings | None)
 _CRITERIA: TypeAdapter[Criteria | None] = TypeAdapter(Criteria | None)
 _INSTANT: TypeAdapter[datetime | None] = TypeAdapter(datetime | None)
 _REPLY_TO: TypeAdapter[ReplyTo] = TypeAdapter(ReplyTo)
+_CLOCK: TypeAdapter[RecipientClock | None] = TypeAdapter(RecipientClock | None)
 
 
 def _parsed(adapter: TypeAdapter[T], value: object) -> T | None:
@@ -737,6 +742,10 @@ def _readiness_problems(flow: _Parts) -> Iterator[Problem]:
             yield Problem(
                 "error", None, name, "a local time in the flow's time zone: drop the offset"
             )
+    clock = flow.recipient_clock
+    if clock is not None and not _known_fact(clock.field):
+        message = f"unknown field {clock.field!r}: the contact fact that names its time zone"
+        yield Problem("error", None, "recipient_clock.field", message)
 
 
 # --- files, headers and SMS numbers: what would otherwise only fail at send ------------------

@@ -35,12 +35,14 @@ import scripts.examples  # noqa: F401  (registers the scripts the flows run)
 from activities.email import SmtpSettings
 from control.ingest import record_event
 from models import search_attributes as sa
+from models.crm import Contact
 from models.database import create_tables, get_engine, session
 from models.demo import DEMO_SELECTION_ID, VIP_SELECTION_ID, seed_demo
 from models.events import EventKind, FlowEvent
 from models.flow import Flow
 from models.frequency_caps import FrequencyCap
 from models.participant import Enrollment, ParticipantState, Resume
+from models.schedule import ClosedDays, is_workday
 from models.sending import RateLimits, SendingSettings
 from peers.smtp_inbox import MaildirHandler
 from peers.twilio_api import TwilioApiServer
@@ -812,6 +814,61 @@ def capped_flow(when_capped: str) -> Callable[[datetime], Flow]:
     return build
 
 
+def calendar_and_clock_flow(now: datetime) -> Flow:
+    """Swedish holidays and a closed date of the flow's own (the first working day after the
+    start), in the contact's clock: a working-day wait over the closed date, an email in the
+    contact's sending window, a wait until a local time on the contact's clock, and a meeting
+    booked a working day later."""
+    start = datetime.fromisoformat(local(now, 2, 10))
+    closed = start.date() + timedelta(days=1)
+    while not is_workday(closed, ClosedDays("SE")):
+        closed += timedelta(days=1)
+    return flow(
+        [
+            {
+                "id": "pause",
+                "type": "wait_time",
+                "amount": 1,
+                "unit": "working_days",
+                "next": "mail",
+            },
+            {"id": "mail", "type": "send_email", "subject": "Hi", "text": "Hi", "next": "until"},
+            {
+                "id": "until",
+                "type": "wait_time",
+                "mode": "until",
+                "until": local(now, 20, 9),
+                "next": "meeting",
+            },
+            {
+                "id": "meeting",
+                "type": "create_follow_up",
+                "kind": "meeting",
+                "title": "Call [[customer.firstname]]",
+                "follow_up_type": "Meeting",
+                "after": {"amount": 1, "unit": "working_days"},
+                "next": "done",
+            },
+            FINISH,
+        ],
+        email=EMAIL,
+        scheduled_start=start.isoformat(),
+        sending_window={"weekdays": "workdays", "start": "08:00", "end": "17:00"},
+        holidays={"country": "SE", "closed_dates": [closed.isoformat()]},
+        recipient_clock={},
+    )
+
+
+async def karin_lives_in_new_york(handle: Handle, peers: Peers) -> None:
+    """Before the participant's first step (it waits for its scheduled start)."""
+    del handle
+    with session(peers.engine) as db:
+        karin = db.get(Contact, KARIN)
+        assert karin is not None
+        karin.extra_fields["time_zone"] = "America/New_York"
+        db.commit()
+
+
 SCENARIOS: dict[str, Scenario] = {
     "messages_sent": Scenario(
         "send_email, send_sms, notify_email, notify_sms delivered; a scheduled start and the "
@@ -1168,6 +1225,15 @@ SCENARIOS: dict[str, Scenario] = {
         capped_flow("wait"),
         sending=DAILY_CAPS,
         enrolled=True,
+    ),
+    "holidays_and_recipient_clock": Scenario(
+        "a flow with a holiday calendar and the recipient's clock: a working-day wait over a "
+        "closed date, the contact's time zone read once (find_time_zone, behind recipient-clock) "
+        "from a field, the sending window and a wait until a local time on the contact's clock, "
+        "a meeting a working day later (Karin's time zone is New York from here on)",
+        ["holidays.working_days", "recipient_clock"],
+        calendar_and_clock_flow,
+        drive=karin_lives_in_new_york,
     ),
 }
 

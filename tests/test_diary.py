@@ -1,13 +1,15 @@
-"""The first-available-slot search of models.diary: working hours, weekends, booked meetings."""
+"""The first-available-slot search of models.diary: working hours, weekends, holidays, booked
+meetings."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from models.diary import first_free_slot
+from models.schedule import ClosedDays
 
 STOCKHOLM = ZoneInfo("Europe/Stockholm")
 ZONE = "Europe/Stockholm"
@@ -126,3 +128,14 @@ def test_naive_instants_and_empty_meetings_are_refused() -> None:
         first_free_slot(datetime(2026, 3, 9, 8, 0), HALF_HOUR, [], ZONE)
     with pytest.raises(ValueError, match="some time"):
         first_free_slot(at("2026-03-09", "08:00"), timedelta(0), [], ZONE)
+
+
+def test_meetings_are_not_booked_on_closed_days() -> None:
+    # Wed 23 Dec 2026 after hours: Christmas Eve and Day are closed in Sweden, then the weekend,
+    # and the flow closes Monday 28th itself.
+    closed = ClosedDays("SE", dates=frozenset({date(2026, 12, 28)}))
+    evening = at("2026-12-23", "17:30")
+    assert local(first_free_slot(evening, HALF_HOUR, [], ZONE, closed=closed)) == (
+        "Tue 2026-12-29 08:00"
+    )
+    assert local(first_free_slot(evening, HALF_HOUR, [], ZONE)) == "Thu 2026-12-24 08:00"

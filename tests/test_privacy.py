@@ -187,6 +187,9 @@ def every_step_flow() -> dict[str, Any]:
         "email": EMAIL,
         "sms_sender": "Flows",
         "success": {"criteria": [{"kind": "form_submitted", "form_id": DEMO_FORM_ID}]},
+        # The contact's clock is read from her data: only a zone name may come back.
+        "recipient_clock": {},
+        "sending_window": {"weekdays": "all_days", "start": "00:00", "end": "23:59"},
     }
 
 
@@ -305,6 +308,11 @@ async def test_no_personal_data_in_the_histories_of_a_participant_through_every_
     # It went everywhere, decided on the form's data and changed the contact as the flow says.
     trail = {visit.step: visit.outcome for visit in state.trail}
     assert trail["answers"] == "branch 'Large'"
+    assert state.recipient_zone is not None  # read from her company's country
+    assert (state.recipient_zone.time_zone, state.recipient_zone.source) == (
+        "Europe/Stockholm",
+        "country",
+    )
     assert kinds_entered(found[0], document) == set(STEP_KINDS)
     assert len(found) == 2  # the Script child
     with session(engine) as db:

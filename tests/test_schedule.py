@@ -1,7 +1,8 @@
 """Tests for models.schedule: calendar and time-zone maths (no Temporal needed).
 
 Europe/Stockholm 2026: clocks go 02:00 CET -> 03:00 CEST on Sun 29 Mar and
-03:00 CEST -> 02:00 CET on Sun 25 Oct. America/New_York moves on Sun 8 Mar 2026.
+03:00 CEST -> 02:00 CET on Sun 25 Oct; in 2027 forward on Sun 28 Mar, the Sunday between Good
+Friday (26 Mar) and Easter Monday (29 Mar). America/New_York moves on Sun 8 Mar 2026.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from models import schedule
 from models.schedule import (
     WORKDAYS,
+    ClosedDays,
     IntervalUnit,
     add_interval,
+    closed_days_between,
     describe_instant,
+    holiday_calendar_problem,
     is_workday,
     local_to_instant,
     next_window_opening,
@@ -451,3 +456,176 @@ def test_describe_instant(instant: datetime, tz: str, expected: str) -> None:
 def test_describe_instant_rejects_naive() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         describe_instant(datetime(2026, 3, 4, 8, 0), STHLM)
+
+
+# --- closed days: holiday calendars and the flow's own dates --------------------------------
+
+SWEDEN = ClosedDays("SE")
+
+
+@pytest.mark.parametrize(
+    ("day", "name"),
+    [
+        (date(2026, 1, 1), "New Year's Day"),
+        (date(2026, 1, 6), "Epiphany"),
+        (date(2026, 4, 3), "Good Friday"),
+        (date(2026, 4, 6), "Easter Monday"),
+        (date(2026, 5, 1), "May Day"),
+        (date(2026, 5, 14), "Ascension Day"),
+        (date(2026, 6, 6), "National Day"),
+        # The days Swedish law treats as Sundays: closed too.
+        (date(2026, 6, 19), "Midsummer Eve"),
+        (date(2026, 12, 24), "Christmas Eve"),
+        (date(2026, 12, 25), "Christmas Day"),
+        (date(2026, 12, 26), "Second Day of Christmas"),
+        (date(2026, 12, 31), "New Year's Eve"),
+        (date(2027, 1, 1), "New Year's Day"),
+        # Ordinary days, and ordinary Sundays (the package can list every Sunday: not here).
+        (date(2026, 6, 18), None),
+        (date(2026, 12, 23), None),
+        (date(2026, 3, 1), None),
+        (date(2026, 11, 29), None),
+    ],
+)
+def test_the_swedish_calendar_closes_holidays_and_their_eves(day: date, name: str | None) -> None:
+    assert SWEDEN.name(day) == name
+    assert (day in SWEDEN) is (name is not None)
+
+
+def test_norway_lists_no_ordinary_sundays_either() -> None:
+    norway = ClosedDays("NO")
+    assert date(2026, 5, 17) in norway  # Constitution Day, a Sunday in 2026
+    assert date(2026, 3, 1) not in norway  # an ordinary Sunday
+
+
+def test_a_subdivision_adds_its_own_holidays() -> None:
+    epiphany = date(2027, 1, 6)  # a Wednesday: closed in Bavaria, not in Berlin
+    assert epiphany in ClosedDays("DE", "BY")
+    assert epiphany not in ClosedDays("DE", "BE")
+    assert is_workday(epiphany, ClosedDays("DE", "BE"))
+    assert not is_workday(epiphany, ClosedDays("DE", "BY"))
+
+
+def test_the_flows_own_dates_are_closed_with_or_without_a_country() -> None:
+    own = ClosedDays(dates=frozenset({date(2026, 12, 28)}))
+    assert own.name(date(2026, 12, 28)) == "closed by the flow"
+    assert date(2026, 12, 29) not in own
+    both = ClosedDays("SE", dates=frozenset({date(2026, 12, 28)}))
+    assert [day.day for day in (date(2026, 12, d) for d in range(24, 32)) if day in both] == [
+        24,
+        25,
+        26,
+        28,
+        31,
+    ]
+
+
+def test_holiday_names_do_not_follow_the_hosts_locale(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
+        monkeypatch.setenv(variable, "sv_SE.UTF-8")
+    schedule._holidays.cache_clear()
+    try:
+        assert ClosedDays("SE").name(date(2026, 6, 19)) == "Midsummer Eve"
+    finally:
+        schedule._holidays.cache_clear()
+
+
+def test_the_year_end_wait_from_new_years_eve_continues_on_monday() -> None:
+    # Thu 31 Dec is closed itself; Fri 1 Jan is New Year's Day; then the weekend.
+    start = local(2026, 12, 31, 10, 0)
+    result = assert_utc(add_interval(start, 1, "working_days", STHLM, SWEDEN))
+    assert result == local(2027, 1, 4, 10, 0)
+    assert describe_instant(result, STHLM) == "Mon 4 Jan 2027 10:00 Europe/Stockholm"
+    # Without the calendar it lands on New Year's Day.
+    assert add_interval(start, 1, "working_days", STHLM) == local(2027, 1, 1, 10, 0)
+    skipped = list(closed_days_between(start, result, STHLM, SWEDEN))
+    assert skipped == [(date(2027, 1, 1), "New Year's Day")]
+
+
+def test_working_days_over_easter_and_spring_forward() -> None:
+    # Thu 25 Mar 2027 09:00 CET; Good Friday, the DST weekend and Easter Monday are skipped.
+    result = add_interval(local(2027, 3, 25, 9, 0), 1, "working_days", STHLM, SWEDEN)
+    assert result == utc(2027, 3, 30, 7, 0)  # Tue 09:00 CEST
+    assert result == local(2027, 3, 30, 9, 0)
+
+
+def test_working_days_over_a_closed_date_and_fall_back() -> None:
+    closed = ClosedDays(dates=frozenset({date(2026, 10, 23)}))
+    result = add_interval(local(2026, 10, 22, 10, 0), 1, "working_days", STHLM, closed)
+    assert result == utc(2026, 10, 26, 9, 0)  # Mon 10:00 CET, 25 hours' weekend between
+
+
+def test_working_days_backwards_skip_holidays_too() -> None:
+    result = add_interval(local(2027, 1, 4, 9, 0), -1, "working_days", STHLM, SWEDEN)
+    assert result == local(2026, 12, 30, 9, 0)
+
+
+def test_calendar_units_other_than_working_days_ignore_the_calendar() -> None:
+    start = local(2026, 12, 23, 9, 0)
+    assert add_interval(start, 1, "days", STHLM, SWEDEN) == local(2026, 12, 24, 9, 0)
+    assert add_interval(start, 1, "weeks", STHLM, SWEDEN) == local(2026, 12, 30, 9, 0)
+    assert add_interval(start, 30, "hours", STHLM, SWEDEN) == utc(2026, 12, 24, 14, 0)
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        # The window would open on Christmas Eve: it opens after Christmas instead.
+        pytest.param(local(2026, 12, 23, 18, 0), local(2026, 12, 28, 8, 0), id="christmas"),
+        pytest.param(local(2026, 12, 24, 7, 0), local(2026, 12, 28, 8, 0), id="on-the-eve"),
+        # Inside the hours, but on a closed day: wait for the next open one.
+        pytest.param(local(2026, 12, 31, 10, 0), local(2027, 1, 4, 8, 0), id="new-years-eve"),
+        pytest.param(local(2026, 6, 19, 9, 0), local(2026, 6, 22, 8, 0), id="midsummer-eve"),
+        # Good Friday to Easter Monday over spring-forward: Tue 08:00 CEST is 06:00 UTC.
+        pytest.param(local(2027, 3, 25, 18, 0), utc(2027, 3, 30, 6, 0), id="easter-dst"),
+        pytest.param(local(2026, 12, 30, 10, 0), None, id="open-day"),
+    ],
+)
+def test_a_sending_window_stays_shut_on_closed_days(
+    now: datetime, expected: datetime | None
+) -> None:
+    result = next_window_opening(now, *OFFICE_HOURS, STHLM, SWEDEN)
+    if expected is None:
+        assert result is None
+    else:
+        assert assert_utc(result) == expected
+
+
+def test_a_window_on_every_day_is_open_on_sundays_but_not_on_holidays() -> None:
+    every_day = (frozenset(range(7)), time(8, 0), time(17, 0))
+    sunday = local(2026, 11, 29, 9, 0)
+    assert next_window_opening(sunday, *every_day, STHLM, SWEDEN) is None
+    christmas_day = local(2026, 12, 25, 9, 0)
+    assert next_window_opening(christmas_day, *every_day, STHLM, SWEDEN) == local(
+        2026, 12, 27, 8, 0
+    )
+
+
+def test_a_window_shut_for_a_year_is_an_error() -> None:
+    closed = ClosedDays(dates=frozenset(date(2027, 1, 1) + timedelta(days=n) for n in range(400)))
+    with pytest.raises(ValueError, match="does not open within a year"):
+        next_window_opening(local(2027, 1, 1, 9, 0), *OFFICE_HOURS, STHLM, closed)
+
+
+@pytest.mark.parametrize(
+    ("country", "subdivision", "expected"),
+    [
+        ("SE", None, None),
+        ("DE", "BY", None),
+        ("US", "NY", None),
+        ("XX", None, ("country", "no holiday calendar for 'XX'")),
+        ("se", None, ("country", "no holiday calendar for 'se'")),
+        ("DE", "ZZ", ("subdivision", "DE has no subdivision 'ZZ': one of BB, BE")),
+        ("SE", "AB", ("subdivision", "SE's holiday calendar has no subdivisions")),
+    ],
+)
+def test_holiday_calendar_names_are_checked(
+    country: str, subdivision: str | None, expected: tuple[str, str] | None
+) -> None:
+    found = holiday_calendar_problem(country, subdivision)
+    if expected is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert found[0] == expected[0]
+        assert found[1].startswith(expected[1])

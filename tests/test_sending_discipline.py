@@ -256,3 +256,33 @@ async def test_participants_waiting_at_a_message_step_say_what_they_wait_for(
     assert len(smtp_inbox.messages()) == 2
     done = next(v.entered_at for v in state.trail if v.step == "done").astimezone(STOCKHOLM)
     assert (done.date(), done.hour) == ((tuesday_night + timedelta(days=2)).date(), 8)
+
+
+async def test_a_message_held_by_a_closed_day_waits_for_a_holiday(
+    time_skipping_env: WorkflowEnvironment,
+    engine: Engine,
+    task_queue: str,
+    smtp_inbox: Inbox,
+) -> None:
+    """Reached on Tuesday night, a message step would send when the window opens on Wednesday
+    morning; the flow closes that Wednesday, so it waits until Thursday: for a holiday, as the
+    participant's row and the statistics say."""
+    env = time_skipping_env
+    tuesday_night = await next_weekday(env, 1, 22)
+    wednesday = (tuesday_night + timedelta(days=1)).date()
+    flow = two_emails(
+        scheduled_start=tuesday_night.isoformat(),
+        sending_window={"weekdays": "all_days", "start": "08:00", "end": "17:00"},
+        holidays={"closed_dates": [wednesday.isoformat()]},
+    )
+    async with build_worker(env.client, engine, task_queue=task_queue):
+        handle = await start(env, task_queue, flow, contact_named(engine, "Karin"))
+        await env.sleep(tuesday_night.replace(tzinfo=STOCKHOLM) - await env.get_current_time())
+        state = await waiting_at(handle, "one")
+        assert state.waiting_for is WaitReason.holiday
+        assert state.wait_until == tuesday_night.replace(hour=8, tzinfo=STOCKHOLM) + timedelta(
+            days=2
+        )
+        (step,) = [m for m in flow_statistics(engine, flow, 1).message_steps if m.step_id == "one"]
+        assert step.not_sent["waiting for a holiday"] == 1
+        await handle.terminate()

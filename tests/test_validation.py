@@ -402,6 +402,60 @@ SALE: dict[str, Any] = {"type": "create_sale", "title": "Licence", "sale_type": 
             "a local time in the flow's time zone: drop the offset",
             id="scheduled-start-offset",
         ),
+        pytest.param(
+            base(holidays={"country": "XX"}),
+            (None, "holidays.country"),
+            "no holiday calendar for 'XX'",
+            id="holiday-country",
+        ),
+        pytest.param(
+            base(holidays={"country": "DE", "subdivision": "ZZ"}),
+            (None, "holidays.subdivision"),
+            "DE has no subdivision 'ZZ': one of BB, BE, BW, BY",
+            id="holiday-subdivision",
+        ),
+        pytest.param(
+            base(holidays={"subdivision": "BY"}),
+            (None, "holidays.subdivision"),
+            "a subdivision needs its country",
+            id="holiday-subdivision-alone",
+        ),
+        pytest.param(
+            base(holidays={"country": "SE", "closed_dates": ["2026-12-28", "2026-13-01"]}),
+            (None, "holidays.closed_dates.1"),
+            "month value is outside expected range",
+            id="closed-date-month",
+        ),
+        pytest.param(
+            base(holidays={"closed_dates": ["28/12/2026"]}),
+            (None, "holidays.closed_dates.0"),
+            "a date written as YYYY-MM-DD, not '28/12/2026'",
+            id="closed-date-format",
+        ),
+        pytest.param(
+            base(holidays={"closed_dates": [20261228]}),
+            (None, "holidays.closed_dates.0"),
+            "a date written as YYYY-MM-DD, not 20261228",
+            id="closed-date-number",
+        ),
+        pytest.param(
+            base(holidays={"closed_dates": ["2026-12-28T00:00"]}),
+            (None, "holidays.closed_dates.0"),
+            "a date written as YYYY-MM-DD",
+            id="closed-date-time",
+        ),
+        pytest.param(
+            base(sending_window={"open_on_holidays": "sometimes"}),
+            (None, "sending_window.open_on_holidays"),
+            "valid boolean",
+            id="open-on-holidays",
+        ),
+        pytest.param(
+            base(recipient_clock={"field": "contact.time_zone"}),
+            (None, "recipient_clock.field"),
+            "unknown field 'contact.time_zone': the contact fact that names its time zone",
+            id="recipient-clock-field",
+        ),
     ],
 )
 def test_wrong_value_kinds(document: Document, expected: tuple[str | None, str], text: str) -> None:
@@ -956,6 +1010,23 @@ def test_a_problem_is_one_line_whatever_the_document_holds() -> None:
 
 
 # --- the example flows -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"holidays": {"country": "SE"}},
+        {"holidays": {"country": "DE", "subdivision": "BY", "closed_dates": ["2026-12-28"]}},
+        {"holidays": {"closed_dates": ["2026-12-28", "2026-12-29"]}},
+        {"recipient_clock": {}},
+        {"recipient_clock": {"field": "contact.user_defined.tz"}},
+        {"sending_window": {"open_on_holidays": True}, "holidays": {"country": "NO"}},
+    ],
+)
+def test_holiday_calendars_and_recipient_clocks_can_run(settings: dict[str, Any]) -> None:
+    report = check_flow(base(**settings))
+    assert report.problems == []
+    assert report.can_run
 
 
 def test_every_step_example_can_be_saved() -> None:

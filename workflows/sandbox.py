@@ -23,8 +23,10 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 # Deterministic project packages: flow and participant models, the workflow definitions, and
 # the activity definitions the workflows call by reference (their bodies never run in here);
-# and RE2, which form-data splits' criteria match with (models.patterns; no state of its own).
-PASSED_THROUGH = ("models", "workflows", "activities", "re2")
+# RE2, which form-data splits' criteria match with (models.patterns; no state of its own); and
+# the holidays package (models.schedule: arithmetic on the year), which imports a country's
+# calendar on first use: passed through, that import happens outside the sandbox.
+PASSED_THROUGH = ("models", "workflows", "activities", "re2", "holidays")
 
 SANDBOXED = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSED_THROUGH)

@@ -20,7 +20,12 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.contacts import ContactActivities, ContactUpdate, OwnerDistribution
+    from activities.contacts import (
+        ContactActivities,
+        ContactUpdate,
+        OwnerDistribution,
+        TimeZoneQuestion,
+    )
     from activities.crm import (
         CrmActivities,
         FormDataQuestion,
@@ -200,35 +205,96 @@ def _send_options(
     return {**SEND_ACTIVITY, "task_queue": queue}
 
 
+# --- The contact's clock and the flow's calendar ----------------------------------------------
+
+# A flow with a recipient clock reads the contact's time zone in an activity, once, when a step
+# first needs it (and keeps it in the state); participants of other flows never ask.
+RECIPIENT_CLOCK = "recipient-clock"
+
+
+async def clock(participant: Participant) -> str:
+    """The time zone the sending window and "until" waits read: the contact's with a recipient
+    clock (``models.time_zones``), else the flow's."""
+    flow, state = participant.flow, participant.state
+    if flow.recipient_clock is None:
+        return flow.time_zone
+    if state.recipient_zone is None:
+        if not workflow.patched(RECIPIENT_CLOCK):
+            return flow.time_zone
+        question = TimeZoneQuestion(
+            contact_id=participant.contact_id,
+            field=flow.recipient_clock.field,
+            flow_time_zone=flow.time_zone,
+        )
+        state.recipient_zone = await workflow.execute_activity_method(
+            ContactActivities.find_time_zone,
+            question,
+            summary=f"Find the time zone of contact {participant.contact_id}",
+            **CRM_ACTIVITY,
+        )
+    return state.recipient_zone.time_zone
+
+
+def _moment(participant: Participant, instant: datetime, zone: str) -> str:
+    """An instant for a wait's summary, saying whose clock it reads when it is the contact's."""
+    when = schedule.describe_instant(instant, zone)
+    return when if participant.flow.recipient_clock is None else f"{when} (the contact's clock)"
+
+
+def _closed_on_the_way(participant: Participant, until: datetime) -> str:
+    """The closed days a working-day wait steps over, for its summary: " (closed: Fri 1 Jan,
+    New Year's Day; Mon 4 Jan, closed by the flow)"; empty without a holiday calendar or when
+    there were none."""
+    flow = participant.flow
+    if flow.holidays is None:
+        return ""
+    skipped = schedule.closed_days_between(workflow.now(), until, flow.time_zone, flow.closed_days)
+    days = [f"{schedule.describe_day(day)}, {name}" for day, name in skipped]
+    return f" (closed: {'; '.join(days)})" if days else ""
+
+
 # --- Send message ------------------------------------------------------------------------------
 
 
-async def _held_back(participant: Participant, until: datetime, reason: WaitReason) -> None:
+async def _held_back(
+    participant: Participant, until: datetime, reason: WaitReason, summary: str
+) -> None:
     """Wait until ``until`` with the reason visible in the participant's row."""
-    zone = participant.flow.time_zone
-    summary = {
-        WaitReason.sending_window: "Sending window opens",
-        WaitReason.frequency_cap: "Frequency cap allows it",
-        WaitReason.holiday: "After the holiday",
-    }[reason]
     participant.state.waiting_for = reason
     try:
-        await participant.sleep_until(until, f"{summary} {schedule.describe_instant(until, zone)}")
+        await participant.sleep_until(until, summary)
     finally:
         participant.state.waiting_for = None
 
 
+async def _capped(participant: Participant, until: datetime) -> None:
+    when = schedule.describe_instant(until, participant.flow.time_zone)
+    await _held_back(
+        participant, until, WaitReason.frequency_cap, f"Frequency cap allows it {when}"
+    )
+
+
 async def within_sending_window(participant: Participant) -> None:
-    """A message step reached outside the flow's sending window waits until it opens."""
-    window = participant.flow.sending_window
+    """A message step reached outside the flow's sending window (in the recipient's clock, and
+    shut on the calendar's closed days) waits until it opens."""
+    flow = participant.flow
+    window = flow.sending_window
     if window is None:
         return
-    zone = participant.flow.time_zone
+    zone = await clock(participant)
+    closed = schedule.NOTHING_CLOSED if window.open_on_holidays else flow.closed_days
     opening = schedule.next_window_opening(
+        workflow.now(), window.weekday_numbers, window.start, window.end, zone, closed
+    )
+    if opening is None:
+        return
+    # Held by the calendar when the window would have opened sooner on an ordinary day.
+    ordinary = schedule.next_window_opening(
         workflow.now(), window.weekday_numbers, window.start, window.end, zone
     )
-    if opening is not None:
-        await _held_back(participant, opening, WaitReason.sending_window)
+    reason = WaitReason.sending_window if ordinary == opening else WaitReason.holiday
+    summary = f"Sending window opens {_moment(participant, opening, zone)}"
+    await _held_back(participant, opening, reason, summary)
 
 
 def _left_at_entry(result: DeliveryOutcome | StepChange) -> Leave | None:
@@ -268,7 +334,7 @@ async def send_email(participant: Participant, step: SendEmail) -> Outcome:
             return _left_at_entry(outcome) or Continue(
                 step.next, _sent(outcome), departure=outcome.departure
             )
-        await _held_back(participant, outcome.retry_at, WaitReason.frequency_cap)
+        await _capped(participant, outcome.retry_at)
 
 
 async def send_sms(participant: Participant, step: SendSms) -> Outcome:
@@ -294,7 +360,7 @@ async def send_sms(participant: Participant, step: SendSms) -> Outcome:
         )
         if outcome.retry_at is None:
             break
-        await _held_back(participant, outcome.retry_at, WaitReason.frequency_cap)
+        await _capped(participant, outcome.retry_at)
     left = _left_at_entry(outcome)
     if left is not None:
         return left
@@ -310,14 +376,24 @@ async def send_sms(participant: Participant, step: SendSms) -> Outcome:
 
 
 async def wait_time(participant: Participant, step: WaitTime) -> Outcome:
-    zone = participant.flow.time_zone
+    """Intervals count in the flow's time zone and calendar; "until" reads the recipient's
+    clock."""
+    flow = participant.flow
     if step.mode == "after":
         assert step.amount is not None and step.unit is not None  # checked by the model
-        until = schedule.add_interval(workflow.now(), step.amount, step.unit, zone)
+        zone = flow.time_zone
+        until = schedule.add_interval(
+            workflow.now(), step.amount, step.unit, zone, flow.closed_days
+        )
+        summary = f"Wait until {schedule.describe_instant(until, zone)}"
+        if step.unit == "working_days":
+            summary += _closed_on_the_way(participant, until)
     else:
         assert step.until is not None
+        zone = await clock(participant)
         until = schedule.local_to_instant(step.until, zone)
-    await participant.sleep_until(until, f"Wait until {schedule.describe_instant(until, zone)}")
+        summary = f"Wait until {_moment(participant, until, zone)}"
+    await participant.sleep_until(until, summary)
     return Continue(step.next, f"waited until {until.isoformat()}")
 
 
@@ -344,7 +420,11 @@ async def wait_for_action(participant: Participant, step: WaitForAction) -> Outc
     until = None
     if step.max_wait is not None:
         until = schedule.add_interval(
-            workflow.now(), step.max_wait.amount, step.max_wait.unit, flow.time_zone
+            workflow.now(),
+            step.max_wait.amount,
+            step.max_wait.unit,
+            flow.time_zone,
+            flow.closed_days,
         )
     what = ", ".join(action.kind.replace("_", " ") for action in step.actions)
     limit = f" until {schedule.describe_instant(until, flow.time_zone)}" if until else ""
@@ -567,6 +647,7 @@ def _creation(participant: Participant, step: Step) -> dict[str, Any]:
         "flow_id": flow.id,
         "flow_name": flow.name,
         "time_zone": flow.time_zone,
+        "holidays": flow.holidays,
         "contact_id": participant.contact_id,
         "at": workflow.now(),
         "record": participant.entry_record(),

@@ -1,7 +1,7 @@
 """The activities of a dry run: the read-only ones for real, stand-ins for the rest.
 
-* Read-only activities (``READ_ONLY``: the split decision, preparing a script) are the real ones,
-  on the real CRM, so decisions match production.
+* Read-only activities (``READ_ONLY``: the split decision, preparing a script, the contact's
+  time zone) are the real ones, on the real CRM, so decisions match production.
 * The message activities are stand-ins that make the real activities' checks on the real contact
   (address, consent, subscription, mobile number, sender, merge tags) with the same outcomes —
   the same skips, failures and final errors — and capture the message instead of sending it. The
@@ -32,6 +32,7 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 
 import activities
+from activities.contacts import ContactActivities
 from activities.crm import CrmActivities
 from activities.email import EmailNotify, EmailSend
 from activities.experiments import ExperimentAnswer, ExperimentQuestion, planned_path
@@ -57,7 +58,9 @@ from models.settings import get_settings
 from models.sms import is_mobile, normalise_number, segments
 
 # Activities that only read: the real ones run (on the real CRM) so decisions match production.
-READ_ONLY = frozenset({"choose_split_branch", "choose_form_data_branch", "prepare_script"})
+READ_ONLY = frozenset(
+    {"choose_split_branch", "choose_form_data_branch", "prepare_script", "find_time_zone"}
+)
 MESSAGE_ACTIVITIES = frozenset({"send_email", "send_sms", "notify_email", "notify_sms"})
 # Captured, but not worth a line in the timeline.
 BOOKKEEPING = frozenset({"record_participant"})
@@ -165,10 +168,12 @@ class Capture:
 
     def activities(self) -> list[Callable[..., Any]]:
         crm, scripts = CrmActivities(self.engine), ScriptActivities(self.engine)
+        contacts = ContactActivities(self.engine)
         readers: list[Callable[..., Any]] = [
             crm.choose_split_branch,
             crm.choose_form_data_branch,
             scripts.prepare_script,
+            contacts.find_time_zone,
         ]
         standing_in: list[Callable[..., Any]] = [
             self.record_participant,

@@ -167,8 +167,13 @@ def render_timeline(run: DryRun) -> str:
         f"(contact {run.contact_id})",
         f"Times in {zone}. Nothing was sent and nothing changed: {sends} message(s) and "
         f"{changes} other change(s) were captured.",
-        "",
     ]
+    if run.state.recipient_zone is not None:
+        lines.append(
+            "The sending window and waits until a date read the contact's clock: "
+            f"{run.state.recipient_zone.describe()}."
+        )
+    lines.append("")
 
     def local(instant: datetime) -> str:
         return schedule.describe_instant(instant, zone).removesuffix(f" {zone}")

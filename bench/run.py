@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 from bench.harness import DEFAULT_TUNING, Options, PartResult, Tuning
 from bench.parts import (
     burst,
+    console,
     email,
     enrollment,
     history,
@@ -47,6 +48,7 @@ PARTS: dict[str, ModuleType] = {
         burst,
         scaleout,
         waking,
+        console,
     )
 }
 # Parts that run only when named in --only: each takes many minutes at its default size.

@@ -141,7 +141,7 @@ async def flow_page(request: Request, user: User) -> Response:
             "versions": versions,
             "selections": selections,
             "svg": Markup(_diagram_svg(stored, at)),
-            "stats": flow_statistics(engine, stored.flow, stored.version),
+            "stats": flow_statistics(engine, stored.flow, stored.version, per_day=False),
             "report": check_document(engine, document, overlaps=True),
             "active": active_participants(engine, flow_id),
         }

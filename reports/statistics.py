@@ -19,12 +19,13 @@ from datetime import date
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine
+from sqlalchemy import Engine, and_, func
 from sqlmodel import col, select
 
 from models.database import session
 from models.engine import CrmEvent, Delivery, Participant, ParticipantStatus
 from models.flow import Flow, SendEmail
+from reports.participants import RUN_ID_LENGTH
 
 OPENED = "email_opened"
 CLICKED = "link_clicked"
@@ -73,31 +74,85 @@ def _rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def flow_statistics(engine: Engine, flow: Flow, version: int) -> FlowStatistics:
-    """Statistics over every version's participants, labelled with ``flow``'s steps."""
+def flow_statistics(
+    engine: Engine, flow: Flow, version: int, *, per_day: bool = True
+) -> FlowStatistics:
+    """Statistics over every version's participants, labelled with ``flow``'s steps.
+
+    Counted in SQL, grouped, whatever the number of participants. Only ``enrolled_per_day``
+    reads each participant's enrollment time (its local date depends on the flow's time zone);
+    ``per_day=False`` leaves it empty, for pages that do not show it."""
+    mine = Participant.flow_id == flow.id
+    email_steps_ids = {step.id for step in flow.steps if isinstance(step, SendEmail)}
     with session(engine) as db:
-        participants = db.exec(select(Participant).where(Participant.flow_id == flow.id)).all()
-        run_ids = {p.id for p in participants}
-        # Ledger keys start with the participant id; a join on a LIKE prefix would not use an
-        # index either, so read the email rows and match the prefix here.
-        deliveries = [
-            d
-            for d in db.exec(select(Delivery).where(Delivery.channel == EMAIL)).all()
-            if d.key.split("/", 1)[0] in run_ids
-        ]
-        events = db.exec(select(CrmEvent).where(col(CrmEvent.kind).in_([OPENED, CLICKED]))).all()
-        tracked = [
-            (e.kind, e.payload.get("step_id"), e.contact_id)
-            for e in events
-            if e.payload.get("flow_id") == flow.id
-        ]
-        statuses = Counter(p.status for p in participants)
-        active = [p for p in participants if p.status == ParticipantStatus.active.value]
-        at_step = Counter(p.current_step for p in active)
+        statuses = Counter[str](
+            dict(
+                db.exec(
+                    select(Participant.status, func.count())
+                    .where(mine)
+                    .group_by(col(Participant.status))
+                ).all()
+            )
+        )
+        at_step = Counter[str | None](
+            dict(
+                db.exec(
+                    select(Participant.current_step, func.count())
+                    .where(mine, Participant.status == ParticipantStatus.active.value)
+                    .group_by(col(Participant.current_step))
+                ).all()
+            )
+        )
+        reasons = Counter[str](
+            {
+                reason: n
+                for reason, n in db.exec(
+                    select(Participant.drop_out_reason, func.count())
+                    .where(mine, col(Participant.drop_out_reason).is_not(None))
+                    .group_by(col(Participant.drop_out_reason))
+                ).all()
+                if reason
+            }
+        )
         zone = ZoneInfo(flow.time_zone)
-        per_day = Counter(p.enrolled_at.astimezone(zone).date() for p in participants)
-        reasons = Counter(p.drop_out_reason for p in participants if p.drop_out_reason)
-        enrolled = len(participants)
+        days = Counter(
+            moment.astimezone(zone).date()
+            for moment in (
+                db.exec(select(Participant.enrolled_at).where(mine)).all() if per_day else []
+            )
+        )
+        # A ledger key is "<participant id>/<step id>/<visit>": each participant's keys are one
+        # range of the unique index ("/" sorts just before "0"), grouped by what follows the id.
+        step_and_visit = func.substr(Delivery.key, RUN_ID_LENGTH + 2)
+        sent_rows = db.exec(
+            select(step_and_visit, Delivery.status, func.count())
+            .join(
+                Participant,
+                and_(
+                    col(Delivery.key) > Participant.id + "/",
+                    col(Delivery.key) < Participant.id + "0",
+                ),
+            )
+            .where(mine, Delivery.channel == EMAIL)
+            .group_by(step_and_visit, col(Delivery.status))
+        ).all()
+        event_step = CrmEvent.payload["step_id"].as_string()
+        tracked = db.exec(
+            select(CrmEvent.kind, event_step, func.count(func.distinct(CrmEvent.contact_id)))
+            .where(
+                col(CrmEvent.kind).in_([OPENED, CLICKED]),
+                CrmEvent.payload["flow_id"].as_string() == flow.id,
+            )
+            .group_by(col(CrmEvent.kind), event_step)
+        ).all()
+    outcomes_by_step: dict[str, Counter[str]] = {step: Counter() for step in email_steps_ids}
+    for key_rest, status, n in sent_rows:
+        step_id = str(key_rest).split("/", 1)[0]
+        if step_id in outcomes_by_step:
+            outcomes_by_step[step_id][status] += n
+    reached = {(kind, step_id): n for kind, step_id, n in tracked}
+    active_count = statuses[ParticipantStatus.active.value]
+    enrolled = sum(statuses.values())
 
     success = statuses[ParticipantStatus.finished_with_success.value]
     completed = statuses[ParticipantStatus.finished.value] + success
@@ -115,10 +170,10 @@ def flow_statistics(engine: Engine, flow: Flow, version: int) -> FlowStatistics:
     for step in flow.steps:
         if not isinstance(step, SendEmail):
             continue
-        outcomes = Counter(d.status for d in deliveries if d.key.split("/")[1] == step.id)
+        outcomes = outcomes_by_step[step.id]
         recipients = outcomes.pop(SENT, 0)
-        opens = len({c for kind, s, c in tracked if kind == OPENED and s == step.id})
-        clicks = len({c for kind, s, c in tracked if kind == CLICKED and s == step.id})
+        opens = reached.get((OPENED, step.id), 0)
+        clicks = reached.get((CLICKED, step.id), 0)
         email_steps.append(
             EmailStepStatistics(
                 step_id=step.id,
@@ -143,13 +198,13 @@ def flow_statistics(engine: Engine, flow: Flow, version: int) -> FlowStatistics:
         version=version,
         time_zone=flow.time_zone,
         enrolled=enrolled,
-        in_progress=len(active),
+        in_progress=active_count,
         completed=completed,
         success_rate=_rate(success, enrolled),
         by_status={status.value: statuses[status.value] for status in ParticipantStatus},
         by_step=by_step,
         drop_out_reasons=dict(reasons.most_common()),
-        enrolled_per_day=dict(sorted(per_day.items())),
+        enrolled_per_day=dict(sorted(days.items())),
         email_steps=email_steps,
         tracking_enabled=bool(tracked),
         best_by_click_through=[s.step_id for s in best],

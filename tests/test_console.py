@@ -23,13 +23,15 @@ from selenium.common.exceptions import NoSuchElementException, StaleElementRefer
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 from sqlalchemy import Engine
+from sqlmodel import select
 from temporalio.testing import WorkflowEnvironment
 
 from console.app import create_app
 from console.web import ConsoleSettings
-from control.flows import deploy_flow, load_flow, read_document
-from models.accounts import Role, add_user
+from control.flows import UnknownFlow, deploy_flow, load_flow, read_document
+from models.accounts import Role, User, add_user
 from models.database import PROJECT_ROOT, session
+from models.demo import DEMO_FORM_ID, VIP_SELECTION_ID
 from models.engine import FlowStatus
 from testkit.servers import free_port
 from tracking.server import serving
@@ -222,6 +224,21 @@ def _build_run_pause_resume(console: Console, driver: webdriver.Chrome, flow_id:
     assert driver.execute_async_script(POST, f"{console.url}/flows/{flow_id}/pause", "") == 403
     assert load_flow(console.engine, flow_id).status is FlowStatus.running
 
+    # Ended, then deleted: the confirmation counts the participants it had.
+    driver.get(f"{console.url}/flows/{flow_id}")
+    driver.find_element(By.ID, "end").click()
+    driver.find_element(By.ID, "confirm-end-yes").click()
+    _until(driver, lambda d: "Ended: 3 active participants" in _text(d, ".flash"))
+    driver.find_element(By.ID, "delete").click()
+    question = _text(driver, "#confirm-delete .question")
+    assert "3 versions" in question and "had 3 participants (0 active now)" in question
+    driver.find_element(By.ID, "confirm-delete-yes").click()
+    _until(driver, lambda d: f"Deleted {flow_id}" in _text(d, ".flash"))
+    assert driver.current_url == f"{console.url}/flows"
+    assert not driver.find_elements(By.CSS_SELECTOR, f'#flows tr[data-flow="{flow_id}"]')
+    with pytest.raises(UnknownFlow):
+        load_flow(console.engine, flow_id)
+
 
 async def test_a_marketer_builds_runs_pauses_and_resumes_a_flow(
     console: Console, browser: webdriver.Chrome
@@ -292,3 +309,121 @@ async def test_every_step_kind_has_its_form(console: Console, browser: webdriver
     deploy_flow(console.engine, read_document(PROJECT_ROOT / "flows" / "every-step.json"))
     logged = await asyncio.to_thread(_every_kind_in_the_editor, console, browser)
     assert not [line for line in logged if "editor.js" in line]  # no script error
+
+
+def _overlaps_in_their_section(console: Console, driver: webdriver.Chrome) -> None:
+    console.sign_in(driver, "viewer@example.com")
+    driver.get(f"{console.url}/flows/vip-form")
+    section = _text(driver, "#overlaps")
+    assert "Overlaps with forms and links" in section
+    row = _text(driver, '#overlaps tr[data-step="to-vip"]')
+    assert "Mark as VIP" in row and "selection_id" in row
+    assert "'Webinar sign-up'" in row and "it happens twice" in row
+    # Not repeated among the other warnings.
+    assert "happens twice" not in " ".join(
+        element.text for element in driver.find_elements(By.CSS_SELECTOR, "ul.problems")
+    )
+    console.shot(driver, "flow-overlaps")
+
+
+async def test_overlaps_have_a_section_of_their_own(
+    console: Console, browser: webdriver.Chrome
+) -> None:
+    document = {
+        "id": "vip-form",
+        "name": "VIPs from the webinar form",
+        "triggers": [{"kind": "form_submitted", "form_id": DEMO_FORM_ID}],
+        "start": "to-vip",
+        "steps": [
+            {
+                "id": "to-vip",
+                "name": "Mark as VIP",
+                "type": "add_to_list",
+                "selection_id": VIP_SELECTION_ID,
+                "next": "done",
+            },
+            {"id": "done", "type": "finish"},
+        ],
+    }
+    deploy_flow(console.engine, document)
+    await asyncio.to_thread(_overlaps_in_their_section, console, browser)
+
+
+def _in_row(driver: webdriver.Chrome, email: str, css: str) -> Any:
+    return driver.find_element(By.CSS_SELECTOR, f'#users tr[data-user="{email}"] {css}')
+
+
+def _admin_manages_users(console: Console, driver: webdriver.Chrome) -> None:
+    # The marketer's session, kept to try again once they are deactivated.
+    console.sign_in(driver, "marketer@example.com")
+    marketer_session = driver.get_cookie("console_session")
+    assert marketer_session is not None
+    driver.delete_all_cookies()
+
+    console.sign_in(driver, "admin@example.com")
+    driver.get(f"{console.url}/users")
+    Select(_in_row(driver, "viewer@example.com", 'select[name="role"]')).select_by_value("marketer")
+    _in_row(driver, "viewer@example.com", "button.change-role").click()
+    _until(driver, lambda d: "viewer@example.com is now marketer" in _text(d, ".flash"))
+    _in_row(driver, "marketer@example.com", "button.deactivate").click()
+    _in_row(driver, "marketer@example.com", "dialog button.confirm").click()
+    _until(driver, lambda d: "marketer@example.com is deactivated" in _text(d, ".flash"))
+    assert _text(driver, '#users tr[data-user="marketer@example.com"] .status') == "deactivated"
+    # The last active admin stays one.
+    Select(_in_row(driver, "admin@example.com", 'select[name="role"]')).select_by_value("viewer")
+    _in_row(driver, "admin@example.com", "button.change-role").click()
+    _until(driver, lambda d: "last active admin" in _text(d, ".flash"))
+    console.shot(driver, "users")
+
+    # The deactivated marketer's open session has ended, and they cannot sign in again.
+    driver.delete_all_cookies()
+    driver.get(f"{console.url}/login")
+    driver.add_cookie({"name": "console_session", "value": marketer_session["value"]})
+    driver.get(f"{console.url}/flows")
+    assert "/login" in driver.current_url
+    driver.find_element(By.ID, "email").send_keys("marketer@example.com")
+    driver.find_element(By.ID, "password").send_keys(PASSWORD)
+    driver.find_element(By.ID, "sign-in").click()
+    assert "do not match an active user" in _text(driver, ".flash")
+    assert not driver.find_elements(By.ID, "who")
+
+    # The former viewer now edits: the new-flow form is theirs.
+    driver.delete_all_cookies()
+    console.sign_in(driver, "viewer@example.com")
+    driver.get(f"{console.url}/flows")
+    assert driver.find_elements(By.ID, "new-flow")
+
+
+async def test_an_admin_changes_roles_and_deactivates_users(
+    console: Console, browser: webdriver.Chrome
+) -> None:
+    await asyncio.to_thread(_admin_manages_users, console, browser)
+    with session(console.engine) as db:
+        users = {u.email: u for u in db.exec(select(User)).all()}
+    assert users["viewer@example.com"].role == "marketer"
+    assert not users["marketer@example.com"].active
+    assert users["admin@example.com"].role == "admin"
+
+
+def _too_many_attempts(console: Console, driver: webdriver.Chrome) -> None:
+    def attempt(email: str, password: str) -> str:
+        driver.get(f"{console.url}/login")
+        driver.find_element(By.ID, "email").send_keys(email)
+        driver.find_element(By.ID, "password").send_keys(password)
+        driver.find_element(By.ID, "sign-in").click()
+        return "" if driver.find_elements(By.ID, "who") else _text(driver, ".flash")
+
+    for _ in range(5):
+        assert "do not match" in attempt("viewer@example.com", "not the password")
+    # The sixth attempt is refused before the password is looked at, even the right one.
+    refused = attempt("viewer@example.com", PASSWORD)
+    assert "Too many failed sign-ins for viewer@example.com" in refused
+    assert "try again in 15 minutes" in refused
+    # Another account from the same address signs in as usual.
+    assert attempt("admin@example.com", PASSWORD) == ""
+
+
+async def test_sign_in_attempts_are_limited_per_account_and_address(
+    console: Console, browser: webdriver.Chrome
+) -> None:
+    await asyncio.to_thread(_too_many_attempts, console, browser)

@@ -12,6 +12,7 @@ from models.accounts import (
     add_user,
     authenticate,
     change_role,
+    reset_password,
     set_active,
 )
 from models.database import session
@@ -61,3 +62,16 @@ def test_the_last_active_admin_is_kept(empty_engine: Engine) -> None:
         with pytest.raises(AccountError, match="last active admin"):
             change_role(db, bo.id, Role.marketer)
         assert authenticate(db, "ada@example.com", "a long enough password") is None
+
+
+def test_a_new_password_replaces_the_old_one(empty_engine: Engine) -> None:
+    with session(empty_engine) as db:
+        bo = add_user(db, "bo@example.com", "the first password", Role.viewer)
+        old_hash = bo.password_hash
+        assert bo.id is not None
+        reset_password(db, bo.id, "the second password")
+        assert bo.password_hash != old_hash  # the session fingerprint changes with it
+        assert authenticate(db, "bo@example.com", "the first password") is None
+        assert authenticate(db, "bo@example.com", "the second password") is not None
+        with pytest.raises(AccountError, match="at least 10"):
+            reset_password(db, bo.id, "short")

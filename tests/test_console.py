@@ -21,6 +21,7 @@ import pytest
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 from sqlalchemy import Engine
 from sqlmodel import select
@@ -33,6 +34,7 @@ from models.accounts import Role, User, add_user
 from models.database import PROJECT_ROOT, session
 from models.demo import DEMO_FORM_ID, VIP_SELECTION_ID
 from models.engine import FlowStatus
+from models.flow import SendEmail
 from testkit.servers import free_port
 from tracking.server import serving
 from worker import build_worker
@@ -427,3 +429,67 @@ async def test_sign_in_attempts_are_limited_per_account_and_address(
     console: Console, browser: webdriver.Chrome
 ) -> None:
     await asyncio.to_thread(_too_many_attempts, console, browser)
+
+
+def _edit_with_suggestions_and_moves(console: Console, driver: webdriver.Chrome) -> None:
+    console.sign_in(driver, "marketer@example.com")
+    driver.get(f"{console.url}/flows/welcome/edit")
+    _until(driver, lambda d: _text(d, "#verdict") == "Valid, ready to run")
+    # The upload field stays inside its side panel.
+    inside = driver.execute_script(
+        "const input = document.getElementById('upload').getBoundingClientRect();"
+        "const card = document.getElementById('upload').closest('.card').getBoundingClientRect();"
+        "return input.left >= card.left && input.right <= card.right;"
+    )
+    assert inside
+
+    # Typing "[[" offers the merge tags that match what follows; Enter takes the first.
+    subject = _field(driver, "welcome-email", "subject")
+    subject.send_keys(Keys.END, " [[customer.fir")
+    _until(driver, lambda d: d.find_element(By.ID, "tag-suggestions").is_displayed())
+    offered = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#tag-suggestions li")]
+    assert offered == ["[[customer.firstname]]"]
+    console.shot(driver, "step-editor-suggestions")
+    subject.send_keys(Keys.ENTER)
+    assert (
+        subject.get_attribute("value") == "Welcome, [[customer.firstname]]! [[customer.firstname]]"
+    )
+    assert not driver.find_element(By.ID, "tag-suggestions").is_displayed()
+    # Clicking a tag in the side panel still inserts it at the cursor.
+    subject.send_keys(" ")
+    driver.find_element(By.XPATH, "//ul[@id='merge-tag-list']//a[.='[[company.name]]']").click()
+    assert str(subject.get_attribute("value")).endswith("[[customer.firstname]] [[company.name]]")
+
+    # The first step moved down the list, and the last one cannot move further down.
+    first = driver.find_element(By.CSS_SELECTOR, '[data-step="welcome-email"] .move-down')
+    assert driver.find_element(
+        By.CSS_SELECTOR, '[data-step="welcome-email"] .move-up'
+    ).get_attribute("disabled")
+    first.click()
+    _until(
+        driver,
+        lambda d: (
+            [
+                c.get_attribute("data-step")
+                for c in d.find_elements(By.CSS_SELECTOR, "#steps .step")
+            ][:2]
+            == ["settle-in", "welcome-email"]
+        ),
+    )
+    assert driver.find_element(By.CSS_SELECTOR, '[data-step="done"] .move-down').get_attribute(
+        "disabled"
+    )
+    _until(driver, lambda d: _text(d, "#verdict") == "Valid, ready to run")
+    driver.find_element(By.ID, "save").click()
+    _until(driver, lambda d: "Saved as version 2" in _text(d, "#saved"))
+
+
+async def test_the_editor_suggests_merge_tags_and_moves_steps(
+    console: Console, browser: webdriver.Chrome
+) -> None:
+    deploy_flow(console.engine, read_document(PROJECT_ROOT / "flows" / "welcome.json"))
+    await asyncio.to_thread(_edit_with_suggestions_and_moves, console, browser)
+    stored = load_flow(console.engine, "welcome")
+    assert [s.id for s in stored.flow.steps][:2] == ["settle-in", "welcome-email"]
+    [email] = [s for s in stored.flow.steps if isinstance(s, SendEmail) and s.id == "welcome-email"]
+    assert email.subject.endswith("[[customer.firstname]] [[company.name]]")

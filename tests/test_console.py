@@ -1,10 +1,13 @@
 """The flows console in a real browser (Debian's Chromium through Selenium), against a real
 Temporal dev server, a worker and a database: a marketer builds a flow with the step editor, sees
 a validation error on the field it concerns, fixes it, saves, enrolls contacts, watches the
-counts, pauses and resumes; a viewer can change nothing; a POST without the CSRF token is refused.
+counts, pauses, resumes, ends and deletes it; merge tags are suggested as `[[` is typed and steps
+move up and down; overlaps have their own section; an admin changes a role and deactivates a user,
+who is refused from then on; repeated failed sign-ins are refused; a viewer can change nothing; a
+POST without the CSRF token is refused.
 
-Screenshots of each page go to ``tmp_path`` (or the folder ``CONSOLE_SCREENSHOTS`` names: the
-README's come from there).
+Screenshots of each page go to ``tmp_path`` (or the folder ``CONSOLE_SCREENSHOTS`` names); the
+README's are taken from the running dev stack.
 """
 
 from __future__ import annotations
@@ -171,7 +174,9 @@ def _build_run_pause_resume(console: Console, driver: webdriver.Chrome, flow_id:
     # The email step taken out again in the editor: a wait, then the finish, ready to run.
     driver.get(f"{console.url}/flows/{flow_id}/edit")
     _until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-step="send-email-1"]'))
-    driver.find_element(By.CSS_SELECTOR, '[data-step="send-email-1"] header .tools button').click()
+    driver.find_element(
+        By.CSS_SELECTOR, '[data-step="send-email-1"] header .tools button.remove'
+    ).click()
     start = driver.find_element(By.CSS_SELECTOR, '#settings [data-field="start"] input')
     start.clear()
     start.send_keys("wait-time-1")
@@ -281,7 +286,7 @@ def _wrong_password_then_admin(console: Console, driver: webdriver.Chrome) -> No
     driver.find_element(By.ID, "email").send_keys("admin@example.com")
     driver.find_element(By.ID, "password").send_keys("not the password")
     driver.find_element(By.ID, "sign-in").click()
-    assert "do not match" in _text(driver, ".flash")
+    _until(driver, lambda d: "do not match" in _text(d, ".flash"))
     console.sign_in(driver, "admin@example.com")
     driver.get(f"{console.url}/users")
     assert "viewer@example.com" in _text(driver, "#users")
@@ -386,7 +391,7 @@ def _admin_manages_users(console: Console, driver: webdriver.Chrome) -> None:
     driver.find_element(By.ID, "email").send_keys("marketer@example.com")
     driver.find_element(By.ID, "password").send_keys(PASSWORD)
     driver.find_element(By.ID, "sign-in").click()
-    assert "do not match an active user" in _text(driver, ".flash")
+    _until(driver, lambda d: "do not match an active user" in _text(d, ".flash"))
     assert not driver.find_elements(By.ID, "who")
 
     # The former viewer now edits: the new-flow form is theirs.
@@ -413,6 +418,8 @@ def _too_many_attempts(console: Console, driver: webdriver.Chrome) -> None:
         driver.find_element(By.ID, "email").send_keys(email)
         driver.find_element(By.ID, "password").send_keys(password)
         driver.find_element(By.ID, "sign-in").click()
+        # The answer's page: signed in, or the sign-in page again with its message.
+        _until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#who, .flash"))
         return "" if driver.find_elements(By.ID, "who") else _text(driver, ".flash")
 
     for _ in range(5):

@@ -217,7 +217,7 @@ function insertStep(kind, before) {
 function stepCard(step, index) {
   const stepSchema = resolve({ $ref: kinds[step.type] });
   const card = el("section", { class: "card step", "data-step": step.id || `#${index}`, "data-index": index });
-  const remove = el("button", { type: "button", class: "secondary", title: "remove this step", onclick: () => { flow.steps.splice(index, 1); changed(true); } }, "Remove");
+  const remove = el("button", { type: "button", class: "secondary remove", title: "remove this step", onclick: () => { flow.steps.splice(index, 1); changed(true); } }, "Remove");
   // The list's order is the document's: moving a step changes no connection (start, next).
   const move = (by) => el("button", {
     type: "button", class: `secondary move-${by < 0 ? "up" : "down"}`, title: `move this step ${by < 0 ? "up" : "down"} the list`,

@@ -2,8 +2,9 @@
 
 Starts the Temporal dev server (Web UI on :8233, state kept in .data/ so waiting participants
 resume after a restart), a local SMTP inbox and a Twilio-compatible SMS endpoint, seeds the demo
-CRM, deploys the example flow, enrolls the demo contacts and runs the worker until Ctrl-C, which
-stops every process it started.
+CRM, deploys the demo flows (``control.demo``: ``welcome`` with its working-day sending window,
+``hello`` with none, so a message arrives at any hour), enrolls the demo contacts in both and runs
+the worker until Ctrl-C, which stops every process it started.
 
 The flows console (:8029) serves the demo login printed in the banner (an admin, its password
 made on the first run and kept in .data/console-password).
@@ -33,12 +34,11 @@ from codec_server.app import CodecServerSettings
 from codec_server.app import create_app as create_codec_app
 from console.app import create_app as create_console_app
 from console.web import ConsoleSettings
-from control.enrollment import enroll, selection_members
-from control.flows import FlowRejected, deploy_flow, load_flow, read_document
+from control.demo import start_demo
 from models import search_attributes as sa
 from models.accounts import AccountError, Role, add_user
 from models.database import PROJECT_ROOT, create_tables, get_engine, session
-from models.demo import DEMO_SELECTION_ID, seed_demo
+from models.demo import seed_demo
 from models.encryption import Keyring
 from models.settings import get_settings
 from tracking.app import TrackingSettings, create_app
@@ -48,7 +48,6 @@ from worker import DEV_PAYLOAD_KEYS, TASK_QUEUE, build_worker, connect
 DATA = PROJECT_ROOT / ".data"
 BIN = Path(sys.executable).parent
 OUTBOX = DATA / "outbox"
-DEMO_FLOW = PROJECT_ROOT / "flows" / "welcome.json"
 
 _settings = get_settings()
 TEMPORAL_PORT = _settings.temporal_port
@@ -204,12 +203,6 @@ async def main() -> None:
         with session(engine) as db:
             seed_demo(db)
         demo_password = _demo_login(engine)
-        document = read_document(DEMO_FLOW)
-        try:
-            deploy_flow(engine, document)
-        except FlowRejected as refused:  # e.g. edited while running: keep the deployed version
-            print(f"  {DEMO_FLOW.name} not deployed: {str(refused).splitlines()[0]}")
-        deployed = load_flow(engine, str(document["id"]))
         client = await connect(runtime=metrics_runtime())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -226,14 +219,21 @@ async def main() -> None:
                 create_console_app(engine, client, console), host=console.host, port=console.port
             ),
         ):
-            contacts = selection_members(engine, DEMO_SELECTION_ID)
-            flow_id = deployed.flow.id
-            report = await enroll(client, engine, flow_id, contacts, task_queue=TASK_QUEUE)
+            demo = await start_demo(client, engine, TASK_QUEUE)
+            enrolled = "\n".join(
+                f"  Flow {d.stored.flow.id!r} v{d.stored.version}: {len(d.report.enrolled)} "
+                f"contacts enrolled now, {len(d.report.refused)} not "
+                f"({', '.join(sorted(set(d.report.refused.values()))) or '-'})"
+                + (f"; not deployed again: {d.not_deployed}" if d.not_deployed else "")
+                for d in demo
+            )
+            flow_id = demo[0].stored.flow.id
             query = f"FlowId='{flow_id}'"
             print(
                 f"""
-  Flow {flow_id!r} v{deployed.version}: {len(report.enrolled)} contacts enrolled now, \
-{len(report.refused)} not ({", ".join(sorted(set(report.refused.values()))) or "-"})
+{enrolled}
+  'hello' has no sending window: its email is in the console's outbox within a minute.
+  'welcome' sends within its window (working days 08:00-17:00, Europe/Stockholm).
 
   Console       http://localhost:{CONSOLE_PORT}  sign in as {DEMO_LOGIN} / {demo_password}
   Temporal UI   http://localhost:{UI_PORT}/namespaces/default/workflows?query={query}

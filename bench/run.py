@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 from bench.harness import DEFAULT_TUNING, POSTGRES_SERVER, Options, PartResult, Tuning
 from bench.parts import (
     burst,
+    console,
     email,
     enrollment,
     history,
@@ -57,6 +58,7 @@ PARTS: dict[str, ModuleType] = {
         scaleout,
         waking,
         rate_limit,
+        console,
     )
 }
 # Parts that run only when named in --only: each takes many minutes at its default size.

@@ -43,6 +43,11 @@ def create_app(engine: Engine, client: Client, settings: ConsoleSettings) -> Sta
             Route("/login", accounts.login, methods=["GET", "POST"]),
             Route("/logout", accounts.logout, methods=["POST"]),
             Route("/users", for_admins(accounts.users), methods=["GET", "POST"]),
+            Route(
+                "/users/{user_id:int}/{change}",
+                for_admins(accounts.change_user),
+                methods=["POST"],
+            ),
             Route("/flows", guarded(flows.flows_list)),
             Route("/flows", for_changes(flows.new_flow), methods=["POST"]),
             Route(flow, guarded(flows.flow_page)),

@@ -8,6 +8,7 @@ import asyncio
 import difflib
 import json
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -40,9 +41,10 @@ from control.lifecycle import (
     run_flow,
 )
 from models.accounts import User
-from models.crm import Selection
+from models.crm import Selection, action_catalogue
 from models.database import PROJECT_ROOT, session
 from models.engine import FlowVersion, ParticipantStatus
+from models.overlaps import overlaps
 from reports import diagram
 from reports.participants import active_participants, flow_summaries
 from reports.statistics import flow_statistics
@@ -98,6 +100,16 @@ def _stored(request: Request, version: int | None = None) -> Any:
         raise HTTPException(404, str(missing)) from None
 
 
+@dataclass(frozen=True)
+class Overlap:
+    """A step that does what a form or link the flow uses already does, or its opposite."""
+
+    step_id: str
+    step_label: str
+    field: str
+    message: str
+
+
 def _diagram_svg(stored: Any, at: Any) -> str:
     """The Graphviz drawing with each step linked to its participants."""
     flow = stored.flow
@@ -135,14 +147,21 @@ async def flow_page(request: Request, user: User) -> Response:
                 .order_by(col(FlowVersion.version).desc())
             ).all()
             selections = db.exec(select(Selection).order_by(col(Selection.name))).all()
+            catalogue = action_catalogue(db)
         at = diagram.participants_at(engine, flow_id)
         document = stored.flow.model_dump(mode="json", by_alias=True)
+        labels = {step.id: step.label for step in stored.flow.steps}
         return {
             "versions": versions,
             "selections": selections,
             "svg": Markup(_diagram_svg(stored, at)),
-            "stats": flow_statistics(engine, stored.flow, stored.version),
-            "report": check_document(engine, document, overlaps=True),
+            "stats": flow_statistics(engine, stored.flow, stored.version, per_day=False),
+            # Overlaps have a section of their own: not among the other warnings.
+            "report": check_document(engine, document),
+            "overlaps": [
+                Overlap(step_id, labels.get(step_id, step_id), field, message)
+                for step_id, field, message in overlaps(stored.flow, catalogue)
+            ],
             "active": active_participants(engine, flow_id),
         }
 

@@ -17,7 +17,7 @@ import asyncio
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 from temporalio.client import Client
 
-from models.accounts import Role, User
+from models.accounts import Role, SignInLimits, User
 from models.database import session
 from models.settings import Settings, get_settings
 from models.tracking_links import check_secret
@@ -91,11 +91,12 @@ class ConsoleSettings:
 
 @dataclass(frozen=True)
 class Console:
-    """The app's state: the database, Temporal, the settings."""
+    """The app's state: the database, Temporal, the settings, the failed sign-ins."""
 
     engine: Engine
     client: Client
     settings: ConsoleSettings
+    sign_in_limits: SignInLimits = field(default_factory=SignInLimits)
 
 
 def console(request: Request) -> Console:

@@ -21,7 +21,7 @@ from datetime import date
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine
+from sqlalchemy import Engine, and_, func
 from sqlmodel import col, select
 
 from models.consent import is_consent_refusal
@@ -111,31 +111,95 @@ def _rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def flow_statistics(engine: Engine, flow: Flow, version: int) -> FlowStatistics:
-    """Statistics over every version's participants, labelled with ``flow``'s steps."""
+def flow_statistics(
+    engine: Engine, flow: Flow, version: int, *, per_day: bool = True
+) -> FlowStatistics:
+    """Statistics over every version's participants, labelled with ``flow``'s steps.
+
+    Counted in SQL, grouped, whatever the number of participants. Only ``enrolled_per_day``
+    reads each participant's enrollment time (its local date depends on the flow's time zone);
+    ``per_day=False`` leaves it empty, for pages that do not show it."""
+    mine = Participant.flow_id == flow.id
     with session(engine) as db:
-        participants = db.exec(select(Participant).where(Participant.flow_id == flow.id)).all()
-        run_ids = {p.id for p in participants}
-        # Ledger keys start with the participant id; a join on a LIKE prefix would not use an
-        # index either, so read the email rows and match the prefix here.
-        deliveries = [
-            d for d in db.exec(select(Delivery)).all() if d.key.split("/", 1)[0] in run_ids
-        ]
-        events = db.exec(select(CrmEvent).where(col(CrmEvent.kind).in_([OPENED, CLICKED]))).all()
-        tracked = [
-            (e.kind, e.payload.get("step_id"), e.contact_id)
-            for e in events
-            if e.payload.get("flow_id") == flow.id
-        ]
-        statuses = Counter(p.status for p in participants)
-        active = [p for p in participants if p.status == ParticipantStatus.active.value]
-        at_step = Counter(p.current_step for p in active)
-        waiting = Counter((p.current_step, p.waiting_for) for p in active if p.waiting_for)
+        statuses = Counter[str](
+            dict(
+                db.exec(
+                    select(Participant.status, func.count())
+                    .where(mine)
+                    .group_by(col(Participant.status))
+                ).all()
+            )
+        )
+        active = Participant.status == ParticipantStatus.active.value
+        at_step = Counter[str | None](
+            dict(
+                db.exec(
+                    select(Participant.current_step, func.count())
+                    .where(mine, active)
+                    .group_by(col(Participant.current_step))
+                ).all()
+            )
+        )
+        waiting = Counter[tuple[str | None, str]](
+            {
+                (step, str(wait)): n
+                for step, wait, n in db.exec(
+                    select(Participant.current_step, Participant.waiting_for, func.count())
+                    .where(mine, active, col(Participant.waiting_for).is_not(None))
+                    .group_by(col(Participant.current_step), col(Participant.waiting_for))
+                ).all()
+            }
+        )
+        reasons = Counter[str](
+            {
+                reason: n
+                for reason, n in db.exec(
+                    select(Participant.drop_out_reason, func.count())
+                    .where(mine, col(Participant.drop_out_reason).is_not(None))
+                    .group_by(col(Participant.drop_out_reason))
+                ).all()
+                if reason
+            }
+        )
         zone = ZoneInfo(flow.time_zone)
-        per_day = Counter(p.enrolled_at.astimezone(zone).date() for p in participants)
-        reasons = Counter(p.drop_out_reason for p in participants if p.drop_out_reason)
-        enrolled = len(participants)
+        days = Counter(
+            moment.astimezone(zone).date()
+            for moment in (
+                db.exec(select(Participant.enrolled_at).where(mine)).all() if per_day else []
+            )
+        )
+        # A ledger key is "<participant id>/<step id>/<visit>": each participant's keys are one
+        # range of the unique index ("/" sorts just before "0"), grouped by what follows the id.
+        step_and_visit = func.substr(Delivery.key, func.length(Participant.id) + 2)
+        ledger_rows = db.exec(
+            select(step_and_visit, Delivery.status, Delivery.detail, func.count())
+            .join(
+                Participant,
+                and_(
+                    col(Delivery.key) > Participant.id + "/",
+                    col(Delivery.key) < Participant.id + "0",
+                ),
+            )
+            .where(mine)
+            .group_by(step_and_visit, col(Delivery.status), col(Delivery.detail))
+        ).all()
+        event_step = CrmEvent.payload["step_id"].as_string()
+        tracked = db.exec(
+            select(CrmEvent.kind, event_step, func.count(func.distinct(CrmEvent.contact_id)))
+            .where(
+                col(CrmEvent.kind).in_([OPENED, CLICKED]),
+                CrmEvent.payload["flow_id"].as_string() == flow.id,
+            )
+            .group_by(col(CrmEvent.kind), event_step)
+        ).all()
         experiments = experiment_statistics(db, flow)
+    # Each step's ledger outcomes: (status, detail) -> messages.
+    ledger: dict[str, Counter[tuple[str, str | None]]] = {}
+    for key_rest, status, detail, n in ledger_rows:
+        step_id = str(key_rest).split("/", 1)[0]
+        ledger.setdefault(step_id, Counter())[(status, detail)] += n
+    reached = {(kind, step_id): n for kind, step_id, n in tracked}
+    enrolled = sum(statuses.values())
 
     success = statuses[ParticipantStatus.finished_with_success.value]
     completed = statuses[ParticipantStatus.finished.value] + success
@@ -153,10 +217,10 @@ def flow_statistics(engine: Engine, flow: Flow, version: int) -> FlowStatistics:
     for step in flow.steps:
         if not isinstance(step, SendEmail):
             continue
-        outcomes = Counter(d.status for d in deliveries if d.key.split("/")[1] == step.id)
-        recipients = outcomes[SENT]
-        opens = len({c for kind, s, c in tracked if kind == OPENED and s == step.id})
-        clicks = len({c for kind, s, c in tracked if kind == CLICKED and s == step.id})
+        outcomes = ledger.get(step.id, Counter())
+        recipients = sum(n for (status, _), n in outcomes.items() if status == SENT)
+        opens = reached.get((OPENED, step.id), 0)
+        clicks = reached.get((CLICKED, step.id), 0)
         email_steps.append(
             EmailStepStatistics(
                 step_id=step.id,
@@ -170,7 +234,7 @@ def flow_statistics(engine: Engine, flow: Flow, version: int) -> FlowStatistics:
             )
         )
     message_steps = [
-        _message_step(step, deliveries, waiting)
+        _message_step(step, ledger.get(step.id, Counter()), waiting)
         for step in flow.steps
         if isinstance(step, SendEmail | SendSms)
     ]
@@ -185,13 +249,13 @@ def flow_statistics(engine: Engine, flow: Flow, version: int) -> FlowStatistics:
         version=version,
         time_zone=flow.time_zone,
         enrolled=enrolled,
-        in_progress=len(active),
+        in_progress=statuses[ParticipantStatus.active.value],
         completed=completed,
         success_rate=_rate(success, enrolled),
         by_status={status.value: statuses[status.value] for status in ParticipantStatus},
         by_step=by_step,
         drop_out_reasons=dict(reasons.most_common()),
-        enrolled_per_day=dict(sorted(per_day.items())),
+        enrolled_per_day=dict(sorted(days.items())),
         email_steps=email_steps,
         message_steps=message_steps,
         tracking_enabled=bool(tracked),
@@ -200,13 +264,12 @@ def flow_statistics(engine: Engine, flow: Flow, version: int) -> FlowStatistics:
     )
 
 
-def _not_sent_reason(row: Delivery) -> str | None:
+def _not_sent_reason(status: str, detail: str | None) -> str | None:
     """Why a ledger row's message was not sent; None: sent, or still on its way."""
-    status = row.status
     if status == DeliveryStatus.capped:
         return CAPPED
     if status == DeliveryStatus.skipped:
-        return SKIPPED_BY_CONSENT if is_consent_refusal(row.detail or "") else SKIPPED_OTHERWISE
+        return SKIPPED_BY_CONSENT if is_consent_refusal(detail or "") else SKIPPED_OTHERWISE
     if status in (DeliveryStatus.bounced, DeliveryStatus.failed, DeliveryStatus.unconfirmed):
         return str(status)
     return None
@@ -214,22 +277,21 @@ def _not_sent_reason(row: Delivery) -> str | None:
 
 def _message_step(
     step: SendEmail | SendSms,
-    deliveries: list[Delivery],
+    outcomes: Counter[tuple[str, str | None]],
     waiting: Counter[tuple[str | None, str]],
 ) -> MessageStepStatistics:
-    rows = [d for d in deliveries if d.key.split("/")[1] == step.id]
     not_sent = dict.fromkeys(NOT_SENT_REASONS, 0)
-    for row in rows:
-        reason = _not_sent_reason(row)
+    for (status, detail), n in outcomes.items():
+        reason = _not_sent_reason(status, detail)
         if reason is not None:
-            not_sent[reason] += 1
+            not_sent[reason] += n
     for wait, reason in WAITING.items():
         not_sent[reason] += waiting[(step.id, wait)]
     return MessageStepStatistics(
         step_id=step.id,
         label=step.label,
         type=step.type,
-        sent=sum(row.status == SENT for row in rows),
+        sent=sum(n for (status, _), n in outcomes.items() if status == SENT),
         not_sent=not_sent,
     )
 

@@ -1,10 +1,13 @@
 """The flows console in a real browser (Debian's Chromium through Selenium), against a real
 Temporal dev server, a worker and a database: a marketer builds a flow with the step editor, sees
 a validation error on the field it concerns, fixes it, saves, enrolls contacts, watches the
-counts, pauses and resumes; a viewer can change nothing; a POST without the CSRF token is refused.
+counts, pauses, resumes, ends and deletes it; merge tags are suggested as `[[` is typed and steps
+move up and down; overlaps have their own section; an admin changes a role and deactivates a user,
+who is refused from then on; repeated failed sign-ins are refused; a viewer can change nothing; a
+POST without the CSRF token is refused.
 
-Screenshots of each page go to ``tmp_path`` (or the folder ``CONSOLE_SCREENSHOTS`` names: the
-README's come from there).
+Screenshots of each page go to ``tmp_path`` (or the folder ``CONSOLE_SCREENSHOTS`` names); the
+README's are taken from the running dev stack.
 """
 
 from __future__ import annotations
@@ -21,16 +24,20 @@ import pytest
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 from sqlalchemy import Engine
+from sqlmodel import select
 from temporalio.testing import WorkflowEnvironment
 
 from console.app import create_app
 from console.web import ConsoleSettings
-from control.flows import deploy_flow, load_flow, read_document
-from models.accounts import Role, add_user
+from control.flows import UnknownFlow, deploy_flow, load_flow, read_document
+from models.accounts import Role, User, add_user
 from models.database import PROJECT_ROOT, session
+from models.demo import DEMO_FORM_ID, VIP_SELECTION_ID
 from models.engine import FlowStatus
+from models.flow import SendEmail
 from testkit.servers import free_port
 from tracking.server import serving
 from worker import build_worker
@@ -167,7 +174,9 @@ def _build_run_pause_resume(console: Console, driver: webdriver.Chrome, flow_id:
     # The email step taken out again in the editor: a wait, then the finish, ready to run.
     driver.get(f"{console.url}/flows/{flow_id}/edit")
     _until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-step="send-email-1"]'))
-    driver.find_element(By.CSS_SELECTOR, '[data-step="send-email-1"] header .tools button').click()
+    driver.find_element(
+        By.CSS_SELECTOR, '[data-step="send-email-1"] header .tools button.remove'
+    ).click()
     start = driver.find_element(By.CSS_SELECTOR, '#settings [data-field="start"] input')
     start.clear()
     start.send_keys("wait-time-1")
@@ -222,6 +231,21 @@ def _build_run_pause_resume(console: Console, driver: webdriver.Chrome, flow_id:
     assert driver.execute_async_script(POST, f"{console.url}/flows/{flow_id}/pause", "") == 403
     assert load_flow(console.engine, flow_id).status is FlowStatus.running
 
+    # Ended, then deleted: the confirmation counts the participants it had.
+    driver.get(f"{console.url}/flows/{flow_id}")
+    driver.find_element(By.ID, "end").click()
+    driver.find_element(By.ID, "confirm-end-yes").click()
+    _until(driver, lambda d: "Ended: 3 active participants" in _text(d, ".flash"))
+    driver.find_element(By.ID, "delete").click()
+    question = _text(driver, "#confirm-delete .question")
+    assert "3 versions" in question and "had 3 participants (0 active now)" in question
+    driver.find_element(By.ID, "confirm-delete-yes").click()
+    _until(driver, lambda d: f"Deleted {flow_id}" in _text(d, ".flash"))
+    assert driver.current_url == f"{console.url}/flows"
+    assert not driver.find_elements(By.CSS_SELECTOR, f'#flows tr[data-flow="{flow_id}"]')
+    with pytest.raises(UnknownFlow):
+        load_flow(console.engine, flow_id)
+
 
 async def test_a_marketer_builds_runs_pauses_and_resumes_a_flow(
     console: Console, browser: webdriver.Chrome
@@ -262,7 +286,7 @@ def _wrong_password_then_admin(console: Console, driver: webdriver.Chrome) -> No
     driver.find_element(By.ID, "email").send_keys("admin@example.com")
     driver.find_element(By.ID, "password").send_keys("not the password")
     driver.find_element(By.ID, "sign-in").click()
-    assert "do not match" in _text(driver, ".flash")
+    _until(driver, lambda d: "do not match" in _text(d, ".flash"))
     console.sign_in(driver, "admin@example.com")
     driver.get(f"{console.url}/users")
     assert "viewer@example.com" in _text(driver, "#users")
@@ -292,3 +316,187 @@ async def test_every_step_kind_has_its_form(console: Console, browser: webdriver
     deploy_flow(console.engine, read_document(PROJECT_ROOT / "flows" / "every-step.json"))
     logged = await asyncio.to_thread(_every_kind_in_the_editor, console, browser)
     assert not [line for line in logged if "editor.js" in line]  # no script error
+
+
+def _overlaps_in_their_section(console: Console, driver: webdriver.Chrome) -> None:
+    console.sign_in(driver, "viewer@example.com")
+    driver.get(f"{console.url}/flows/vip-form")
+    section = _text(driver, "#overlaps")
+    assert "Overlaps with forms and links" in section
+    row = _text(driver, '#overlaps tr[data-step="to-vip"]')
+    assert "Mark as VIP" in row and "selection_id" in row
+    assert "'Webinar sign-up'" in row and "it happens twice" in row
+    # Not repeated among the other warnings.
+    assert "happens twice" not in " ".join(
+        element.text for element in driver.find_elements(By.CSS_SELECTOR, "ul.problems")
+    )
+    console.shot(driver, "flow-overlaps")
+
+
+async def test_overlaps_have_a_section_of_their_own(
+    console: Console, browser: webdriver.Chrome
+) -> None:
+    document = {
+        "id": "vip-form",
+        "name": "VIPs from the webinar form",
+        "triggers": [{"kind": "form_submitted", "form_id": DEMO_FORM_ID}],
+        "start": "to-vip",
+        "steps": [
+            {
+                "id": "to-vip",
+                "name": "Mark as VIP",
+                "type": "add_to_list",
+                "selection_id": VIP_SELECTION_ID,
+                "next": "done",
+            },
+            {"id": "done", "type": "finish"},
+        ],
+    }
+    deploy_flow(console.engine, document)
+    await asyncio.to_thread(_overlaps_in_their_section, console, browser)
+
+
+def _in_row(driver: webdriver.Chrome, email: str, css: str) -> Any:
+    return driver.find_element(By.CSS_SELECTOR, f'#users tr[data-user="{email}"] {css}')
+
+
+def _admin_manages_users(console: Console, driver: webdriver.Chrome) -> None:
+    # The marketer's session, kept to try again once they are deactivated.
+    console.sign_in(driver, "marketer@example.com")
+    marketer_session = driver.get_cookie("console_session")
+    assert marketer_session is not None
+    driver.delete_all_cookies()
+
+    console.sign_in(driver, "admin@example.com")
+    driver.get(f"{console.url}/users")
+    Select(_in_row(driver, "viewer@example.com", 'select[name="role"]')).select_by_value("marketer")
+    _in_row(driver, "viewer@example.com", "button.change-role").click()
+    _until(driver, lambda d: "viewer@example.com is now marketer" in _text(d, ".flash"))
+    _in_row(driver, "marketer@example.com", "button.deactivate").click()
+    _in_row(driver, "marketer@example.com", "dialog button.confirm").click()
+    _until(driver, lambda d: "marketer@example.com is deactivated" in _text(d, ".flash"))
+    assert _text(driver, '#users tr[data-user="marketer@example.com"] .status') == "deactivated"
+    # The last active admin stays one.
+    Select(_in_row(driver, "admin@example.com", 'select[name="role"]')).select_by_value("viewer")
+    _in_row(driver, "admin@example.com", "button.change-role").click()
+    _until(driver, lambda d: "last active admin" in _text(d, ".flash"))
+    console.shot(driver, "users")
+
+    # The deactivated marketer's open session has ended, and they cannot sign in again.
+    driver.delete_all_cookies()
+    driver.get(f"{console.url}/login")
+    driver.add_cookie({"name": "console_session", "value": marketer_session["value"]})
+    driver.get(f"{console.url}/flows")
+    assert "/login" in driver.current_url
+    driver.find_element(By.ID, "email").send_keys("marketer@example.com")
+    driver.find_element(By.ID, "password").send_keys(PASSWORD)
+    driver.find_element(By.ID, "sign-in").click()
+    _until(driver, lambda d: "do not match an active user" in _text(d, ".flash"))
+    assert not driver.find_elements(By.ID, "who")
+
+    # The former viewer now edits: the new-flow form is theirs.
+    driver.delete_all_cookies()
+    console.sign_in(driver, "viewer@example.com")
+    driver.get(f"{console.url}/flows")
+    assert driver.find_elements(By.ID, "new-flow")
+
+
+async def test_an_admin_changes_roles_and_deactivates_users(
+    console: Console, browser: webdriver.Chrome
+) -> None:
+    await asyncio.to_thread(_admin_manages_users, console, browser)
+    with session(console.engine) as db:
+        users = {u.email: u for u in db.exec(select(User)).all()}
+    assert users["viewer@example.com"].role == "marketer"
+    assert not users["marketer@example.com"].active
+    assert users["admin@example.com"].role == "admin"
+
+
+def _too_many_attempts(console: Console, driver: webdriver.Chrome) -> None:
+    def attempt(email: str, password: str) -> str:
+        driver.get(f"{console.url}/login")
+        driver.find_element(By.ID, "email").send_keys(email)
+        driver.find_element(By.ID, "password").send_keys(password)
+        driver.find_element(By.ID, "sign-in").click()
+        # The answer's page: signed in, or the sign-in page again with its message.
+        _until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#who, .flash"))
+        return "" if driver.find_elements(By.ID, "who") else _text(driver, ".flash")
+
+    for _ in range(5):
+        assert "do not match" in attempt("viewer@example.com", "not the password")
+    # The sixth attempt is refused before the password is looked at, even the right one.
+    refused = attempt("viewer@example.com", PASSWORD)
+    assert "Too many failed sign-ins for viewer@example.com" in refused
+    assert "try again in 15 minutes" in refused
+    # Another account from the same address signs in as usual.
+    assert attempt("admin@example.com", PASSWORD) == ""
+
+
+async def test_sign_in_attempts_are_limited_per_account_and_address(
+    console: Console, browser: webdriver.Chrome
+) -> None:
+    await asyncio.to_thread(_too_many_attempts, console, browser)
+
+
+def _edit_with_suggestions_and_moves(console: Console, driver: webdriver.Chrome) -> None:
+    console.sign_in(driver, "marketer@example.com")
+    driver.get(f"{console.url}/flows/welcome/edit")
+    _until(driver, lambda d: _text(d, "#verdict") == "Valid, ready to run")
+    # The upload field stays inside its side panel.
+    inside = driver.execute_script(
+        "const input = document.getElementById('upload').getBoundingClientRect();"
+        "const card = document.getElementById('upload').closest('.card').getBoundingClientRect();"
+        "return input.left >= card.left && input.right <= card.right;"
+    )
+    assert inside
+
+    # Typing "[[" offers the merge tags that match what follows; Enter takes the first.
+    subject = _field(driver, "welcome-email", "subject")
+    subject.send_keys(Keys.END, " [[customer.fir")
+    _until(driver, lambda d: d.find_element(By.ID, "tag-suggestions").is_displayed())
+    offered = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#tag-suggestions li")]
+    assert offered == ["[[customer.firstname]]"]
+    console.shot(driver, "step-editor-suggestions")
+    subject.send_keys(Keys.ENTER)
+    assert (
+        subject.get_attribute("value") == "Welcome, [[customer.firstname]]! [[customer.firstname]]"
+    )
+    assert not driver.find_element(By.ID, "tag-suggestions").is_displayed()
+    # Clicking a tag in the side panel still inserts it at the cursor.
+    subject.send_keys(" ")
+    driver.find_element(By.XPATH, "//ul[@id='merge-tag-list']//a[.='[[company.name]]']").click()
+    assert str(subject.get_attribute("value")).endswith("[[customer.firstname]] [[company.name]]")
+
+    # The first step moved down the list, and the last one cannot move further down.
+    first = driver.find_element(By.CSS_SELECTOR, '[data-step="welcome-email"] .move-down')
+    assert driver.find_element(
+        By.CSS_SELECTOR, '[data-step="welcome-email"] .move-up'
+    ).get_attribute("disabled")
+    first.click()
+    _until(
+        driver,
+        lambda d: (
+            [
+                c.get_attribute("data-step")
+                for c in d.find_elements(By.CSS_SELECTOR, "#steps .step")
+            ][:2]
+            == ["settle-in", "welcome-email"]
+        ),
+    )
+    assert driver.find_element(By.CSS_SELECTOR, '[data-step="done"] .move-down').get_attribute(
+        "disabled"
+    )
+    _until(driver, lambda d: _text(d, "#verdict") == "Valid, ready to run")
+    driver.find_element(By.ID, "save").click()
+    _until(driver, lambda d: "Saved as version 2" in _text(d, "#saved"))
+
+
+async def test_the_editor_suggests_merge_tags_and_moves_steps(
+    console: Console, browser: webdriver.Chrome
+) -> None:
+    deploy_flow(console.engine, read_document(PROJECT_ROOT / "flows" / "welcome.json"))
+    await asyncio.to_thread(_edit_with_suggestions_and_moves, console, browser)
+    stored = load_flow(console.engine, "welcome")
+    assert [s.id for s in stored.flow.steps][:2] == ["settle-in", "welcome-email"]
+    [email] = [s for s in stored.flow.steps if isinstance(s, SendEmail) and s.id == "welcome-email"]
+    assert email.subject.endswith("[[customer.firstname]] [[company.name]]")

@@ -217,8 +217,14 @@ function insertStep(kind, before) {
 function stepCard(step, index) {
   const stepSchema = resolve({ $ref: kinds[step.type] });
   const card = el("section", { class: "card step", "data-step": step.id || `#${index}`, "data-index": index });
-  const remove = el("button", { type: "button", class: "secondary", title: "remove this step", onclick: () => { flow.steps.splice(index, 1); changed(true); } }, "Remove");
-  card.append(el("header", {}, el("b", {}, step.name || step.id || `step ${index + 1}`), el("span", { class: "kind" }, humane(step.type || "?")), el("span", { class: "tools" }, "next" in (stepSchema.properties || {}) ? insertTool(step, "after") : "", remove)));
+  const remove = el("button", { type: "button", class: "secondary remove", title: "remove this step", onclick: () => { flow.steps.splice(index, 1); changed(true); } }, "Remove");
+  // The list's order is the document's: moving a step changes no connection (start, next).
+  const move = (by) => el("button", {
+    type: "button", class: `secondary move-${by < 0 ? "up" : "down"}`, title: `move this step ${by < 0 ? "up" : "down"} the list`,
+    disabled: index + by < 0 || index + by >= flow.steps.length,
+    onclick: () => { flow.steps.splice(index + by, 0, ...flow.steps.splice(index, 1)); changed(true); },
+  }, by < 0 ? "↑" : "↓");
+  card.append(el("header", {}, el("b", {}, step.name || step.id || `step ${index + 1}`), el("span", { class: "kind" }, humane(step.type || "?")), el("span", { class: "tools" }, move(-1), move(1), "next" in (stepSchema.properties || {}) ? insertTool(step, "after") : "", remove)));
   card.append(el("ul", { class: "problems step-problems" }));
   if (!stepSchema.properties) {
     card.append(el("p", { class: "field-error" }, `unknown step type ${step.type}`));
@@ -364,5 +370,74 @@ for (const tag of mergeTags) {
     lastText.focus();
   } }, `[[${tag}]]`)));
 }
+// --- merge tags offered while typing "[[" -------------------------------------------------
+
+const suggestions = el("ul", { id: "tag-suggestions", class: "suggestions", role: "listbox", hidden: true });
+document.body.append(suggestions);
+let suggesting = null; // {input, start, chosen}
+
+function typedTag(input) {
+  if (typeof input.selectionStart !== "number" || input.selectionStart !== input.selectionEnd) return null;
+  const before = input.value.slice(0, input.selectionStart);
+  const found = before.match(/\[\[([\w.:]*)$/);
+  return found ? { start: before.length - found[0].length, typed: found[1].toLowerCase() } : null;
+}
+
+function closeSuggestions() {
+  suggesting = null;
+  suggestions.hidden = true;
+}
+
+function choose(tag) {
+  const { input, start } = suggesting;
+  input.setRangeText(`[[${tag}]]`, start, input.selectionStart, "end");
+  closeSuggestions();
+  input.dispatchEvent(new Event("input"));
+  input.focus();
+}
+
+function offerTags(input) {
+  const typed = typedTag(input);
+  const tags = typed ? mergeTags.filter((tag) => tag.toLowerCase().includes(typed.typed)) : [];
+  if (!typed || !tags.length) return closeSuggestions();
+  tags.sort((a, b) => a.toLowerCase().startsWith(typed.typed) ? (b.toLowerCase().startsWith(typed.typed) ? 0 : -1) : 1);
+  suggesting = { input, start: typed.start, chosen: 0, tags };
+  suggestions.replaceChildren(...tags.map((tag, i) => el("li", {
+    role: "option", "data-tag": tag, "aria-selected": i === 0 ? "true" : "false",
+    onmousedown: (e) => { e.preventDefault(); choose(tag); },
+  }, `[[${tag}]]`)));
+  const box = input.getBoundingClientRect();
+  suggestions.style.left = `${box.left + window.scrollX}px`;
+  suggestions.style.top = `${box.bottom + window.scrollY}px`;
+  suggestions.hidden = false;
+}
+
+function isText(node) {
+  return page.contains(node) && (node.tagName === "TEXTAREA" || (node.tagName === "INPUT" && node.type === "text" && !node.list));
+}
+
+document.addEventListener("input", (event) => {
+  if (isText(event.target) && event.isTrusted) offerTags(event.target);
+});
+document.addEventListener("keydown", (event) => {
+  if (!suggesting || event.target !== suggesting.input) return;
+  const count = suggesting.tags.length;
+  if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+    suggesting.chosen = (suggesting.chosen + (event.key === "ArrowDown" ? 1 : count - 1)) % count;
+    [...suggestions.children].forEach((item, i) => item.setAttribute("aria-selected", String(i === suggesting.chosen)));
+    suggestions.children[suggesting.chosen].scrollIntoView({ block: "nearest" });
+  } else if (event.key === "Enter" || event.key === "Tab") {
+    choose(suggesting.tags[suggesting.chosen]);
+  } else if (event.key === "Escape") {
+    closeSuggestions();
+  } else {
+    return;
+  }
+  event.preventDefault();
+});
+document.addEventListener("focusout", (event) => {
+  if (suggesting && event.target === suggesting.input) closeSuggestions();
+});
+
 renderAll();
 check();

@@ -161,11 +161,12 @@ def _write_row(db: Session, state: ParticipantState, ordinal: int | None = None)
         "updated_at": now,
     }
     connection.execute(_UPSERT[connection.dialect.name], values)
-    if state.current_step is None:
-        return  # enrolled, waiting for its first step
+    ordinal = entry_ordinal(state) if ordinal is None else ordinal
+    if state.current_step is None or ordinal < 0:
+        return  # not at a step yet, or left before its first (moved to finish as it entered)
     visit = {
         "participant_id": state.participant_id,
-        "ordinal": entry_ordinal(state) if ordinal is None else ordinal,
+        "ordinal": ordinal,
         "flow_id": state.flow_id,
         "step_id": state.current_step,
         "entered_at": now,

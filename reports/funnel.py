@@ -5,8 +5,8 @@ criterion and how confident a difference from the control is.
 
 Where participants went comes from ``step_visits`` (a row per step a participant entered, written
 with its entry record), how they left from their ``participants`` row: a participant's last visit
-is where it is, or where it left the flow. Participants that took their steps before visits were
-recorded count as ``unrecorded``.
+is where it is, or where it left the flow. Participants that left without a visit (before their
+first step, or before visits were recorded) count as ``unrecorded``.
 """
 
 from __future__ import annotations
@@ -77,7 +77,10 @@ class Funnel(BaseModel):
     version: int
     enrolled: int = Field(description="Participants in any status")
     before_first_step: int = Field(description="Active, not yet at a step (a scheduled start)")
-    unrecorded: int = Field(description="Left before step visits were recorded: not in the steps")
+    unrecorded: int = Field(
+        description="Left without a step recorded: before their first (moved to finish as they "
+        "entered), or before step visits were recorded"
+    )
     steps: list[StepFunnel] = Field(description="Path order from the start, branches in order")
     experiments: list[ExperimentFunnel]
 

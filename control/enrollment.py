@@ -139,25 +139,19 @@ def already_successful(db: Session, flow: Flow, contact_ids: Sequence[int]) -> s
     criteria = flow.success.criteria
     selections = [c.selection_id for c in criteria if c.kind is SuccessKind.added_to_selection]
     projects = [c.project_id for c in criteria if c.kind is SuccessKind.added_to_project]
+    memberships = (
+        (SelectionMember.contact_id, SelectionMember.selection_id, selections),
+        (ProjectMember.contact_id, ProjectMember.project_id, projects),
+    )
     found: set[int] = set()
-    if any(s is not None for s in selections):
-        found |= set(
-            db.exec(
-                select(SelectionMember.contact_id).where(
-                    col(SelectionMember.contact_id).in_(contact_ids),
-                    col(SelectionMember.selection_id).in_([s for s in selections if s is not None]),
-                )
-            ).all()
-        )
-    if any(p is not None for p in projects):
-        found |= set(
-            db.exec(
-                select(ProjectMember.contact_id).where(
-                    col(ProjectMember.contact_id).in_(contact_ids),
-                    col(ProjectMember.project_id).in_([p for p in projects if p is not None]),
-                )
-            ).all()
-        )
+    for member, group, named in memberships:
+        groups = [g for g in named if g is not None]
+        if groups:
+            found |= set(
+                db.exec(
+                    select(member).where(col(member).in_(contact_ids), col(group).in_(groups))
+                ).all()
+            )
     return found
 
 

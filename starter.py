@@ -4,7 +4,7 @@ python starter.py validate flows/welcome.json
 python starter.py deploy flows/welcome.json
 python starter.py start welcome --selection 1        (or --contact 3 4 5)
 python starter.py status welcome
-python starter.py stats welcome                     (--json)
+python starter.py stats welcome                     (--json; --funnel, --png FILE)
 python starter.py diagram welcome                   (-o welcome.png, --mermaid)
 python starter.py simulate welcome --contact 1      (a dry run on the time-skipping server)
 python starter.py preview welcome welcome-email --contact 1      (nothing is sent)
@@ -74,6 +74,7 @@ from models.validation import check_flow, check_sending_settings
 from peers.smtp_inbox import read_inbox
 from peers.twilio_api import read_sms_outbox
 from reports import diagram
+from reports.funnel import funnel, render_funnel, to_chart
 from reports.statistics import flow_statistics, render_table
 from scripts import registered_scripts
 from worker import TASK_QUEUE, connect
@@ -389,8 +390,19 @@ def cmd_event(args: argparse.Namespace, used: Resources) -> int:
 def cmd_stats(args: argparse.Namespace, used: Resources) -> int:
     engine = used.engine()
     stored = load_flow(engine, args.flow)
-    stats = flow_statistics(engine, stored.flow, stored.version)
-    print(stats.model_dump_json(indent=2) if args.json else render_table(stats))
+    if not (args.funnel or args.png):
+        stats = flow_statistics(engine, stored.flow, stored.version)
+        print(stats.model_dump_json(indent=2) if args.json else render_table(stats))
+        return DONE
+    shown = funnel(engine, stored.flow, stored.version)
+    if args.png:
+        diagram.write_picture(to_chart(shown, stored.flow), Path(args.png).with_suffix(".png"))
+    if args.json:
+        print(shown.model_dump_json(indent=2))
+    else:
+        print(render_funnel(shown))
+        if args.png:
+            print(f"wrote {Path(args.png).with_suffix('.png')}")
     return DONE
 
 
@@ -529,6 +541,12 @@ def _observability_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     stats.set_defaults(handler=cmd_stats)
     stats.add_argument("flow")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.add_argument(
+        "--funnel",
+        action="store_true",
+        help="per step in path order: entered, went on, waiting, left (and why); experiment paths",
+    )
+    stats.add_argument("--png", metavar="FILE", help="draw the funnel as a PNG chart (Graphviz)")
 
     drawing = sub.add_parser("diagram", help="draw a flow's graph with live counts per step")
     drawing.set_defaults(handler=cmd_diagram)

@@ -15,7 +15,7 @@ from temporalio import activity
 
 from models.crm import Contact, SelectionMember
 from models.database import session, utcnow
-from models.engine import Departure, Participant, ParticipantStatus, StepChange
+from models.engine import Departure, Participant, ParticipantStatus, StepChange, StepVisit
 from models.ledger import DeliveryOutcome, known_in, known_under
 from models.participant import ParticipantState, Standing, participant_workflow_id
 
@@ -70,7 +70,8 @@ def depart_in(db: Session, record: ParticipantRecord) -> Departure:
     update: dict[str, object] = {"finished_at": at, "wait_until": None}
     if reason is not None:
         update |= {"status": ParticipantStatus.dropped_out, "drop_out_reason": reason}
-    _write_row(db, record.state.model_copy(update=update))
+    # Made by the step before the finish: the finish is the participant's next step.
+    _write_row(db, record.state.model_copy(update=update), record.state.steps_taken + 1)
     return Departure(at=at, leave_reason=reason)
 
 
@@ -113,9 +114,37 @@ def _upsert(insert: Callable[[Table], Any]) -> Executable:
 
 _UPSERT = {"sqlite": _upsert(sqlite_insert), "postgresql": _upsert(postgresql_insert)}
 
+# The step's visit, inserted once: every later record of the same visit (a wait's, a retry's, the
+# participant leaving from it) finds its row and changes nothing.
+_VISITS = SQLModel.metadata.tables[str(StepVisit.__tablename__)]
+_VISIT_COLUMNS = ("participant_id", "ordinal", "flow_id", "step_id", "entered_at")
 
-def _write_row(db: Session, state: ParticipantState) -> None:
+
+def _visit(insert: Callable[[Table], Any]) -> Executable:
+    statement = insert(_VISITS).values({name: bindparam(name) for name in _VISIT_COLUMNS})
+    keys = ["participant_id", "ordinal"]
+    return cast("Executable", statement.on_conflict_do_nothing(index_elements=keys))
+
+
+_VISIT = {"sqlite": _visit(sqlite_insert), "postgresql": _visit(postgresql_insert)}
+
+
+def entry_ordinal(state: ParticipantState) -> int:
+    """The ordinal of the visit a record of ``state`` belongs to: the steps taken before the
+    current one. An active participant counts its steps when it leaves one, so a record made
+    after it left (a status other than Active) is one step further: the step it left from.
+    A participant that left before entering the step it was headed for (a signal between
+    steps) thereby stays at the step it last entered."""
+    if state.status is ParticipantStatus.active:
+        return state.steps_taken
+    return state.steps_taken - 1
+
+
+def _write_row(db: Session, state: ParticipantState, ordinal: int | None = None) -> None:
+    """The participant's row and, at a step, its visit (``entry_ordinal`` unless given): two
+    statements in the caller's transaction."""
     connection = db.connection()
+    now = utcnow()
     values = {
         "id": state.participant_id,
         "workflow_id": participant_workflow_id(state.flow_id, state.contact_id),
@@ -129,9 +158,20 @@ def _write_row(db: Session, state: ParticipantState) -> None:
         "drop_out_reason": state.drop_out_reason,
         "enrolled_at": state.enrolled_at,
         "finished_at": state.finished_at,
-        "updated_at": utcnow(),
+        "updated_at": now,
     }
     connection.execute(_UPSERT[connection.dialect.name], values)
+    ordinal = entry_ordinal(state) if ordinal is None else ordinal
+    if state.current_step is None or ordinal < 0:
+        return  # not at a step yet, or left before its first (moved to finish as it entered)
+    visit = {
+        "participant_id": state.participant_id,
+        "ordinal": ordinal,
+        "flow_id": state.flow_id,
+        "step_id": state.current_step,
+        "entered_at": now,
+    }
+    connection.execute(_VISIT[connection.dialect.name], visit)
 
 
 def _never() -> bool:

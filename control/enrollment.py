@@ -22,11 +22,11 @@ from control.flows import FlowRejected, StoredFlow, UnknownFlow, load_flow, set_
 from models import schedule
 from models import search_attributes as sa
 from models.criteria import evaluate
-from models.crm import Contact, SelectionMember, contact_facts
+from models.crm import Contact, ProjectMember, SelectionMember, contact_facts
 from models.database import session
 from models.engine import FlowStatus, Participant, ParticipantStatus
 from models.events import FlowEvent
-from models.flow import Flow, ReentryRule
+from models.flow import Flow, ReentryRule, SuccessKind
 from models.participant import Enrollment, Suggestion, participant_workflow_id
 from models.personal_data import short_name
 from models.validation import check_flow
@@ -74,6 +74,7 @@ class Screening:
 
     refused: dict[int, str] = field(default_factory=dict)
     names: dict[int, str] = field(default_factory=dict)
+    succeeded: set[int] = field(default_factory=set)  # meet a success criterion already
 
 
 def _screen(engine: Engine, stored: StoredFlow, contact_ids: Sequence[int]) -> Screening:
@@ -124,7 +125,34 @@ def _screen(engine: Engine, stored: StoredFlow, contact_ids: Sequence[int]) -> S
                 screening.refused[contact_id] = "does not match the flow's filter"
             else:
                 screening.names[contact_id] = names[contact_id]
+        screening.succeeded = already_successful(db, flow, list(screening.names))
     return screening
+
+
+def already_successful(db: Session, flow: Flow, contact_ids: Sequence[int]) -> set[int]:
+    """The candidates that meet one of the flow's success criteria as they enter (spec §2: they
+    are enrolled and count as a success): members of a selection or project that a criterion
+    "added to selection/project" names. Criteria on events are met by events: a trigger's event
+    reaches the participant before its first step, and counts there."""
+    if flow.success is None or not contact_ids:
+        return set()
+    criteria = flow.success.criteria
+    selections = [c.selection_id for c in criteria if c.kind is SuccessKind.added_to_selection]
+    projects = [c.project_id for c in criteria if c.kind is SuccessKind.added_to_project]
+    memberships = (
+        (SelectionMember.contact_id, SelectionMember.selection_id, selections),
+        (ProjectMember.contact_id, ProjectMember.project_id, projects),
+    )
+    found: set[int] = set()
+    for member, group, named in memberships:
+        groups = [g for g in named if g is not None]
+        if groups:
+            found |= set(
+                db.exec(
+                    select(member).where(col(member).in_(contact_ids), col(group).in_(groups))
+                ).all()
+            )
+    return found
 
 
 def _reentry_refusals(
@@ -216,11 +244,11 @@ async def enroll(
     gate = asyncio.Semaphore(START_CONCURRENCY)
     failed = False
 
-    async def start_one(contact_id: int, name: str) -> None:
+    async def start_one(contact_id: int, name: str, success: bool) -> None:
         nonlocal failed
         try:
             reason = await _start(
-                client, engine, stored, contact_id, name, task_queue, steps_per_run, event
+                client, engine, stored, contact_id, name, task_queue, steps_per_run, event, success
             )
             if reason is None or reason == RESTARTED:
                 result.enrolled.append(contact_id)
@@ -253,7 +281,8 @@ async def enroll(
                     progress(1)
                 continue
             await gate.acquire()
-            starts.append(asyncio.create_task(start_one(contact_id, screening.names[contact_id])))
+            name, success = screening.names[contact_id], contact_id in screening.succeeded
+            starts.append(asyncio.create_task(start_one(contact_id, name, success)))
         if failed:
             break
     await asyncio.gather(*starts)
@@ -270,6 +299,7 @@ async def _start(
     task_queue: str,
     steps_per_run: int | None,
     event: FlowEvent | None = None,
+    success: bool = False,
 ) -> str | None:
     """Start the contact's participant: None when it started, RESTARTED when it replaced an
     active one (re-entry rule restart), or why it did not start."""
@@ -285,7 +315,11 @@ async def _start(
     # Enrolled while the flow is paused: the participant queues before the first step.
     paused = stored.status is FlowStatus.paused
     enrollment = Enrollment(
-        flow=flow, flow_version=stored.version, contact_id=contact_id, paused=paused
+        flow=flow,
+        flow_version=stored.version,
+        contact_id=contact_id,
+        paused=paused,
+        success=success,
     )
     if steps_per_run is not None:
         enrollment.steps_per_run = steps_per_run

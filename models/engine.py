@@ -102,6 +102,22 @@ class Participant(SQLModel, table=True):
     )
 
 
+class StepVisit(SQLModel, table=True):
+    """A participant's entry into a step, for the funnel: one row per step it entered, written
+    with the participant's row by the step's entry record, in the record's transaction
+    (``activities.participants``), and never changed. ``ordinal`` is the steps the participant
+    had taken before it, so its rows in order are its path, loops included."""
+
+    __tablename__ = "step_visits"
+    __table_args__ = (Index("ix_step_visits_flow_id_step_id", "flow_id", "step_id"),)
+
+    participant_id: str = Field(primary_key=True)
+    ordinal: int = Field(primary_key=True)
+    flow_id: str
+    step_id: str
+    entered_at: datetime = Field(sa_type=UTCDateTime)
+
+
 class Delivery(SQLModel, table=True):
     """Ledger of external sends: the unique key makes each send happen at most once."""
 

@@ -107,6 +107,10 @@ class Enrollment(BaseModel):
         default=None, description="Set when continuing as new; absent on enrollment"
     )
     paused: bool = Field(default=False, description="Enrolled while the flow is paused: queue")
+    success: bool = Field(
+        default=False,
+        description="It met a success criterion as it was enrolled: it counts as a success",
+    )
     steps_per_run: int = Field(
         default=1000, ge=1, description="Continue as new after this many steps (or when suggested)"
     )

@@ -108,9 +108,15 @@ class ParticipantWorkflow:
             contact_id=enrollment.contact_id,
             enrolled_at=workflow.now(),
             paused=enrollment.paused,
+            success=enrollment.success,
         )
         # Set by a signal to make the participant leave at once, even in the middle of a wait.
         self._interrupt: Leave | None = None
+        success = enrollment.flow.success
+        if enrollment.state is None and enrollment.success and success and success.move_to_finish:
+            # A success already as it entered: with "move directly to finish", it skips the flow.
+            status = ParticipantStatus.finished_with_success
+            self._interrupt = Leave(status, "success criterion met at enrollment: moved to finish")
         self._once_per_step = False  # RECORD_ONCE_PER_STEP, decided once per run
         self._record_in_send = False  # RECORD_IN_MESSAGE_STEP, decided once per run
         self._record_in_step_activity = False  # RECORD_IN_STEP_ACTIVITY, decided once per run

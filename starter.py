@@ -459,21 +459,12 @@ def cmd_test_send(args: argparse.Namespace, used: Resources) -> int:
     return DONE
 
 
-async def _through(flow_id: str, used: Resources) -> Counter[str] | None:
-    try:
-        client = await used.client()
-    except RuntimeError as exc:
-        print(f"note: Temporal not reachable ({exc}): 'through' counts left out", file=sys.stderr)
-        return None
-    return await diagram.participants_through(client, flow_id)
-
-
 def cmd_diagram(args: argparse.Namespace, used: Resources) -> int:
     engine = used.engine()
     stored = load_flow(engine, args.flow)
     counts = diagram.StepCounts(
         at=diagram.participants_at(engine, args.flow),
-        through=None if args.no_temporal else asyncio.run(_through(args.flow, used)),
+        through=diagram.participants_through(engine, args.flow),
     )
     mermaid = diagram.to_mermaid(stored.flow, stored.version, counts)
     if args.mermaid:
@@ -555,9 +546,6 @@ def _observability_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
         "-o", "--output", help="the picture: .svg (default .data/diagrams/FLOW.svg) or .png"
     )
     drawing.add_argument("--mermaid", action="store_true", help="print Mermaid text only")
-    drawing.add_argument(
-        "--no-temporal", action="store_true", help="leave out 'through' (read from Temporal)"
-    )
 
     simulate = sub.add_parser(
         "simulate", help="dry-run a flow for one contact: a timeline, nothing sent or changed"

@@ -110,11 +110,11 @@ class Overlap:
     message: str
 
 
-def _diagram_svg(stored: Any, at: Any) -> str:
+def _diagram_svg(stored: Any, counts: diagram.StepCounts) -> str:
     """The Graphviz drawing with each step linked to its participants."""
     flow = stored.flow
-    note = diagram.live_note(flow, through=False)
-    graph = diagram.to_graphviz(flow, stored.version, diagram.StepCounts(at=at), note)
+    note = diagram.live_note(flow)
+    graph = diagram.to_graphviz(flow, stored.version, counts, note)
     graph.attr(dpi="72")  # an SVG's viewBox is in points: other resolutions crop the drawing
     for step in flow.steps:  # a second statement for a node adds to its attributes
         graph.node(
@@ -148,13 +148,16 @@ async def flow_page(request: Request, user: User) -> Response:
             ).all()
             selections = db.exec(select(Selection).order_by(col(Selection.name))).all()
             catalogue = action_catalogue(db)
-        at = diagram.participants_at(engine, flow_id)
+        counts = diagram.StepCounts(
+            at=diagram.participants_at(engine, flow_id),
+            through=diagram.participants_through(engine, flow_id),
+        )
         document = stored.flow.model_dump(mode="json", by_alias=True)
         labels = {step.id: step.label for step in stored.flow.steps}
         return {
             "versions": versions,
             "selections": selections,
-            "svg": Markup(_diagram_svg(stored, at)),
+            "svg": Markup(_diagram_svg(stored, counts)),
             "stats": flow_statistics(engine, stored.flow, stored.version, per_day=False),
             # Overlaps have a section of their own: not among the other warnings.
             "report": check_document(engine, document),

@@ -1,9 +1,9 @@
 """Search attributes every participant carries, so the Temporal UI can filter runs by flow and step.
 
 FlowId, FlowVersion, ContactId and ParticipantStatus are set when a participant starts, and
-FlowStep too when it goes straight to its first step; FlowStep and ParticipantStatus are upserted
-as it moves. The dev stack and the tests register them; on a real
-cluster, register them once per namespace:
+FlowStep too when it goes straight to its first step; FlowStep is upserted where the participant
+waits (and, for participants started before, at every step), and both as it leaves. The dev
+stack and the tests register them; on a real cluster, register them once per namespace:
 
     temporal operator search-attribute create --namespace default \
         --name FlowId --type Keyword --name FlowVersion --type Int --name FlowStep --type Keyword \

@@ -2,14 +2,12 @@
 
 Every step is a box with its name, its kind and two live counts: participants *at* it now
 (active participants whose current step it is, from the participants table) and participants
-that went *through* it (entered it at least once). The engine keeps no per-step table, so the
-second count comes from the participants' Temporal histories: every step entry upserts the
-``FlowStep`` search attribute, and each such event names the step.
+that went *through* it (entered it at least once, from the step visits every step's entry record
+writes: ``models.engine.StepVisit``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import html
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,13 +16,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import graphviz
-from sqlalchemy import Engine
-from sqlmodel import select
-from temporalio.client import Client
+from sqlalchemy import Engine, func
+from sqlmodel import col, select
 
-from models import search_attributes as sa
 from models.database import session
-from models.engine import Participant, ParticipantStatus
+from models.engine import Participant, ParticipantStatus, StepVisit
 from models.flow import Flow, SendSms, Split, Step, StepGroup, WaitForAction, successors
 
 # Fill colours by the product's five step groups (spec §3), plus finish.
@@ -39,14 +35,13 @@ GROUP_COLOURS: dict[StepGroup, str] = {
 SPLIT_COLOUR = "#fde68a"  # the one step that branches stands out from the waits of its group
 START = "__start__"
 LEAVE = "__leave__"
-HISTORY_CONCURRENCY = 16
 FONT = "DejaVu Sans"
 
 
 @dataclass(frozen=True)
 class StepCounts:
     at: Counter[str] = field(default_factory=Counter)
-    through: Counter[str] | None = None  # None: Temporal was not asked (or not reachable)
+    through: Counter[str] | None = None  # None: not asked
 
 
 def participants_at(engine: Engine, flow_id: str) -> Counter[str]:
@@ -61,29 +56,16 @@ def participants_at(engine: Engine, flow_id: str) -> Counter[str]:
     return Counter(step for step in steps if step is not None)
 
 
-async def participants_through(client: Client, flow_id: str) -> Counter[str]:
-    """Distinct participants (workflow ids) that entered each step, over every run of every
-    participant in the flow, from the FlowStep upserts in their histories."""
-    converter = client.data_converter.payload_converter
-    entered: dict[str, set[str]] = {}
-    gate = asyncio.Semaphore(HISTORY_CONCURRENCY)
-
-    async def scan(workflow_id: str, run_id: str) -> None:
-        async with gate:
-            handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-            async for event in handle.fetch_history_events():
-                if not event.HasField("upsert_workflow_search_attributes_event_attributes"):
-                    continue
-                fields = event.upsert_workflow_search_attributes_event_attributes
-                payload = fields.search_attributes.indexed_fields.get(sa.FLOW_STEP.name)
-                if payload is not None:
-                    step: str = converter.from_payload(payload, str)
-                    entered.setdefault(step, set()).add(workflow_id)
-
-    query = f"{sa.FLOW_ID.name}='{flow_id}'"
-    runs = [(w.id, w.run_id) async for w in client.list_workflows(query)]
-    await asyncio.gather(*(scan(workflow_id, run_id) for workflow_id, run_id in runs))
-    return Counter({step: len(ids) for step, ids in entered.items()})
+def participants_through(engine: Engine, flow_id: str) -> Counter[str]:
+    """Participants that entered each step at least once (each enrollment counts), from the step
+    visits."""
+    with session(engine) as db:
+        rows = db.exec(
+            select(StepVisit.step_id, func.count(func.distinct(StepVisit.participant_id)))
+            .where(StepVisit.flow_id == flow_id)
+            .group_by(col(StepVisit.step_id))
+        ).all()
+    return Counter(dict(rows))
 
 
 def _count_text(step_id: str, counts: StepCounts) -> str:

@@ -1226,6 +1226,30 @@ SCENARIOS: dict[str, Scenario] = {
         sending=DAILY_CAPS,
         enrolled=True,
     ),
+    # FlowStep shows where the participant waits and where it left, not every step it passes
+    # (workflow.patched "flow-step-where-it-waits", asked at the start).
+    "crm_steps_v7": Scenario(
+        "as crm_steps_v5 under flow-step-where-it-waits: the action steps upsert no FlowStep, "
+        "the participant's last FlowStep comes with its status as it leaves",
+        ["flow_step_where_it_waits.action_steps"],
+        crm_steps_flow,
+        enrolled=True,
+    ),
+    "messages_sent_v7": Scenario(
+        "as messages_sent_v5 under flow-step-where-it-waits: FlowStep upserted as the participant "
+        "waits (the sending window, the waits), not at the sends",
+        ["flow_step_where_it_waits.waits"],
+        messages_flow,
+        enrolled=True,
+    ),
+    "pause_edit_resume_v7": Scenario(
+        "as pause_edit_resume_v2 under flow-step-where-it-waits: FlowStep shown as the "
+        "participant waits, and while paused",
+        ["flow_step_where_it_waits.pause"],
+        pause_flow,
+        drive=pause_edit_resume,
+        enrolled=True,
+    ),
     "holidays_and_recipient_clock": Scenario(
         "a flow with a holiday calendar and the recipient's clock: a working-day wait over a "
         "closed date, the contact's time zone read once (find_time_zone, behind recipient-clock) "

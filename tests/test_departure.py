@@ -91,19 +91,30 @@ def outside_selection(engine: Engine, selection_id: int) -> int:
     return contact.id
 
 
-async def test_the_last_step_records_the_departure_and_flow_step_is_set_at_enrollment(
+async def test_the_last_step_records_the_departure_and_flow_step_shows_where_it_waits(
     time_skipping_env: WorkflowEnvironment, engine: Engine, task_queue: str
 ) -> None:
     contact = first_contact(engine)
+    waiting = [
+        {"id": "add", "type": "add_to_list", "selection_id": VIP_SELECTION_ID, "next": "wait"},
+        {"id": "wait", "type": "wait_time", "amount": 1, "unit": "days", "next": "remove"},
+        {
+            "id": "remove",
+            "type": "remove_from_list",
+            "selection_id": VIP_SELECTION_ID,
+            "next": "done",
+        },
+        {"id": "done", "type": "finish"},
+    ]
     async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
         enrolled = await start(
             time_skipping_env, task_queue, flow_of(ADD_THEN_FINISH), contact, as_enrolled=True
         )
         finished = await enrolled.result()
-        bare = await start(
-            time_skipping_env, task_queue, flow_of(ADD_THEN_FINISH), contact, as_enrolled=False
+        passing = await start(
+            time_skipping_env, task_queue, flow_of(waiting), contact, as_enrolled=False
         )
-        await bare.result()
+        await passing.result()
     events = [e async for e in enrolled.fetch_history_events()]
     assert finished.status is ParticipantStatus.finished
     assert local_records(events) == 0
@@ -116,8 +127,11 @@ async def test_the_last_step_records_the_departure_and_flow_step_is_set_at_enrol
     )
     # Set at the start, FlowStep changes once: as the participant leaves.
     assert flow_step_upserts(events) == ["done"]
-    # A participant started without it upserts it at its first step.
-    assert flow_step_upserts([e async for e in bare.fetch_history_events()]) == ["add", "done"]
+    # Action steps done at once show no FlowStep; the wait does, and so does leaving.
+    assert flow_step_upserts([e async for e in passing.fetch_history_events()]) == [
+        "wait",
+        "done",
+    ]
 
 
 async def test_the_finish_checks_in_the_departure_see_what_the_step_just_changed(

@@ -1,6 +1,6 @@
-"""The story of a dry run, read back from the participant's histories: step entries (the
-``FlowStep`` upserts), timers with their summaries, events, captured calls, and the end, in the
-flow's time zone."""
+"""The story of a dry run, read back from the participant's histories and its state: step
+entries (the state's trail: a participant no longer upserts ``FlowStep`` at every step), timers
+with their summaries, events, captured calls, and the end, in the flow's time zone."""
 
 from __future__ import annotations
 
@@ -88,7 +88,6 @@ def build_timeline(
     steps = {step.id: step for step in flow.steps}
     converter = client.data_converter.payload_converter
     entries: list[TimelineEntry] = []
-    step_entries: list[TimelineEntry] = []
     run_id = ""
     for event in events:
         at = event.event_time.ToDatetime(tzinfo=UTC)
@@ -103,9 +102,7 @@ def build_timeline(
                 step_id: str = converter.from_payload(payload, str)
                 step = steps.get(step_id)
                 text = f"{step.label} ({step.type})" if step is not None else step_id
-                entry = TimelineEntry(at=at, kind="step", text=text, step_id=step_id)
-                entries.append(entry)
-                step_entries.append(entry)
+                entries.append(TimelineEntry(at=at, kind="step", text=text, step_id=step_id))
         elif event.HasField("timer_started_event_attributes"):
             timeout = event.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
             text = _summary(event, client) or "wait"
@@ -133,10 +130,25 @@ def build_timeline(
                 continue
             text = _call_text(call, _summary(event, client))
             entries.append(TimelineEntry(at=call.at, kind="action", text=text))
-    # The trail keeps the newest visits: line them up with the last step entries.
+    # The trail keeps the newest visits (when each step was entered, and how it ended); older
+    # ones, in a long run, are told by the FlowStep upserts of the participants that made them.
     if state.trail:
-        for entry, visit in zip(step_entries[-len(state.trail) :], state.trail, strict=False):
-            entry.outcome = visit.outcome
+        first = state.trail[0].entered_at
+        entries = [e for e in entries if e.kind != "step" or e.at < first]
+        for visit in state.trail:
+            step = steps.get(visit.step)
+            text = f"{step.label} ({step.type})" if step is not None else visit.step
+            entries.append(
+                TimelineEntry(
+                    at=visit.entered_at,
+                    kind="step",
+                    text=text,
+                    step_id=visit.step,
+                    outcome=visit.outcome,
+                )
+            )
+        # A step is told before what happened in it at the same moment.
+        entries.sort(key=lambda e: (e.at, e.kind not in ("enrolled", "step")))
     end = state.finished_at or (entries[-1].at if entries else datetime.now(UTC))
     verdict = state.status.value
     if state.drop_out_reason:

@@ -95,7 +95,7 @@ async def test_the_last_step_records_the_departure_and_flow_step_shows_where_it_
     time_skipping_env: WorkflowEnvironment, engine: Engine, task_queue: str
 ) -> None:
     contact = first_contact(engine)
-    waiting = [
+    waiting: list[dict[str, Any]] = [
         {"id": "add", "type": "add_to_list", "selection_id": VIP_SELECTION_ID, "next": "wait"},
         {"id": "wait", "type": "wait_time", "amount": 1, "unit": "days", "next": "remove"},
         {

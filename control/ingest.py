@@ -12,19 +12,29 @@ ends in ``ingest``:
    knows what brought it in before its first step;
 4. the row is marked delivered.
 
-A second ingest of the same event id does nothing once the first was delivered. If the first
-was cut short between 1 and 4 (a crash, the Temporal server unreachable, or a flow step that
-recorded the row in its own transaction), the next ingest delivers it. Delivery is therefore at
-least once: participants ignore an event id they have already seen, and starting a participant is
-idempotent by workflow id.
+Steps 2 to 4 run under a claim on the row (``delivering_since``), taken in one UPDATE that only
+an undelivered, unclaimed row allows: of two ingests of one event at once (the tracking service's,
+the worker's sweep, a retried activity) one delivers and the other does nothing. A delivery that
+fails gives its claim back; one whose process died leaves it to expire (``CLAIM_EXPIRES``). So a
+second ingest of the same event id does nothing once the first was delivered or while it is
+being delivered, and if the first was cut short (the Temporal server unreachable, or a flow step
+that recorded the row in its own transaction) the next ingest delivers it.
+
+``sweep`` is that next ingest for what nobody retries: the clicks, opens and forms recorded while
+the engine could not be reached. The worker runs it every ``SWEEP_SECONDS``
+(``sweep_forever``), the tracking service runs it too; each such event is delivered once. Only a
+process dying in the middle of a delivery makes it at least once (participants ignore an event id
+they have already seen, and starting a participant is idempotent by workflow id).
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import logging
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine
+from pydantic import ValidationError
+from sqlalchemy import Engine, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from temporalio.client import Client
@@ -47,6 +57,18 @@ from models.engine import (
 from models.events import EventKind, FlowEvent, IngestReport
 from models.flow import Flow, Trigger
 
+log = logging.getLogger("ingest")
+
+# A claim older than this belongs to a delivery that died: another may take the event.
+CLAIM_EXPIRES = timedelta(minutes=2)
+# What ``sweep`` delivers: the tracking service's kinds. Other undelivered rows are someone
+# else's: a flow step's record of an addition to a list is never announced, its other changes are
+# announced by its emit_event activity (retried by Temporal), and POST /events callers retry.
+SWEPT_KINDS = (EventKind.link_clicked, EventKind.email_opened, EventKind.form_submitted)
+SWEEP_HORIZON = timedelta(days=7)  # older undelivered events are left alone
+SWEEP_BATCH = 100
+SWEEP_SECONDS = 30.0  # the worker's sweeps
+
 # Triggers stay on while a flow is paused (spec §8): its new participants queue.
 TRIGGERING_STATUSES = (FlowStatus.running.value, FlowStatus.paused.value)
 _IMPORT_BLIND = frozenset({EventKind.contact_created, EventKind.contact_updated})
@@ -62,12 +84,35 @@ def record_event(engine: Engine, event: FlowEvent) -> bool:
     return True
 
 
-def _delivered_before(engine: Engine, event_id: str) -> bool:
+def _claim(engine: Engine, event_id: str) -> bool:
+    """Take the event's delivery: True unless it is delivered, or claimed by a delivery that
+    may still be running."""
+    now = datetime.now(UTC)
+    claim = (
+        update(CrmEvent)
+        .where(
+            col(CrmEvent.event_id) == event_id,
+            col(CrmEvent.delivered_at).is_(None),
+            or_(
+                col(CrmEvent.delivering_since).is_(None),
+                col(CrmEvent.delivering_since) < now - CLAIM_EXPIRES,
+            ),
+        )
+        .values(delivering_since=now)
+    )
     with session(engine) as db:
-        delivered = db.exec(
-            select(CrmEvent.delivered_at).where(CrmEvent.event_id == event_id)
-        ).first()
-    return delivered is not None
+        return db.exec(claim).rowcount == 1
+
+
+def _release(engine: Engine, event_id: str) -> None:
+    """Give a claim back: the delivery failed, and the next ingest or sweep tries again."""
+    release = (
+        update(CrmEvent)
+        .where(col(CrmEvent.event_id) == event_id, col(CrmEvent.delivered_at).is_(None))
+        .values(delivering_since=None)
+    )
+    with session(engine) as db:
+        db.exec(release)
 
 
 def _mark_delivered(engine: Engine, event_id: str) -> None:
@@ -163,9 +208,63 @@ async def ingest(
 ) -> IngestReport:
     """Record the event once and deliver it (see the module's docstring)."""
     new = await asyncio.to_thread(record_event, engine, event)
-    if not new and await asyncio.to_thread(_delivered_before, engine, event.event_id):
-        return IngestReport(event_id=event.event_id, new=False, delivered=False)
-    report = await deliver(client, engine, event, task_queue=task_queue)
+    if not await asyncio.to_thread(_claim, engine, event.event_id):
+        # Delivered before, or being delivered by another ingest right now.
+        return IngestReport(event_id=event.event_id, new=new, delivered=False)
+    try:
+        report = await deliver(client, engine, event, task_queue=task_queue)
+    except BaseException:
+        _release(engine, event.event_id)  # a short write; also when the delivery is cancelled
+        raise
     report.new = new
     await asyncio.to_thread(_mark_delivered, engine, event.event_id)
     return report
+
+
+def undelivered(engine: Engine, limit: int = SWEEP_BATCH) -> list[FlowEvent]:
+    """The oldest clicks, opens and forms of the last ``SWEEP_HORIZON`` not delivered yet."""
+    since = datetime.now(UTC) - SWEEP_HORIZON
+    with session(engine) as db:
+        rows = db.exec(
+            select(CrmEvent)
+            .where(
+                col(CrmEvent.delivered_at).is_(None),
+                col(CrmEvent.kind).in_([kind.value for kind in SWEPT_KINDS]),
+                col(CrmEvent.occurred_at) >= since,
+            )
+            .order_by(col(CrmEvent.occurred_at), col(CrmEvent.id))
+            .limit(limit)
+        ).all()
+    events: list[FlowEvent] = []
+    for row in rows:
+        try:
+            events.append(FlowEvent.model_validate(row.payload))
+        except ValidationError:  # not one that can be delivered: never blocks the others
+            log.error("event %s: its record is no FlowEvent, not delivered", row.event_id)
+    return events
+
+
+async def sweep(client: Client, engine: Engine, *, task_queue: str) -> int:
+    """Deliver a batch of what was recorded and not delivered (see the module's docstring): how
+    many this sweep delivered. Raises ``RPCError`` when Temporal cannot be reached (what it
+    claimed is given back)."""
+    delivered = 0
+    for event in await asyncio.to_thread(undelivered, engine):
+        report = await ingest(client, engine, event, task_queue=task_queue)
+        delivered += report.delivered
+    return delivered
+
+
+async def sweep_forever(
+    client: Client, engine: Engine, *, task_queue: str, every: float = SWEEP_SECONDS
+) -> None:
+    """Sweep every ``every`` seconds until cancelled, batch after batch while there is more."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            while await sweep(client, engine, task_queue=task_queue) == SWEEP_BATCH:
+                pass
+        except RPCError as error:
+            log.warning("undelivered events wait: Temporal not reachable (%s)", error)
+        except Exception:
+            log.exception("sweeping undelivered events failed; trying again later")

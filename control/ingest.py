@@ -5,14 +5,16 @@ changes from outside, ``starter.py event`` and flow steps through the ``emit_eve
 ends in ``ingest``:
 
 1. the event is recorded in ``crm_events``, once per ``event_id``;
-2. it is signalled (``event``) to every active participant of its contact, without its form
+2. a form's or tracked link's own actions are carried out, once per event
+   (``control.own_actions``), and the CRM changes they make are announced as events of their own;
+3. it is signalled (``event``) to every active participant of its contact, without its form
    data (``FlowEvent.reference``: participants read a submission's fields from the table);
-3. every running or paused flow whose triggers it matches enrolls the contact through the flow's
+4. every running or paused flow whose triggers it matches enrolls the contact through the flow's
    own rules, with the event as the start signal (signal-with-start), so the new participant
    knows what brought it in before its first step;
-4. the row is marked delivered.
+5. the row is marked delivered.
 
-Steps 2 to 4 run under a claim on the row (``delivering_since``), taken in one UPDATE that only
+Steps 2 to 5 run under a claim on the row (``delivering_since``), taken in one UPDATE that only
 an undelivered, unclaimed row allows: of two ingests of one event at once (the tracking service's,
 the worker's sweep, a retried activity) one delivers and the other does nothing. A delivery that
 fails gives its claim back; one whose process died leaves it to expire (``CLAIM_EXPIRES``). So a
@@ -30,6 +32,7 @@ they have already seen, and starting a participant is idempotent by workflow id)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -38,10 +41,14 @@ from sqlalchemy import Engine, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from temporalio.client import Client
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.scripts import ScriptStart
 from control.enrollment import EVENT_SIGNAL, enroll
 from control.flows import FlowRejected
+from control.own_actions import carry_out
 from models.database import session
 from models.engine import (
     CrmEvent,
@@ -56,6 +63,7 @@ from models.engine import (
 )
 from models.events import EventKind, FlowEvent, IngestReport
 from models.flow import Flow, Trigger
+from workflows.script import ScriptWorkflow
 
 log = logging.getLogger("ingest")
 
@@ -180,7 +188,7 @@ async def _signal(client: Client, workflow_id: str, event: FlowEvent) -> bool:
 async def deliver(
     client: Client, engine: Engine, event: FlowEvent, *, task_queue: str
 ) -> IngestReport:
-    """Steps 2 and 3 of ``ingest``: signal the contact's participants, fire matching triggers."""
+    """Steps 3 and 4 of ``ingest``: signal the contact's participants, fire matching triggers."""
     report = IngestReport(event_id=event.event_id, new=False, delivered=True)
     workflow_ids = await asyncio.to_thread(_active_participants, engine, event.contact_id)
     reached = await asyncio.gather(*(_signal(client, w, event) for w in workflow_ids))
@@ -203,6 +211,34 @@ async def deliver(
     return report
 
 
+async def _start_script(client: Client, start: ScriptStart, task_queue: str) -> None:
+    # Its id is the idempotency: a second run of the event's actions starts nothing.
+    with contextlib.suppress(WorkflowAlreadyStartedError):
+        await client.start_workflow(
+            ScriptWorkflow.run,
+            start,
+            id=f"script-{start.run_key}",
+            task_queue=task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        )
+
+
+async def carry_out_actions(
+    client: Client, engine: Engine, event: FlowEvent, *, task_queue: str
+) -> list[str]:
+    """Step 2 of ``ingest``: the own actions of the form or link the event names, once per
+    event (``control.own_actions``), their scripts started and their changes announced."""
+    if event.kind not in (EventKind.form_submitted, EventKind.link_clicked):
+        return []
+    done = await asyncio.to_thread(carry_out, engine, event)
+    if done is None:
+        return []
+    await asyncio.gather(*(_start_script(client, s, task_queue) for s in done.scripts))
+    for change in done.changes:
+        await ingest(client, engine, change, task_queue=task_queue)
+    return [f"{done.source}: {outcome}" for outcome in done.outcomes]
+
+
 async def ingest(
     client: Client, engine: Engine, event: FlowEvent, *, task_queue: str
 ) -> IngestReport:
@@ -212,7 +248,9 @@ async def ingest(
         # Delivered before, or being delivered by another ingest right now.
         return IngestReport(event_id=event.event_id, new=new, delivered=False)
     try:
+        actions = await carry_out_actions(client, engine, event, task_queue=task_queue)
         report = await deliver(client, engine, event, task_queue=task_queue)
+        report.actions = actions
     except BaseException:
         _release(engine, event.event_id)  # a short write; also when the delivery is cancelled
         raise

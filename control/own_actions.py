@@ -24,7 +24,7 @@ workflow (``script-<event id>/actions/<n>``) and sees the form or link as its fl
 
 Creating a request or follow-up and sending a reply email are actions the CRM lists, but a form
 or link stores none of their details (type, category, owner, text): they are reported as not
-carried out, and validation keeps warning where a flow step does the same.
+carried out (``models.crm.WITHOUT_DETAILS``), and validation does not warn about them.
 """
 
 from __future__ import annotations
@@ -38,7 +38,15 @@ from sqlmodel import Session, select
 from activities.crm import ListChange, memberships, record_joining
 from activities.scripts import ScriptStart
 from models.contact_update import apply_row, field_spec
-from models.crm import Contact, Form, OwnAction, Project, Selection, TrackedLink
+from models.crm import (
+    WITHOUT_DETAILS,
+    Contact,
+    Form,
+    OwnAction,
+    Project,
+    Selection,
+    TrackedLink,
+)
 from models.database import utcnow
 from models.engine import find_event, record_event, serialize_on, transact
 from models.events import EventKind, FlowEvent
@@ -47,8 +55,6 @@ from scripts import registered_scripts
 
 # Where an event's crm_events row keeps what its own actions did.
 ACTIONS_KEY = "own_actions"
-# Kinds a form or link stores no details for: nothing to carry out (see the module docstring).
-_WITHOUT_DETAILS = frozenset({"create_request", "create_follow_up", "send_reply_email"})
 
 
 class ActionsDone(BaseModel):
@@ -122,7 +128,7 @@ def _carry_out(
             done.outcomes.append(f"action {index} is not a valid action: skipped")
             continue
         kind = action.kind
-        if kind in _WITHOUT_DETAILS:
+        if kind in WITHOUT_DETAILS:
             done.outcomes.append(f"{kind}: not carried out (no details stored with it)")
         elif kind in (
             "add_to_selection",

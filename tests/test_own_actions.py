@@ -5,6 +5,7 @@ once, and when the same event comes in again (dev server, both databases)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,8 +15,9 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+import starter
 from control.enrollment import enroll
-from control.ingest import ingest, sweep
+from control.ingest import carry_out_actions, ingest, record_event, sweep
 from control.own_actions import ACTIONS_KEY
 from models.crm import (
     Contact,
@@ -27,9 +29,11 @@ from models.crm import (
     TrackedLink,
 )
 from models.database import session
+from models.demo import DEMO_FORM_ID, VIP_SELECTION_ID
 from models.engine import CrmEvent, ParticipantStatus, find_event
-from models.events import EventKind
+from models.events import EventKind, FlowEvent
 from models.participant import participant_workflow_id
+from models.settings import Settings
 from tests.test_events import (
     DONE,
     LARS,
@@ -39,6 +43,7 @@ from tests.test_events import (
     participant_status,
     running_flow,
     signals,
+    use_starter,
     worker,
 )
 from tracking.delivery import Delivery
@@ -76,6 +81,11 @@ def _contact(engine: Engine, contact_id: int) -> Contact:
         assert contact is not None
         db.expunge(contact)
         return contact
+
+
+async def _recorded(engine: Engine, event: FlowEvent) -> FlowEvent:
+    assert await asyncio.to_thread(record_event, engine, event)
+    return event
 
 
 async def _unreachable_temporal() -> Client:
@@ -209,3 +219,45 @@ async def test_a_click_runs_its_links_actions_and_an_unknown_list_is_reported(
     other = event_of(EventKind.link_clicked, LARS, link="https://www.example.com/elsewhere")
     assert (await ingest(client, engine, other, task_queue=task_queue)).actions == []
     assert len(_events(engine, EventKind.added_to_project)) == 1
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_forms_script_runs_once_in_a_script_workflow_of_its_own(
+    dev_env: WorkflowEnvironment, engine: Engine, task_queue: str
+) -> None:
+    client = dev_env.client
+    form_id = _add(
+        engine,
+        Form(name="Portal", actions=[{"kind": "run_script", "script": "sync_webinar_attendee"}]),
+    )
+    submission = event_of(EventKind.form_submitted, LARS, form_id=form_id)
+    first = await carry_out_actions(
+        client, engine, await _recorded(engine, submission), task_queue=task_queue
+    )
+    assert first == [f"form {form_id} ('Portal'): script 'sync_webinar_attendee' started"]
+    handle = client.get_workflow_handle(f"script-{submission.event_id}/actions/0")
+    assert await handle.result() == f"synced contact {LARS}"
+    ran = (await handle.describe()).run_id
+    # A second run for the same event (a delivery cut short after the first) starts no other.
+    again = await carry_out_actions(client, engine, submission, task_queue=task_queue)
+    assert again == first
+    assert (await handle.describe()).run_id == ran
+
+
+@pytest.mark.usefixtures("worker")
+async def test_the_starter_says_what_the_forms_actions_did(
+    dev_env: WorkflowEnvironment,
+    engine: Engine,
+    task_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+    settings_env: Callable[..., Settings],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    use_starter(dev_env, engine, task_queue, monkeypatch, settings_env)
+    args = ["event", "form_submitted", "--contact", str(LARS), "--form", str(DEMO_FORM_ID)]
+    assert await asyncio.to_thread(starter.main, args) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"  form {DEMO_FORM_ID} ('Webinar sign-up'): selection {VIP_SELECTION_ID}: added\n" in out
+    )
+    assert _members(engine, VIP_SELECTION_ID) == [LARS]

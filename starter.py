@@ -375,6 +375,8 @@ async def _event(args: argparse.Namespace, used: Resources) -> int:
         print(f"{event.event_id}: recorded and delivered before; nothing to do")
         return DONE
     print(f"{event.event_id}: {'recorded' if report.new else 'already recorded'}, delivered")
+    for done in report.actions:
+        print(f"  {done}")
     print(f"  signalled {len(report.signalled)} participants: {', '.join(report.signalled) or '-'}")
     for flow_id in report.enrolled:
         print(f"  enrolled in {flow_id}")

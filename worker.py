@@ -38,7 +38,7 @@ from activities.records import RecordActivities
 from activities.scripts import ScriptActivities
 from activities.sms import SmsActivities, TwilioSettings
 from control.enrollment import suggest
-from control.ingest import ingest
+from control.ingest import ingest, sweep_forever
 from models.database import PROJECT_ROOT, create_tables, get_engine
 from models.encryption import Keyring
 from models.frequency_caps import Channel
@@ -304,7 +304,10 @@ async def main() -> None:
         host = client.service_client.config.target_host
         queues = ", ".join(repr(w.task_queue) for w in (worker.participants, *worker.channels))
         print(f"worker: polling task queues {queues} on {host}")
+        # Clicks, opens and forms recorded while the engine could not be reached.
+        sweeping = asyncio.create_task(sweep_forever(client, engine, task_queue=worker.task_queue))
         await stop.wait()
+        sweeping.cancel()
         print("worker: stopping (finishing in-flight activities)")
 
 

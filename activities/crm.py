@@ -74,10 +74,10 @@ class CrmActivities:
                 return StepChange.left(reason)
             _require(db, change)
             outcome: list[str] = []
-            for name, member, existing in _memberships(db, change):
+            for name, member, existing in memberships(db, change):
                 if existing is None:
                     db.add(member)
-                    _record_joining(db, member)
+                    record_joining(db, member)
                 outcome.append(f"{name}: {'already member' if existing else 'added'}")
             return _done(db, change, "; ".join(outcome))
 
@@ -89,7 +89,7 @@ class CrmActivities:
                 return StepChange.left(reason)
             _require(db, change)
             outcome: list[str] = []
-            for name, _, existing in _memberships(db, change):
+            for name, _, existing in memberships(db, change):
                 if existing is not None:
                     db.delete(existing)
                 outcome.append(f"{name}: {'removed' if existing else 'not a member'}")
@@ -144,9 +144,7 @@ def _ids(value: object) -> list[int]:
 Membership = SelectionMember | ProjectMember
 
 
-def _memberships(
-    db: Session, change: ListChange
-) -> list[tuple[str, Membership, Membership | None]]:
+def memberships(db: Session, change: ListChange) -> list[tuple[str, Membership, Membership | None]]:
     """For each list the change names: its label, the membership row, and the existing one."""
     found: list[tuple[str, Membership, Membership | None]] = []
     if change.selection_id is not None:
@@ -170,21 +168,24 @@ def _memberships(
     return found
 
 
-def _record_joining(db: Session, member: Membership) -> None:
-    # The membership row is the idempotency here: the event commits with it, and a retry that
-    # finds the member adds neither. So the event id only needs to be unique.
+def record_joining(db: Session, member: Membership, event_id: str | None = None) -> FlowEvent:
+    """The added_to_selection / added_to_project event of a new membership, in its transaction.
+
+    For a step the membership row is the idempotency: the event commits with it, and a retry
+    that finds the member adds neither, so a unique id will do. A form's or link's actions pass
+    an id derived from their event, to announce it again if that was cut short."""
     if isinstance(member, SelectionMember):
         kind, where = EventKind.added_to_selection, {"selection_id": member.selection_id}
     else:
         kind, where = EventKind.added_to_project, {"project_id": member.project_id}
     event = FlowEvent(
-        event_id=f"{kind.value}/{uuid.uuid4()}",
+        event_id=event_id or f"{kind.value}/{uuid.uuid4()}",
         kind=kind,
         contact_id=member.contact_id,
         occurred_at=utcnow(),
         **where,
     )
-    record_event(db, event)
+    return record_event(db, event)
 
 
 def missing_contact(contact_id: int) -> ApplicationError:

@@ -252,8 +252,9 @@ class Notification(SQLModel, table=True):
 
 
 class OwnAction(BaseModel):
-    """One of a form's or tracked link's own actions (spec §5), run by the CRM when the form is
-    submitted or the link clicked, whatever flows do. Only the fields its kind needs are set."""
+    """One of a form's or tracked link's own actions (spec §5), carried out when the form is
+    submitted or the link clicked (``control.own_actions``), whatever flows do. Only the fields
+    its kind needs are set."""
 
     kind: Literal[
         "add_to_selection",
@@ -274,6 +275,11 @@ class OwnAction(BaseModel):
     field: str | None = None  # set_extra_field: "x_vip"
     value: str | None = None
     script: str | None = None
+
+
+# Actions the CRM lists whose details (a request's type and category, a follow-up's owner, a
+# reply's text) a form or link does not store: the engine does not carry them out.
+WITHOUT_DETAILS = frozenset({"create_request", "create_follow_up", "send_reply_email"})
 
 
 class Form(SQLModel, table=True):

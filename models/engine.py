@@ -186,6 +186,9 @@ class CrmEvent(SQLModel, table=True):
     occurred_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
     # When control.ingest delivered it to participants and triggers; None: not (yet) done.
     delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # When a delivery of it began (control.ingest claims it): another waits until it is
+    # delivered, or until the claim is old enough to mean that delivery died.
+    delivering_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 def find_event(db: Session, event_id: str) -> CrmEvent | None:

@@ -74,6 +74,7 @@ class IngestReport(BaseModel):
     signalled: list[str] = []  # workflow ids of the active participants that got it
     enrolled: list[str] = []  # flows whose triggers enrolled the contact
     refused: dict[str, str] = {}  # flow id -> why its trigger did not enroll the contact
+    actions: list[str] = []  # what the form's or link's own actions did, one line each
 
 
 def meets(criterion: SuccessCriterion, event: FlowEvent) -> bool:

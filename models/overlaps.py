@@ -1,10 +1,12 @@
 """Overlaps between a flow's steps and the own actions of the forms and links it uses (spec §5).
 
-A form or tracked link acts on its own when it is submitted or clicked: it may add the contact to
-a selection, set an interest, create a request. A flow that is triggered by that form, waits for
-it, splits on it or counts it as a success, and whose steps do the same thing (or the opposite),
-does it twice (or undoes it). The product warns against that; validation reports each overlap as
-a warning on the flow step concerned.
+A form or tracked link acts on its own when it is submitted or clicked (``control.own_actions``
+carries its actions out, before the flows hear of it): it may add the contact to a selection, set
+an interest, run a script. A flow that is triggered by that form, waits for it, splits on it or
+counts it as a success, and whose steps do the same thing (or the opposite), does it twice (or
+undoes it). The product warns against that; validation reports each overlap as a warning on the
+flow step concerned: a script runs twice; a membership, an interest or a field set a second time
+is a step that changes nothing; opposite changes undo each other.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ from dataclasses import dataclass
 from models.crm import ActionCatalogue, OwnAction, OwnActions
 from models.flow import (
     AddToList,
-    CreateFollowUp,
-    CreateRequest,
     Finish,
     Flow,
     RemoveFromList,
@@ -35,7 +35,7 @@ _OPPOSITE = {"add": "remove", "remove": "add"}
 @dataclass(frozen=True)
 class Effect:
     """One change to the contact: ``add``/``remove`` a selection, project or interest, ``set`` an
-    extra field, ``create`` a request or follow-up, ``run`` a script."""
+    extra field, ``run`` a script."""
 
     verb: str
     what: str
@@ -67,13 +67,10 @@ def _own_effect(action: OwnAction) -> Effect | None:
         return Effect(kind.split("_", 1)[0], "interest", action.interest)
     if kind == "set_extra_field" and action.field is not None:
         return Effect("set", "extra field", action.field.removeprefix("extra."), action.value)
-    if kind == "create_request":
-        return Effect("create", "request")
-    if kind == "create_follow_up":
-        return Effect("create", "follow-up")
     if kind == "run_script":
         return Effect("run", "script", action.script)
-    return None  # a reply email or a redirect changes nothing a flow step also changes
+    # Requests, follow-ups and reply emails are not carried out (WITHOUT_DETAILS): nothing twice.
+    return None
 
 
 def _lists(verb: str, selection_id: int | None, project_id: int | None) -> Iterator[Effect]:
@@ -101,10 +98,6 @@ def _step_effects(step: Step) -> Iterator[tuple[str, Effect]]:
                 name = row.field.removeprefix("extra.")
                 value = None if row.value is None else str(row.value)
                 yield f"rows.{index}.value", Effect("set", "extra field", name, value)
-    elif isinstance(step, CreateRequest):
-        yield "request_type", Effect("create", "request")
-    elif isinstance(step, CreateFollowUp):
-        yield "follow_up_type", Effect("create", "follow-up")
     elif isinstance(step, RunScript):
         yield "script", Effect("run", "script", step.script)
     # Exit hand-offs add to a selection too.
@@ -178,7 +171,9 @@ def _overlap(source: str, theirs: Effect, ours: Effect) -> str | None:
     if not theirs.same_target(ours):
         return None
     if theirs.verb == ours.verb and theirs.value == ours.value:
-        return f"{source} also {theirs}, as this step does: it happens twice"
+        if theirs.verb == "run":
+            return f"{source} also {theirs}, as this step does: it runs twice"
+        return f"{source} also {theirs}, as this step does: whichever comes second changes nothing"
     if _OPPOSITE.get(theirs.verb) == ours.verb or theirs.verb == ours.verb == "set":
         return f"{source} {theirs}, and this step {ours}: they undo each other"
     return None

@@ -35,8 +35,9 @@ from testkit.waiting import assert_eventually
 from worker import EngineWorker, build_worker
 
 KARIN, LARS, EMILY = 1, 2, 3
-# Events name forms and links by id and URL; no form or link row is needed to take one in.
-FORM_ID = 1
+# Events name forms and links by id and URL; no form or link row is needed to take one in. This
+# form has none, so it has no actions of its own (the demo's form 1 has: tests/test_own_actions).
+FORM_ID = 41
 OFFER_URL = "https://www.example.com/spring-offer"
 WAIT = {"id": "wait", "type": "wait_time", "amount": 5, "unit": "days", "next": "done"}
 DONE = {"id": "done", "type": "finish"}
@@ -402,6 +403,21 @@ async def test_crm_triggers_ignore_imports_and_match_their_selection(
     assert (await ingest(client, engine, vip, task_queue=task_queue)).enrolled == [joined]
 
 
+def use_starter(
+    dev_env: WorkflowEnvironment,
+    engine: Engine,
+    task_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+    settings_env: Callable[..., Settings],
+) -> None:
+    """Let ``starter.main`` reach this test's database, dev server and task queue."""
+    settings_env(
+        DATABASE_URL=engine.url.render_as_string(hide_password=False),
+        TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,
+    )
+    monkeypatch.setattr(starter, "TASK_QUEUE", task_queue)
+
+
 @pytest.mark.usefixtures("worker")
 async def test_the_starter_takes_an_event_in(
     dev_env: WorkflowEnvironment,
@@ -411,11 +427,7 @@ async def test_the_starter_takes_an_event_in(
     settings_env: Callable[..., Settings],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    settings_env(
-        DATABASE_URL=engine.url.render_as_string(hide_password=False),
-        TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,
-    )
-    monkeypatch.setattr(starter, "TASK_QUEUE", task_queue)
+    use_starter(dev_env, engine, task_queue, monkeypatch, settings_env)
     flow_id = running_flow(
         engine,
         flow_document("ev-cli", [DONE], triggers=[{"kind": "form_submitted", "form_id": FORM_ID}]),

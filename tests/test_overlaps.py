@@ -36,6 +36,7 @@ CATALOGUE = ActionCatalogue(
                 OwnAction(kind="set_extra_field", field="x_vip", value="true"),
                 OwnAction(kind="create_request"),
                 OwnAction(kind="remove_from_project", project_id=1),
+                OwnAction(kind="run_script", script="sync_webinar_attendee"),
             ],
         )
     },
@@ -75,7 +76,8 @@ def test_a_step_doing_what_the_triggering_form_does_is_a_duplicate() -> None:
             "warning",
             "tag",
             "selection_id",
-            f"{source} also adds the contact to selection 3, as this step does: it happens twice",
+            f"{source} also adds the contact to selection 3, as this step does: whichever comes "
+            "second changes nothing",
         ),
         Problem(
             "warning",
@@ -118,7 +120,8 @@ def test_links_waited_for_split_on_or_counted_as_success_are_checked_too() -> No
                 "priority": "Low",
                 "next": "join",
             },
-            {"id": "join", "type": "add_to_list", "project_id": 1, "next": "done"},
+            {"id": "join", "type": "add_to_list", "project_id": 1, "next": "sync"},
+            {"id": "sync", "type": "run_script", "script": "sync_webinar_attendee", "next": "done"},
             DONE,
         ],
         success={"criteria": [{"kind": "link_clicked", "link": "https://example.com/offer"}]},
@@ -126,16 +129,16 @@ def test_links_waited_for_split_on_or_counted_as_success_are_checked_too() -> No
     found = {(p.step, p.field): p.message for p in warnings(document)}
     assert set(found) == {
         ("vip", "rows.0.value"),
-        ("ticket", "request_type"),
         ("join", "project_id"),
-    }
+        ("sync", "script"),
+    }  # the link's request is not created (no details stored with it): the step's is the only one
     source = "link 'https://example.com/offer' ('Offer', used in success.criteria.0, step 'wait')"
     assert found["vip", "rows.0.value"] == (
         f"{source} sets extra field 'x_vip' to 'true', and this step sets extra field 'x_vip' to "
         "'False': they undo each other"
     )
-    assert found["ticket", "request_type"].endswith(
-        "also creates a request, as this step does: it happens twice"
+    assert found["sync", "script"] == (
+        f"{source} also runs a script 'sync_webinar_attendee', as this step does: it runs twice"
     )
     assert (
         "removes the contact from project 1, and this step adds the contact to project 1"

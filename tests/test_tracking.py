@@ -25,7 +25,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from control.enrollment import enroll
 from control.flows import deploy_flow
-from models.demo import DEMO_FORM_ID, SPRING_OFFER_URL
+from models.demo import DEMO_FORM_ID, SPRING_OFFER_URL, VIP_SELECTION_ID
 from models.engine import ParticipantStatus
 from models.events import EventKind, FlowEvent
 from models.participant import participant_workflow_id
@@ -244,7 +244,7 @@ async def test_a_form_submission_enrolls_through_its_trigger_with_the_fields(
             response = await tracking.post(f"/f/{DEMO_FORM_ID}", data=fields)
             assert (response.status_code, response.text) == (200, "Thank you.\n")
         await participant_status(engine, flow_id, KARIN, ParticipantStatus.active.value)
-    [row] = crm_events(engine)
+    [row] = [row for row in crm_events(engine) if row.kind == "form_submitted"]
     event = FlowEvent.model_validate(row.payload)
     assert (event.kind, event.form_id, event.contact_id) == ("form_submitted", DEMO_FORM_ID, KARIN)
     assert event.data == {"topic": "pricing", "size": "10,50"}
@@ -253,7 +253,14 @@ async def test_a_form_submission_enrolls_through_its_trigger_with_the_fields(
 
     unknown = await tracking.post("/f/999", data={"_contact": links.form_token(KARIN)})
     assert unknown.status_code == 404
-    assert len(crm_events(engine)) == 1
+    assert [row.kind for row in crm_events(engine)].count("form_submitted") == 1
+    # The form's own actions ran once for the two submits: Karin joined the VIP selection (one
+    # added_to_selection event), and had the Webinars interest already.
+    assert row.payload["own_actions"]["outcomes"] == [
+        f"selection {VIP_SELECTION_ID}: added",
+        "add_interest: no change",
+    ]
+    assert [r.kind for r in crm_events(engine)].count("added_to_selection") == 1
 
 
 @pytest.mark.usefixtures("dev_env")
@@ -271,6 +278,7 @@ async def test_crm_changes_from_outside_come_in_through_post_events(
         "signalled": [],
         "enrolled": [],
         "refused": {},
+        "actions": [],
     }
     again = await tracking.post("/events", content=event, headers=auth)
     assert (again.json()["new"], again.json()["delivered"]) == (False, False)

@@ -8,8 +8,9 @@ reached — not yet connected at start, or a delivery just failed — events are
 
 What was recorded and not delivered is picked up again: ``Delivery.redeliver`` runs while the
 service does and hands over, oldest first, every click, open and form of the last week still
-marked undelivered, as soon as Temporal answers again. Delivery is at least once (participants
-ignore an event id they have seen; starting a participant is idempotent).
+marked undelivered (``control.ingest.undelivered``), as soon as Temporal answers again; the
+worker sweeps the same events (``control.ingest.sweep_forever``). Each delivery claims its event
+first, so of the two (and of several services or workers) one delivers it, once.
 """
 
 from __future__ import annotations
@@ -17,27 +18,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 
-from pydantic import ValidationError
 from sqlalchemy import Engine
-from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from control.ingest import ingest, record_event
-from models.database import session
-from models.engine import CrmEvent
-from models.events import EventKind, FlowEvent
+from control.ingest import SWEEP_BATCH, ingest, record_event, undelivered
+from models.events import FlowEvent
 
 log = logging.getLogger("tracking")
 
-# The kinds this service records. Other undelivered rows are someone else's: a flow step's
-# record of an addition to a list is never announced, and POST /events callers retry themselves.
-TRACKED_KINDS = (EventKind.link_clicked, EventKind.email_opened, EventKind.form_submitted)
 REDELIVERY_SECONDS = 5.0  # how often undelivered events are looked for
-REDELIVERY_HORIZON = timedelta(days=7)  # older undelivered events are left alone
-REDELIVERY_BATCH = 100
 CONNECT_SECONDS = 1.0  # between attempts to reach Temporal at start
 
 
@@ -85,10 +76,11 @@ class Delivery:
         return True
 
     async def _deliver(self, client: Client, event: FlowEvent) -> bool:
-        """Whether the event reached everyone it concerns; an RPC failure marks Temporal as
-        unreachable until a delivery succeeds again."""
+        """Whether this delivery handed the event to everyone it concerns (False too when
+        another was delivering it); an RPC failure marks Temporal as unreachable until a
+        delivery succeeds again."""
         try:
-            await ingest(client, self.engine, event, task_queue=self.task_queue)
+            report = await ingest(client, self.engine, event, task_queue=self.task_queue)
         except RPCError as error:
             if self.reachable:
                 log.warning("event %s: recorded, not delivered (%s); later", event.event_id, error)
@@ -101,7 +93,7 @@ class Delivery:
         if not self.reachable:
             self.reachable = True
             self._again.set()
-        return True
+        return report.delivered
 
     async def connect(self, connect: Callable[[], Awaitable[Client]]) -> None:
         """Keep trying ``connect`` until Temporal answers; events are recorded meanwhile."""
@@ -130,14 +122,14 @@ class Delivery:
             if self.client is None:
                 continue
             try:
-                while await self._redeliver_some(self.client) == REDELIVERY_BATCH:
+                while await self._redeliver_some(self.client) == SWEEP_BATCH:
                     pass
             except Exception:
                 log.exception("looking for undelivered events failed; trying again later")
 
     async def _redeliver_some(self, client: Client) -> int:
         """Delivers one batch; how many of its events were delivered."""
-        events = await asyncio.to_thread(_undelivered, self.engine, REDELIVERY_BATCH)
+        events = await asyncio.to_thread(undelivered, self.engine)
         delivered = 0
         for event in events:
             if event.event_id in self._pending:
@@ -152,25 +144,3 @@ class Delivery:
         """Let deliveries that outlived their request finish (the service is stopping)."""
         if self._pending:
             await asyncio.wait(set(self._pending.values()), timeout=timeout)
-
-
-def _undelivered(engine: Engine, limit: int) -> list[FlowEvent]:
-    since = datetime.now(UTC) - REDELIVERY_HORIZON
-    with session(engine) as db:
-        rows = db.exec(
-            select(CrmEvent)
-            .where(
-                col(CrmEvent.delivered_at).is_(None),
-                col(CrmEvent.kind).in_([kind.value for kind in TRACKED_KINDS]),
-                col(CrmEvent.occurred_at) >= since,
-            )
-            .order_by(col(CrmEvent.occurred_at), col(CrmEvent.id))
-            .limit(limit)
-        ).all()
-    events: list[FlowEvent] = []
-    for row in rows:
-        try:
-            events.append(FlowEvent.model_validate(row.payload))
-        except ValidationError:  # not one this service can deliver: never blocks the others
-            log.error("event %s: its record is no FlowEvent, not delivered", row.event_id)
-    return events

@@ -20,10 +20,13 @@ from control.enrollment import enroll
 from control.ingest import carry_out_actions, ingest, record_event, sweep
 from control.own_actions import ACTIONS_KEY
 from models.crm import (
+    Associate,
     Contact,
+    FollowUp,
     Form,
     Project,
     ProjectMember,
+    Request,
     Selection,
     SelectionMember,
     TrackedLink,
@@ -49,6 +52,15 @@ from tests.test_events import (
 from tracking.delivery import Delivery
 
 __all__ = ["worker"]  # the fixture, from the events tests
+
+
+PRICING_REQUEST = {
+    "title": "Pricing for [[company.name]]",
+    "request_type": "Customer success",
+    "status": "Open",
+    "category": "Account management",
+    "priority": "High",
+}
 
 
 def _add(engine: Engine, row: Any) -> int:
@@ -100,6 +112,8 @@ async def test_a_submission_runs_its_forms_actions_once_also_when_cut_short_and_
 ) -> None:
     client = dev_env.client
     guests = _add(engine, Selection(name="Webinar guests"))
+    with session(engine) as db:
+        anna = db.exec(select(Associate.id).where(Associate.name == "Anna Lindqvist")).one()
     form_id = _add(
         engine,
         Form(
@@ -108,7 +122,15 @@ async def test_a_submission_runs_its_forms_actions_once_also_when_cut_short_and_
                 {"kind": "add_to_selection", "selection_id": guests},
                 {"kind": "add_interest", "interest": "Pricing"},
                 {"kind": "set_extra_field", "field": "x_vip", "value": "true"},
-                {"kind": "create_request"},
+                {"kind": "create_request", "request": PRICING_REQUEST},
+                {
+                    "kind": "create_follow_up",
+                    "follow_up": {
+                        "title": "Call [[customer.firstname]]",
+                        "follow_up_type": "Call",
+                        "owner": {"kind": "associate", "associate_id": anna},
+                    },
+                },
             ],
         ),
     )
@@ -137,8 +159,16 @@ async def test_a_submission_runs_its_forms_actions_once_also_when_cut_short_and_
         f"selection {guests}: added",
         "interests: ['Integrations'] → ['Integrations', 'Pricing']",
         "extra.x_vip: None → True",
-        "create_request: not carried out (no details stored with it)",
+        *done["outcomes"][3:],
     ]
+    request_outcome, follow_up_outcome = done["outcomes"][3:]
+    assert request_outcome.startswith("request #") and "'Pricing for [[company.name]]'" in (
+        request_outcome
+    )
+    assert (
+        follow_up_outcome.startswith("to-do #")
+        and "'Call [[customer.firstname]]'" in follow_up_outcome
+    )
 
     # Meanwhile a user takes Lars out of the selection again: carrying the actions out a second
     # time would put him back.
@@ -160,6 +190,17 @@ async def test_a_submission_runs_its_forms_actions_once_also_when_cut_short_and_
 
     assert _members(engine, guests) == []
     assert _contact(engine, LARS).interests.count("Pricing") == 1
+    # One request and one follow-up, whatever the number of deliveries and sweeps.
+    with session(engine) as db:
+        [request] = db.exec(select(Request).where(Request.contact_id == LARS)).all()
+        [follow_up] = db.exec(select(FollowUp).where(FollowUp.contact_id == LARS)).all()
+        assert request.title == "Pricing for Nordljus AB" and request.priority == "High"
+        assert follow_up.title == "Call Lars" and follow_up.owner_id == anna
+    [created] = _events(engine, EventKind.request_created)
+    [booked] = _events(engine, EventKind.follow_up_created)
+    assert created.event_id == f"{submission.event_id}/actions/3/request_created"
+    assert booked.event_id == f"{submission.event_id}/actions/4/follow_up_created"
+    assert created.delivered_at is not None and booked.delivered_at is not None
     [joined] = [
         e
         for e in _events(engine, EventKind.added_to_selection)
@@ -177,6 +218,8 @@ async def test_a_submission_runs_its_forms_actions_once_also_when_cut_short_and_
     found = await signals(client, participant_workflow_id(waiting, LARS))
     assert [event_id for _, event_id in found] == [
         joined.event_id,
+        created.event_id,
+        booked.event_id,
         updated.event_id,
         submission.event_id,
     ]

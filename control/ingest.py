@@ -45,6 +45,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.email import EmailSend
 from activities.scripts import ScriptStart
 from control.enrollment import EVENT_SIGNAL, enroll
 from control.flows import FlowRejected
@@ -63,6 +64,7 @@ from models.engine import (
 )
 from models.events import EventKind, FlowEvent, IngestReport
 from models.flow import Flow, Trigger
+from workflows.reply import ReplyWorkflow
 from workflows.script import ScriptWorkflow
 
 log = logging.getLogger("ingest")
@@ -223,6 +225,18 @@ async def _start_script(client: Client, start: ScriptStart, task_queue: str) -> 
         )
 
 
+async def _start_reply(client: Client, send: EmailSend, task_queue: str) -> None:
+    # As a script's: the id starts it once; the ledger's key sends it once.
+    with contextlib.suppress(WorkflowAlreadyStartedError):
+        await client.start_workflow(
+            ReplyWorkflow.run,
+            send,
+            id=f"reply-{send.delivery_key}",
+            task_queue=task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        )
+
+
 async def carry_out_actions(
     client: Client, engine: Engine, event: FlowEvent, *, task_queue: str
 ) -> list[str]:
@@ -233,7 +247,10 @@ async def carry_out_actions(
     done = await asyncio.to_thread(carry_out, engine, event)
     if done is None:
         return []
-    await asyncio.gather(*(_start_script(client, s, task_queue) for s in done.scripts))
+    await asyncio.gather(
+        *(_start_script(client, s, task_queue) for s in done.scripts),
+        *(_start_reply(client, r, task_queue) for r in done.replies),
+    )
     for change in done.changes:
         await ingest(client, engine, change, task_queue=task_queue)
     return [f"{done.source}: {outcome}" for outcome in done.outcomes]

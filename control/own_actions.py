@@ -42,6 +42,7 @@ from sqlmodel import Session, select
 from temporalio.exceptions import ApplicationError
 
 from activities.crm import ListChange, memberships, record_joining
+from activities.email import EmailSend
 from activities.records import Creation, make_follow_up, make_request
 from activities.scripts import ScriptStart
 from models.contact_update import apply_row, field_spec
@@ -50,13 +51,14 @@ from models.crm import (
     Form,
     OwnAction,
     Project,
+    ReplyDetails,
     Selection,
     TrackedLink,
 )
 from models.database import utcnow
 from models.engine import StepChange, find_event, record_event, serialize_on, transact
 from models.events import EventKind, FlowEvent
-from models.flow import UpdateRow
+from models.flow import EmailSettings, SendEmail, UpdateRow
 from scripts import registered_scripts
 
 # Where an event's crm_events row keeps what its own actions did.
@@ -71,6 +73,7 @@ class ActionsDone(BaseModel):
     outcomes: list[str] = []
     changes: list[FlowEvent] = []
     scripts: list[ScriptStart] = []
+    replies: list[EmailSend] = []
 
 
 def _source(db: Session, event: FlowEvent) -> tuple[str, str, str, list[dict[str, Any]]] | None:
@@ -137,6 +140,32 @@ def _create(
     return make_follow_up(db, creation, action.follow_up, step_id)
 
 
+def _reply(
+    event: FlowEvent, key: str, index: int, flow_id: str, name: str, reply: ReplyDetails
+) -> EmailSend:
+    """The send of a form's reply: a send_email step's, transactional (it answers the contact's
+    own submission, so no frequency cap holds it) and keyed by the event in the ledger."""
+    step = SendEmail(
+        id=f"action-{index}",
+        type="send_email",
+        next=f"action-{index}",
+        subject=reply.subject,
+        text=reply.text,
+        html=reply.html,
+        track_opens=False,
+        transactional=True,
+    )
+    settings = EmailSettings(sender=reply.sender, reply_to=reply.reply_to)
+    return EmailSend(
+        delivery_key=key,
+        flow_id=flow_id,
+        flow_name=name,
+        contact_id=event.contact_id,
+        step=step,
+        settings=settings,
+    )
+
+
 def _carry_out(
     db: Session,
     event: FlowEvent,
@@ -168,8 +197,12 @@ def _carry_out(
             done.outcomes.append(made.outcome)
             if made.event is not None:
                 done.changes.append(made.event)
-        elif kind == "send_reply_email":
-            done.outcomes.append(f"{kind}: not carried out (no details stored with it)")
+        elif action.reply is not None:
+            if event.kind is not EventKind.form_submitted:
+                done.outcomes.append(f"{kind}: only a form replies, to whoever submitted it")
+                continue
+            done.replies.append(_reply(event, key, index, script_flow, name, action.reply))
+            done.outcomes.append(f"reply email {action.reply.subject!r} to be sent")
         elif kind in (
             "add_to_selection",
             "add_to_project",

@@ -35,8 +35,10 @@ from models.database import session
 from models.demo import DEMO_FORM_ID, VIP_SELECTION_ID
 from models.engine import CrmEvent, ParticipantStatus, find_event
 from models.events import EventKind, FlowEvent
+from models.ledger import DeliveryStatus
 from models.participant import participant_workflow_id
 from models.settings import Settings
+from testkit.peers import Inbox
 from tests.test_events import (
     DONE,
     LARS,
@@ -50,6 +52,8 @@ from tests.test_events import (
     worker,
 )
 from tracking.delivery import Delivery
+from worker import activities_for, build_worker
+from workflows.reply import ReplyWorkflow
 
 __all__ = ["worker"]  # the fixture, from the events tests
 
@@ -304,3 +308,74 @@ async def test_the_starter_says_what_the_forms_actions_did(
         f"  form {DEMO_FORM_ID} ('Webinar sign-up'): selection {VIP_SELECTION_ID}: added\n" in out
     )
     assert _members(engine, VIP_SELECTION_ID) == [LARS]
+
+
+async def test_a_forms_reply_reaches_the_submitters_inbox_once(
+    dev_env: WorkflowEnvironment, engine: Engine, task_queue: str, smtp_inbox: Inbox
+) -> None:
+    client = dev_env.client
+    reply = {
+        "from": {"address": "events@example.com", "name": "Events"},
+        "subject": "Your brochure, [[customer.firstname]]",
+        "text": "Here it is.",
+    }
+    form_id = _add(
+        engine,
+        Form(name="Brochure", actions=[{"kind": "send_reply_email", "reply": reply}]),
+    )
+    submission = event_of(EventKind.form_submitted, LARS, form_id=form_id)
+    activities = activities_for(engine, smtp_inbox.settings)
+    async with build_worker(client, engine, task_queue=task_queue, activities=activities):
+        # Cut short after the actions were carried out: the reply is not sent from ingest.
+        assert await _recorded(engine, submission)
+        with pytest.raises(RuntimeError, match="connect"):
+            await ingest(await _unreachable_temporal(), engine, submission, task_queue=task_queue)
+        assert smtp_inbox.count() == 0
+        # Two sweeps at once, then the same submission twice more.
+        await asyncio.gather(
+            sweep(client, engine, task_queue=task_queue),
+            sweep(client, engine, task_queue=task_queue),
+        )
+        for _ in range(2):
+            await ingest(client, engine, submission, task_queue=task_queue)
+        handle = client.get_workflow_handle_for(
+            ReplyWorkflow.run, f"reply-{submission.event_id}/actions/0"
+        )
+        outcome = await handle.result()
+        assert outcome.status is DeliveryStatus.sent
+        ran = (await handle.describe()).run_id
+        report = await carry_out_actions(client, engine, submission, task_queue=task_queue)
+        assert report == [
+            f"form {form_id} ('Brochure'): reply email {reply['subject']!r} to be sent"
+        ]
+        assert (await handle.describe()).run_id == ran
+    [message] = smtp_inbox.messages()
+    assert message.subject == "Your brochure, Lars"
+    assert "lars.nilsson@example.com" in message.recipients and "events@example.com" in (
+        message.sender
+    )
+
+
+async def test_a_reply_follows_the_consent_rules_of_email_to_contacts(
+    dev_env: WorkflowEnvironment, engine: Engine, task_queue: str, smtp_inbox: Inbox
+) -> None:
+    client = dev_env.client
+    reply = {"from": {"address": "events@example.com"}, "subject": "Thanks", "text": "Noted."}
+    form_id = _add(
+        engine, Form(name="Callback", actions=[{"kind": "send_reply_email", "reply": reply}])
+    )
+    with session(engine) as db:
+        lars = db.get(Contact, LARS)
+        assert lars is not None
+        lars.no_mailings = True
+        db.add(lars)
+    submission = event_of(EventKind.form_submitted, LARS, form_id=form_id)
+    activities = activities_for(engine, smtp_inbox.settings)
+    async with build_worker(client, engine, task_queue=task_queue, activities=activities):
+        await ingest(client, engine, submission, task_queue=task_queue)
+        handle = client.get_workflow_handle_for(
+            ReplyWorkflow.run, f"reply-{submission.event_id}/actions/0"
+        )
+        outcome = await handle.result()
+    assert outcome.status is DeliveryStatus.skipped and outcome.detail == "marked no mailings"
+    assert smtp_inbox.count() == 0

@@ -28,8 +28,10 @@ and what it cannot make (a request type the CRM no longer has) is reported in it
 script runs in its own ``Script`` workflow (``script-<event id>/actions/<n>``) and sees the
 form or link as its flow.
 
-A reply email is an action the CRM lists whose sending is not carried out here: it is reported
-as not carried out.
+A form's reply email is not sent here, in a transaction that may be retried: the record names
+its send (``ActionsDone.replies``) and ``control.ingest`` starts a ``Reply`` workflow for it
+(``workflows.reply``, ``reply-<event id>/actions/<n>``), which sends it through the delivery
+ledger under the key ``<event id>/actions/<n>``.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ ACTIONS_KEY = "own_actions"
 
 class ActionsDone(BaseModel):
     """What one event's own actions did: a line per action, the CRM changes they recorded (to
-    announce) and the scripts they start."""
+    announce), the scripts they start and the reply emails they send."""
 
     source: str  # "form 1 ('Webinar sign-up')"
     outcomes: list[str] = []

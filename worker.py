@@ -46,6 +46,7 @@ from models.payloads import data_converter
 from models.sending import CHANNELS, SendingSettings, channel_task_queue, load_sending_settings
 from models.settings import Settings, get_settings
 from workflows.participant import ParticipantWorkflow
+from workflows.reply import ReplyWorkflow
 from workflows.sandbox import workflow_runner
 from workflows.script import ScriptWorkflow
 
@@ -213,8 +214,9 @@ def build_worker(
     participants = Worker(
         client,
         task_queue=task_queue,
-        # Script runs are children of participants: same worker, same task queue.
-        workflows=[ParticipantWorkflow, ScriptWorkflow],
+        # Script runs are children of participants: same worker, same task queue. Replies to
+        # forms are started by ingest on it too.
+        workflows=[ParticipantWorkflow, ScriptWorkflow, ReplyWorkflow],
         workflow_runner=workflow_runner(get_settings().workflow_sandbox),
         activities=activities,
         # Database activities (and the per-step local record) are synchronous and share this

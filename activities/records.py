@@ -51,9 +51,11 @@ from models.flow import (
     CreateFollowUp,
     CreateRequest,
     CreateSale,
+    FollowUpDetails,
     HolidayCalendar,
     Interval,
     Owner,
+    RequestDetails,
 )
 from models.merge_tags import MergeTagError, render, render_header
 
@@ -131,184 +133,182 @@ def _closed(request: Creation) -> schedule.ClosedDays:
     return schedule.NOTHING_CLOSED if request.holidays is None else request.holidays.closed_days
 
 
+def make_follow_up(
+    db: Session, request: Creation, step: FollowUpDetails, step_id: str
+) -> StepChange:
+    """The follow-up ``step`` describes, in ``db``'s transaction, once per ``request.event_key``:
+    a create_follow_up step's, or a form's or tracked link's own action's."""
+    zone = request.time_zone
+    event_id = f"{request.event_key}/{EventKind.follow_up_created.value}"
+    done = change_made_before(db, event_id)
+    reason = enter_step(db, request.record, lambda: done is not None)
+    if reason is not None:
+        return StepChange.left(reason)
+    if done is not None:
+        return done
+    contact, facts = _contact(db, request.contact_id)
+    _project(db, step.project_id)
+    owner, absent = _owner(db, contact, step.owner)
+    if owner is None:
+        return StepChange(outcome=f"no follow-up created: {absent}")
+    assert owner.id is not None
+    starts_at: datetime
+    ends_at: datetime | None = None
+    if step.kind == "todo":
+        due = schedule.local_date(_after(request.at, step.after, request), zone)
+        starts_at = schedule.local_to_instant(datetime.combine(due, time()), zone)
+        when = f"due {due.isoformat()}"
+    else:
+        # Bookings in one diary take turns, or two could take the same free slot.
+        serialize_on(db, f"diary/{owner.id}")
+        duration = timedelta(minutes=step.duration_minutes)
+        earliest = _after(request.at, step.after, request)
+        booked = _booked(db, owner.id, earliest)
+        slot = diary.first_free_slot(earliest, duration, booked, zone, closed=_closed(request))
+        if slot is None:
+            full = f"no follow-up created: {owner.name}'s diary is full for a year"
+            return StepChange(outcome=full)
+        starts_at, ends_at = slot, slot + duration
+        when = f"at {schedule.describe_instant(slot, zone)}"
+    title = _text(step.title, facts, line=True)
+    follow_up = FollowUp(
+        contact_id=request.contact_id,
+        owner_id=owner.id,
+        kind=step.kind,
+        type=step.follow_up_type,
+        title=title,
+        agenda=_text(step.agenda, facts, html=True),
+        project_id=step.project_id,
+        starts_at=starts_at,
+        ends_at=ends_at,
+    )
+    db.add(follow_up)
+    db.flush()
+    what = "meeting" if step.kind == "meeting" else "to-do"
+    db.add(
+        Notification(
+            associate_id=owner.id,
+            subject=f"New {what}: {title}",
+            text=f"The flow {request.flow_name!r} gave you a {what} with "
+            f"{contact.full_name} {when}.",
+        )
+    )
+    # The record's id and the step's own title, not the title filled in with the
+    # contact's data: the outcome is kept in the participant's history.
+    outcome = f"{what} #{follow_up.id} {step.title!r} for {owner.name} {when}"
+    event = record_step_event(
+        db,
+        EventKind.follow_up_created,
+        event_id=event_id,
+        contact_id=request.contact_id,
+        flow_id=request.flow_id,
+        step_id=step_id,
+        follow_up_id=follow_up.id,
+        owner_id=owner.id,
+        follow_up_kind=step.kind,
+        starts_at=starts_at.isoformat(),
+        outcome=outcome,
+    )
+    return StepChange(outcome=outcome, event=event)
+
+
+def make_request(db: Session, request: Creation, step: RequestDetails, step_id: str) -> StepChange:
+    """A request of the ``step``'s type, status, category and priority, with its message, in
+    ``db``'s transaction, once per ``request.event_key``: a create_request step's, or a form's or
+    tracked link's own action's.
+
+    Owner ``automatic`` follows this assignment rule: among the members of the category's
+    user group whose availability is normal, the one with the fewest open requests (a
+    request is open unless its status is one of its type's closed statuses); ties go to
+    the lowest associate id. With no member available the request stays unassigned, and
+    the category's members are responsible for it.
+    """
+    event_id = f"{request.event_key}/{EventKind.request_created.value}"
+    done = change_made_before(db, event_id)
+    reason = enter_step(db, request.record, lambda: done is not None)
+    if reason is not None:
+        return StepChange.left(reason)
+    if done is not None:
+        return done
+    _, facts = _contact(db, request.contact_id)
+    request_type = db.exec(select(RequestType).where(RequestType.name == step.request_type)).first()
+    if request_type is None:
+        raise _missing(f"request type {step.request_type!r}")
+    for name, value, allowed in (
+        ("status", step.status, request_type.statuses),
+        ("priority", step.priority, request_type.priorities),
+    ):
+        if value not in allowed:
+            raise ApplicationError(
+                f"request type {step.request_type!r} has no {name} {value!r}",
+                type="InvalidRequest",
+                non_retryable=True,
+            )
+    category = db.exec(select(RequestCategory).where(RequestCategory.name == step.category)).first()
+    if category is None:
+        raise _missing(f"request category {step.category!r}")
+
+    owner: Associate | None = None
+    note = ""
+    if step.owner == "associate":
+        owner = db.get(Associate, step.associate_id)
+        note = "" if owner else f" (associate {step.associate_id} does not exist)"
+    elif step.owner == "automatic":
+        # Assignments in one category take turns, so each sees the last one's count.
+        serialize_on(db, f"request-category/{category.name}")
+        owner = _least_busy(db, category)
+        note = "" if owner else " (no member of the category is available)"
+    request_row = Request(
+        contact_id=request.contact_id,
+        owner_id=owner.id if owner else None,
+        title=_text(step.title, facts, line=True),
+        type=step.request_type,
+        status=step.status,
+        category=step.category,
+        priority=step.priority,
+        messages=[
+            {
+                "author": f"flow {request.flow_name}",
+                "text": _text(step.message, facts, html=True),
+                "at": request.at.isoformat(),
+            }
+        ]
+        if step.message
+        else [],
+    )
+    db.add(request_row)
+    db.flush()
+    whose = f"assigned to {owner.name}" if owner else f"unassigned{note}"
+    outcome = f"request #{request_row.id} {step.title!r} ({step.category}, {step.priority}) {whose}"
+    event = record_step_event(
+        db,
+        EventKind.request_created,
+        event_id=event_id,
+        contact_id=request.contact_id,
+        flow_id=request.flow_id,
+        step_id=step_id,
+        request_id=request_row.id,
+        owner_id=request_row.owner_id,
+        type=step.request_type,
+        category=step.category,
+        outcome=outcome,
+    )
+    return StepChange(outcome=outcome, event=event)
+
+
 class RecordActivities:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     @activity.defn
     def create_follow_up(self, request: FollowUpCreation) -> StepChange:
-        step, zone = request.step, request.time_zone
-        event_id = f"{request.event_key}/{EventKind.follow_up_created.value}"
-
-        def work(db: Session) -> StepChange:
-            done = change_made_before(db, event_id)
-            reason = enter_step(db, request.record, lambda: done is not None)
-            if reason is not None:
-                return StepChange.left(reason)
-            if done is not None:
-                return done
-            contact, facts = _contact(db, request.contact_id)
-            _project(db, step.project_id)
-            owner, absent = _owner(db, contact, step.owner)
-            if owner is None:
-                return StepChange(outcome=f"no follow-up created: {absent}")
-            assert owner.id is not None
-            starts_at: datetime
-            ends_at: datetime | None = None
-            if step.kind == "todo":
-                due = schedule.local_date(_after(request.at, step.after, request), zone)
-                starts_at = schedule.local_to_instant(datetime.combine(due, time()), zone)
-                when = f"due {due.isoformat()}"
-            else:
-                # Bookings in one diary take turns, or two could take the same free slot.
-                serialize_on(db, f"diary/{owner.id}")
-                duration = timedelta(minutes=step.duration_minutes)
-                earliest = _after(request.at, step.after, request)
-                booked = _booked(db, owner.id, earliest)
-                slot = diary.first_free_slot(
-                    earliest, duration, booked, zone, closed=_closed(request)
-                )
-                if slot is None:
-                    full = f"no follow-up created: {owner.name}'s diary is full for a year"
-                    return StepChange(outcome=full)
-                starts_at, ends_at = slot, slot + duration
-                when = f"at {schedule.describe_instant(slot, zone)}"
-            title = _text(step.title, facts, line=True)
-            follow_up = FollowUp(
-                contact_id=request.contact_id,
-                owner_id=owner.id,
-                kind=step.kind,
-                type=step.follow_up_type,
-                title=title,
-                agenda=_text(step.agenda, facts, html=True),
-                project_id=step.project_id,
-                starts_at=starts_at,
-                ends_at=ends_at,
-            )
-            db.add(follow_up)
-            db.flush()
-            what = "meeting" if step.kind == "meeting" else "to-do"
-            db.add(
-                Notification(
-                    associate_id=owner.id,
-                    subject=f"New {what}: {title}",
-                    text=f"The flow {request.flow_name!r} gave you a {what} with "
-                    f"{contact.full_name} {when}.",
-                )
-            )
-            # The record's id and the step's own title, not the title filled in with the
-            # contact's data: the outcome is kept in the participant's history.
-            outcome = f"{what} #{follow_up.id} {step.title!r} for {owner.name} {when}"
-            event = record_step_event(
-                db,
-                EventKind.follow_up_created,
-                event_id=event_id,
-                contact_id=request.contact_id,
-                flow_id=request.flow_id,
-                step_id=step.id,
-                follow_up_id=follow_up.id,
-                owner_id=owner.id,
-                follow_up_kind=step.kind,
-                starts_at=starts_at.isoformat(),
-                outcome=outcome,
-            )
-            return StepChange(outcome=outcome, event=event)
-
-        return transact(self._engine, work)
+        step = request.step
+        return transact(self._engine, lambda db: make_follow_up(db, request, step, step.id))
 
     @activity.defn
     def create_request(self, request: RequestCreation) -> StepChange:
-        """A request of the step's type, status, category and priority, with its message.
-
-        Owner ``automatic`` follows this assignment rule: among the members of the category's
-        user group whose availability is normal, the one with the fewest open requests (a
-        request is open unless its status is one of its type's closed statuses); ties go to
-        the lowest associate id. With no member available the request stays unassigned, and
-        the category's members are responsible for it.
-        """
         step = request.step
-        event_id = f"{request.event_key}/{EventKind.request_created.value}"
-
-        def work(db: Session) -> StepChange:
-            done = change_made_before(db, event_id)
-            reason = enter_step(db, request.record, lambda: done is not None)
-            if reason is not None:
-                return StepChange.left(reason)
-            if done is not None:
-                return done
-            _, facts = _contact(db, request.contact_id)
-            request_type = db.exec(
-                select(RequestType).where(RequestType.name == step.request_type)
-            ).first()
-            if request_type is None:
-                raise _missing(f"request type {step.request_type!r}")
-            for name, value, allowed in (
-                ("status", step.status, request_type.statuses),
-                ("priority", step.priority, request_type.priorities),
-            ):
-                if value not in allowed:
-                    raise ApplicationError(
-                        f"request type {step.request_type!r} has no {name} {value!r}",
-                        type="InvalidRequest",
-                        non_retryable=True,
-                    )
-            category = db.exec(
-                select(RequestCategory).where(RequestCategory.name == step.category)
-            ).first()
-            if category is None:
-                raise _missing(f"request category {step.category!r}")
-
-            owner: Associate | None = None
-            note = ""
-            if step.owner == "associate":
-                owner = db.get(Associate, step.associate_id)
-                note = "" if owner else f" (associate {step.associate_id} does not exist)"
-            elif step.owner == "automatic":
-                # Assignments in one category take turns, so each sees the last one's count.
-                serialize_on(db, f"request-category/{category.name}")
-                owner = _least_busy(db, category)
-                note = "" if owner else " (no member of the category is available)"
-            request_row = Request(
-                contact_id=request.contact_id,
-                owner_id=owner.id if owner else None,
-                title=_text(step.title, facts, line=True),
-                type=step.request_type,
-                status=step.status,
-                category=step.category,
-                priority=step.priority,
-                messages=[
-                    {
-                        "author": f"flow {request.flow_name}",
-                        "text": _text(step.message, facts, html=True),
-                        "at": request.at.isoformat(),
-                    }
-                ]
-                if step.message
-                else [],
-            )
-            db.add(request_row)
-            db.flush()
-            whose = f"assigned to {owner.name}" if owner else f"unassigned{note}"
-            outcome = (
-                f"request #{request_row.id} {step.title!r} ({step.category}, {step.priority}) "
-                f"{whose}"
-            )
-            event = record_step_event(
-                db,
-                EventKind.request_created,
-                event_id=event_id,
-                contact_id=request.contact_id,
-                flow_id=request.flow_id,
-                step_id=step.id,
-                request_id=request_row.id,
-                owner_id=request_row.owner_id,
-                type=step.request_type,
-                category=step.category,
-                outcome=outcome,
-            )
-            return StepChange(outcome=outcome, event=event)
-
-        return transact(self._engine, work)
+        return transact(self._engine, lambda db: make_request(db, request, step, step.id))
 
     @activity.defn
     def create_sale(self, request: SaleCreation) -> StepChange:

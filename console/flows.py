@@ -162,7 +162,8 @@ async def flow_page(request: Request, user: User) -> Response:
             # Overlaps have a section of their own: not among the other warnings.
             "report": check_document(engine, document),
             "overlaps": [
-                Overlap(step_id, labels.get(step_id, step_id), field, message)
+                # No step: a form's or link's action that is not valid, skipped when it runs.
+                Overlap(step_id or "", labels.get(step_id, step_id) or "(none)", field, message)
                 for step_id, field, message in overlaps(stored.flow, catalogue)
             ],
             "active": active_participants(engine, flow_id),

@@ -6,7 +6,8 @@ ends in ``ingest``:
 
 1. the event is recorded in ``crm_events``, once per ``event_id``;
 2. a form's or tracked link's own actions are carried out, once per event
-   (``control.own_actions``), and the CRM changes they make are announced as events of their own;
+   (``control.own_actions``), and the CRM changes they make are announced as events of their own
+   (its scripts and reply emails run in workflows of their own, started once by ids from it);
 3. it is signalled (``event``) to every active participant of its contact, without its form
    data (``FlowEvent.reference``: participants read a submission's fields from the table);
 4. every running or paused flow whose triggers it matches enrolls the contact through the flow's
@@ -34,7 +35,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import Engine, or_, update
@@ -45,7 +48,6 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.scripts import ScriptStart
 from control.enrollment import EVENT_SIGNAL, enroll
 from control.flows import FlowRejected
 from control.own_actions import carry_out
@@ -63,6 +65,7 @@ from models.engine import (
 )
 from models.events import EventKind, FlowEvent, IngestReport
 from models.flow import Flow, Trigger
+from workflows.reply import ReplyWorkflow
 from workflows.script import ScriptWorkflow
 
 log = logging.getLogger("ingest")
@@ -211,13 +214,24 @@ async def deliver(
     return report
 
 
-async def _start_script(client: Client, start: ScriptStart, task_queue: str) -> None:
-    # Its id is the idempotency: a second run of the event's actions starts nothing.
+W = TypeVar("W")  # a workflow class
+A = TypeVar("A")  # its run method's argument
+
+
+async def _start_once(
+    client: Client,
+    run: Callable[[W, A], Awaitable[object]],
+    arg: A,
+    workflow_id: str,
+    task_queue: str,
+) -> None:
+    # A script's or reply's workflow id comes from the event: a second run of the event's
+    # actions starts nothing (and a reply's ledger key sends nothing twice).
     with contextlib.suppress(WorkflowAlreadyStartedError):
         await client.start_workflow(
-            ScriptWorkflow.run,
-            start,
-            id=f"script-{start.run_key}",
+            run,
+            arg,
+            id=workflow_id,
             task_queue=task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
@@ -233,7 +247,15 @@ async def carry_out_actions(
     done = await asyncio.to_thread(carry_out, engine, event)
     if done is None:
         return []
-    await asyncio.gather(*(_start_script(client, s, task_queue) for s in done.scripts))
+    scripts = (
+        _start_once(client, ScriptWorkflow.run, s, f"script-{s.run_key}", task_queue)
+        for s in done.scripts
+    )
+    replies = (
+        _start_once(client, ReplyWorkflow.run, r, f"reply-{r.delivery_key}", task_queue)
+        for r in done.replies
+    )
+    await asyncio.gather(*scripts, *replies)
     for change in done.changes:
         await ingest(client, engine, change, task_queue=task_queue)
     return [f"{done.source}: {outcome}" for outcome in done.outcomes]

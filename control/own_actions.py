@@ -2,10 +2,10 @@
 
 The CRM defines them on the form (``models.crm.Form.actions``) or the link
 (``models.crm.TrackedLink.actions``, by URL): add to or remove from a selection or project, add
-or remove an interest, set an extra field, run a script. ``control.ingest`` carries them out
-for each form_submitted and link_clicked event, under the event's delivery claim and before the
-event reaches participants and triggers, so a flow that waits for the form and then splits on
-the selection the form adds to finds the contact in it.
+or remove an interest, set an extra field, create a request or a follow-up, run a script.
+``control.ingest`` carries them out for each form_submitted and link_clicked event, under the
+event's delivery claim and before the event reaches participants and triggers, so a flow that
+waits for the form and then splits on the selection the form adds to finds the contact in it.
 
 Exactly once per event: every change of an event's actions commits in one transaction with the
 record of what they did, kept in the event's own ``crm_events`` row (``ACTIONS_KEY`` in its
@@ -19,12 +19,19 @@ The changes are recorded as other CRM changes are: a new membership as ``added_t
 ``added_to_project`` (``activities.crm.record_joining``), interests and extra fields through the
 update rows of ``models.contact_update`` as one ``contact_updated`` event, each with an id
 derived from the event's. ``control.ingest`` announces them like the event itself, so they fire
-triggers and meet success criteria as any CRM change does. A script runs in its own ``Script``
-workflow (``script-<event id>/actions/<n>``) and sees the form or link as its flow.
+triggers and meet success criteria as any CRM change does.
 
-Creating a request or follow-up and sending a reply email are actions the CRM lists, but a form
-or link stores none of their details (type, category, owner, text): they are reported as not
-carried out (``models.crm.WITHOUT_DETAILS``), and validation does not warn about them.
+A request or follow-up is made by the code the create_request and create_follow_up steps use
+(``activities.records``), in the same transaction, keyed ``<event id>/actions/<n>`` and
+recorded as ``request_created`` / ``follow_up_created``; its dates count from the event's time,
+and what it cannot make (a request type the CRM no longer has) is reported in its line. A
+script runs in its own ``Script`` workflow (``script-<event id>/actions/<n>``) and sees the
+form or link as its flow.
+
+A form's reply email is not sent here, in a transaction that may be retried: the record names
+its send (``ActionsDone.replies``) and ``control.ingest`` starts a ``Reply`` workflow for it
+(``workflows.reply``, ``reply-<event id>/actions/<n>``), which sends it through the delivery
+ledger under the key ``<event id>/actions/<n>``.
 """
 
 from __future__ import annotations
@@ -34,23 +41,26 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
 from sqlmodel import Session, select
+from temporalio.exceptions import ApplicationError
 
 from activities.crm import ListChange, memberships, record_joining
+from activities.email import EmailSend
+from activities.records import Creation, make_follow_up, make_request
 from activities.scripts import ScriptStart
 from models.contact_update import apply_row, field_spec
 from models.crm import (
-    WITHOUT_DETAILS,
     Contact,
     Form,
     OwnAction,
     Project,
+    ReplyDetails,
     Selection,
     TrackedLink,
 )
 from models.database import utcnow
-from models.engine import find_event, record_event, serialize_on, transact
+from models.engine import StepChange, find_event, record_event, serialize_on, transact
 from models.events import EventKind, FlowEvent
-from models.flow import UpdateRow
+from models.flow import EmailSettings, SendEmail, UpdateRow
 from scripts import registered_scripts
 
 # Where an event's crm_events row keeps what its own actions did.
@@ -59,12 +69,13 @@ ACTIONS_KEY = "own_actions"
 
 class ActionsDone(BaseModel):
     """What one event's own actions did: a line per action, the CRM changes they recorded (to
-    announce) and the scripts they start."""
+    announce), the scripts they start and the reply emails they send."""
 
     source: str  # "form 1 ('Webinar sign-up')"
     outcomes: list[str] = []
     changes: list[FlowEvent] = []
     scripts: list[ScriptStart] = []
+    replies: list[EmailSend] = []
 
 
 def _source(db: Session, event: FlowEvent) -> tuple[str, str, str, list[dict[str, Any]]] | None:
@@ -106,6 +117,57 @@ def _row(action: OwnAction) -> UpdateRow:
     return UpdateRow(field="interests", action=verb, value=[action.interest or ""])
 
 
+def _create(
+    db: Session,
+    event: FlowEvent,
+    key: str,
+    step_id: str,
+    flow_id: str,
+    name: str,
+    action: OwnAction,
+) -> StepChange:
+    """The request or follow-up the action describes, made as the create steps make theirs,
+    keyed by the event: a second run for the same event finds it."""
+    creation = Creation(
+        event_key=key,
+        flow_id=flow_id,
+        flow_name=name,
+        time_zone=action.time_zone,
+        contact_id=event.contact_id,
+        at=event.occurred_at,  # dates count from the submission or click
+    )
+    if action.request is not None:
+        return make_request(db, creation, action.request, step_id)
+    assert action.follow_up is not None  # the caller checked one of the two is there
+    return make_follow_up(db, creation, action.follow_up, step_id)
+
+
+def _reply(
+    event: FlowEvent, key: str, index: int, flow_id: str, name: str, reply: ReplyDetails
+) -> EmailSend:
+    """The send of a form's reply: a send_email step's, transactional (it answers the contact's
+    own submission, so no frequency cap holds it) and keyed by the event in the ledger."""
+    step = SendEmail(
+        id=f"action-{index}",
+        type="send_email",
+        next=f"action-{index}",
+        subject=reply.subject,
+        text=reply.text,
+        html=reply.html,
+        track_opens=False,
+        transactional=True,
+    )
+    settings = EmailSettings(sender=reply.sender, reply_to=reply.reply_to)
+    return EmailSend(
+        delivery_key=key,
+        flow_id=flow_id,
+        flow_name=name,
+        contact_id=event.contact_id,
+        step=step,
+        settings=settings,
+    )
+
+
 def _carry_out(
     db: Session,
     event: FlowEvent,
@@ -128,8 +190,21 @@ def _carry_out(
             done.outcomes.append(f"action {index} is not a valid action: skipped")
             continue
         kind = action.kind
-        if kind in WITHOUT_DETAILS:
-            done.outcomes.append(f"{kind}: not carried out (no details stored with it)")
+        if action.request is not None or action.follow_up is not None:
+            try:
+                made = _create(db, event, key, f"action-{index}", script_flow, name, action)
+            except ApplicationError as error:  # a request type the CRM no longer has, say
+                done.outcomes.append(f"{kind}: {error.message}")
+                continue
+            done.outcomes.append(made.outcome)
+            if made.event is not None:
+                done.changes.append(made.event)
+        elif action.reply is not None:
+            if event.kind is not EventKind.form_submitted:
+                done.outcomes.append(f"{kind}: only a form replies, to whoever submitted it")
+                continue
+            done.replies.append(_reply(event, key, index, script_flow, name, action.reply))
+            done.outcomes.append(f"reply email {action.reply.subject!r} to be sent")
         elif kind in (
             "add_to_selection",
             "add_to_project",

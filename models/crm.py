@@ -4,12 +4,20 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError, model_validator
 from sqlalchemy import JSON, UniqueConstraint, or_
 from sqlalchemy.ext.mutable import MutableDict, MutableList
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.database import UTCDateTime, utcnow
+from models.flow import (
+    Definition,
+    FieldErrors,
+    FollowUpDetails,
+    ReplyTo,
+    RequestDetails,
+    Sender,
+)
 
 # In-place changes (contact.interests.append(...)) are persisted only if the column tracks them.
 # Tracking is shallow: mutate nested values (e.g. one consent dict) by reassigning the list.
@@ -251,10 +259,29 @@ class Notification(SQLModel, table=True):
     read: bool = False
 
 
+class ReplyDetails(Definition):
+    """The email a form's send_reply_email action sends to whoever submitted it: its From and
+    Reply-To as a flow's email settings name them, its subject and body as a send_email step's
+    (merge tags filled with the contact's data)."""
+
+    sender: Sender = Field(alias="from")
+    reply_to: ReplyTo = ReplyTo()
+    subject: str = Field(min_length=1, max_length=998)
+    text: str | None = None
+    html: str | None = None
+
+    @model_validator(mode="after")
+    def _has_body(self) -> "ReplyDetails":
+        if self.html is None and self.text is None:
+            raise FieldErrors(("html", "needs a body: html or text"))
+        return self
+
+
 class OwnAction(BaseModel):
     """One of a form's or tracked link's own actions (spec §5), carried out when the form is
     submitted or the link clicked (``control.own_actions``), whatever flows do. Only the fields
-    its kind needs are set."""
+    its kind needs are set; a request, a follow-up and a reply email keep their details in
+    ``request``, ``follow_up`` and ``reply``."""
 
     kind: Literal[
         "add_to_selection",
@@ -275,11 +302,26 @@ class OwnAction(BaseModel):
     field: str | None = None  # set_extra_field: "x_vip"
     value: str | None = None
     script: str | None = None
+    request: RequestDetails | None = None
+    follow_up: FollowUpDetails | None = None
+    reply: ReplyDetails | None = None
+    # Follow-ups: due dates and free diary slots are counted in this zone, as a flow's.
+    time_zone: str = "Europe/Stockholm"
+
+    @model_validator(mode="after")
+    def _has_details(self) -> "OwnAction":
+        needed = DETAILS.get(self.kind)
+        if needed is not None and getattr(self, needed) is None:
+            raise FieldErrors((needed, f"a {self.kind} action needs its details in {needed!r}"))
+        return self
 
 
-# Actions the CRM lists whose details (a request's type and category, a follow-up's owner, a
-# reply's text) a form or link does not store: the engine does not carry them out.
-WITHOUT_DETAILS = frozenset({"create_request", "create_follow_up", "send_reply_email"})
+# The actions whose details sit in a field of their own: kind -> that field.
+DETAILS = {
+    "create_request": "request",
+    "create_follow_up": "follow_up",
+    "send_reply_email": "reply",
+}
 
 
 class Form(SQLModel, table=True):
@@ -306,6 +348,7 @@ class TrackedLink(SQLModel, table=True):
 class OwnActions(BaseModel):
     name: str
     actions: list[OwnAction] = []
+    invalid: list[str] = []  # why each action that is not valid is skipped when carried out
 
 
 class ActionCatalogue(BaseModel):
@@ -316,7 +359,19 @@ class ActionCatalogue(BaseModel):
 
 
 def _own(name: str, actions: list[dict[str, Any]]) -> OwnActions:
-    return OwnActions(name=name, actions=[OwnAction.model_validate(a) for a in actions])
+    own = OwnActions(name=name)
+    for index, raw in enumerate(actions):
+        try:
+            own.actions.append(OwnAction.model_validate(raw))
+        except ValidationError as error:
+            reasons = "; ".join(
+                ": ".join([*filter(None, [".".join(map(str, e["loc"]))]), e["msg"]]).replace(
+                    "Value error, ", ""
+                )
+                for e in error.errors()
+            )
+            own.invalid.append(f"action {index}: {reasons}")
+    return own
 
 
 def action_catalogue(db: Session) -> ActionCatalogue:

@@ -413,10 +413,9 @@ class Owner(Definition):
         return self
 
 
-class CreateFollowUp(StepBase):
-    group: ClassVar[StepGroup] = StepGroup.create_activity
-    type: Literal["create_follow_up"]
-    next: StepId
+class FollowUpDetails(Definition):
+    """What a follow-up is: a create_follow_up step's, or a form's or link's own action's."""
+
     title: str = Field(min_length=1, max_length=200)
     follow_up_type: str = Field(min_length=1)
     kind: Literal["todo", "meeting"] = "todo"
@@ -429,10 +428,15 @@ class CreateFollowUp(StepBase):
     owner: Owner = Owner()
 
 
-class CreateRequest(StepBase):
+class CreateFollowUp(FollowUpDetails, StepBase):
     group: ClassVar[StepGroup] = StepGroup.create_activity
-    type: Literal["create_request"]
+    type: Literal["create_follow_up"]
     next: StepId
+
+
+class RequestDetails(Definition):
+    """What a request is: a create_request step's, or a form's or tracked link's own action's."""
+
     title: str = Field(min_length=1, max_length=200)
     request_type: str = Field(min_length=1)
     status: str = Field(min_length=1)
@@ -443,10 +447,16 @@ class CreateRequest(StepBase):
     message: str = ""
 
     @model_validator(mode="after")
-    def _owner(self) -> CreateRequest:
+    def _owner(self) -> RequestDetails:
         if self.owner == "associate" and self.associate_id is None:
             raise FieldErrors(("associate_id", "owner 'associate' needs associate_id"))
         return self
+
+
+class CreateRequest(RequestDetails, StepBase):
+    group: ClassVar[StepGroup] = StepGroup.create_activity
+    type: Literal["create_request"]
+    next: StepId
 
 
 class CreateSale(StepBase):

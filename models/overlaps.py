@@ -5,8 +5,10 @@ carries its actions out, before the flows hear of it): it may add the contact to
 an interest, run a script. A flow that is triggered by that form, waits for it, splits on it or
 counts it as a success, and whose steps do the same thing (or the opposite), does it twice (or
 undoes it). The product warns against that; validation reports each overlap as a warning on the
-flow step concerned: a script runs twice; a membership, an interest or a field set a second time
-is a step that changes nothing; opposite changes undo each other.
+flow step concerned: a script runs twice; a request or follow-up is created twice; a membership,
+an interest or a field set a second time is a step that changes nothing; opposite changes undo
+each other. An action that is not valid (a request without its details, say) is warned about on
+the flow as a whole: it is skipped.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 from models.crm import ActionCatalogue, OwnAction, OwnActions
 from models.flow import (
     AddToList,
+    CreateFollowUp,
+    CreateRequest,
     Finish,
     Flow,
     RemoveFromList,
@@ -35,7 +39,7 @@ _OPPOSITE = {"add": "remove", "remove": "add"}
 @dataclass(frozen=True)
 class Effect:
     """One change to the contact: ``add``/``remove`` a selection, project or interest, ``set`` an
-    extra field, ``run`` a script."""
+    extra field, ``run`` a script, ``create`` a request or follow-up."""
 
     verb: str
     what: str
@@ -69,7 +73,11 @@ def _own_effect(action: OwnAction) -> Effect | None:
         return Effect("set", "extra field", action.field.removeprefix("extra."), action.value)
     if kind == "run_script":
         return Effect("run", "script", action.script)
-    # Requests, follow-ups and reply emails are not carried out (WITHOUT_DETAILS): nothing twice.
+    if kind == "create_request":
+        return Effect("create", "request")
+    if kind == "create_follow_up":
+        return Effect("create", "follow-up")
+    # A reply email answers the submission; a flow's emails are its own.
     return None
 
 
@@ -100,6 +108,10 @@ def _step_effects(step: Step) -> Iterator[tuple[str, Effect]]:
                 yield f"rows.{index}.value", Effect("set", "extra field", name, value)
     elif isinstance(step, RunScript):
         yield "script", Effect("run", "script", step.script)
+    elif isinstance(step, CreateRequest):
+        yield "request_type", Effect("create", "request")
+    elif isinstance(step, CreateFollowUp):
+        yield "follow_up_type", Effect("create", "follow-up")
     # Exit hand-offs add to a selection too.
     if isinstance(step, Finish) and step.add_to_selection is not None:
         yield "add_to_selection", Effect("add", "selection", step.add_to_selection)
@@ -142,7 +154,7 @@ def _used(flow: Flow) -> Iterator[tuple[str, int | str, str]]:
                         yield "link", branch.link, f"step {step.id!r}"
 
 
-def overlaps(flow: Flow, catalogue: ActionCatalogue) -> Iterator[tuple[str, str, str]]:
+def overlaps(flow: Flow, catalogue: ActionCatalogue) -> Iterator[tuple[str | None, str, str]]:
     """(step id, field, message) for each step effect that a used form or link duplicates or
     contradicts."""
     sources: dict[tuple[str, int | str], list[str]] = {}
@@ -158,6 +170,8 @@ def overlaps(flow: Flow, catalogue: ActionCatalogue) -> Iterator[tuple[str, str,
             continue
         label = f"{kind} {key if kind == 'form' else repr(key)} ({own.name!r}, used in "
         label += ", ".join(places) + ")"
+        for reason in own.invalid:
+            yield None, "", f"{label}: {reason}; it is skipped when carried out"
         theirs = [e for e in map(_own_effect, own.actions) if e is not None]
         for step in flow.steps:
             for field, ours in _step_effects(step):
@@ -173,6 +187,8 @@ def _overlap(source: str, theirs: Effect, ours: Effect) -> str | None:
     if theirs.verb == ours.verb and theirs.value == ours.value:
         if theirs.verb == "run":
             return f"{source} also {theirs}, as this step does: it runs twice"
+        if theirs.verb == "create":
+            return f"{source} also {theirs}, as this step does: the contact gets two"
         return f"{source} also {theirs}, as this step does: whichever comes second changes nothing"
     if _OPPOSITE.get(theirs.verb) == ours.verb or theirs.verb == ours.verb == "set":
         return f"{source} {theirs}, and this step {ours}: they undo each other"

@@ -12,8 +12,10 @@ import pytest
 from sqlalchemy import Engine
 
 import starter
-from models.crm import ActionCatalogue, OwnAction, OwnActions
+from models.crm import ActionCatalogue, Form, OwnAction, OwnActions, ReplyDetails, action_catalogue
+from models.database import session
 from models.demo import DEMO_FORM_ID, DEMO_PROJECT_ID, SPRING_OFFER_URL, VIP_SELECTION_ID
+from models.flow import RequestDetails, Sender
 from models.settings import Settings
 from models.validation import Problem, check_flow
 
@@ -24,7 +26,14 @@ CATALOGUE = ActionCatalogue(
             actions=[
                 OwnAction(kind="add_to_selection", selection_id=3),
                 OwnAction(kind="add_interest", interest="Webinars"),
-                OwnAction(kind="send_reply_email"),
+                OwnAction(
+                    kind="send_reply_email",
+                    reply=ReplyDetails(
+                        sender=Sender(address="events@example.com"),
+                        subject="Thanks",
+                        text="See you",
+                    ),
+                ),
             ],
         ),
         2: OwnActions(name="Unused", actions=[OwnAction(kind="add_to_selection", selection_id=4)]),
@@ -34,7 +43,16 @@ CATALOGUE = ActionCatalogue(
             name="Offer",
             actions=[
                 OwnAction(kind="set_extra_field", field="x_vip", value="true"),
-                OwnAction(kind="create_request"),
+                OwnAction(
+                    kind="create_request",
+                    request=RequestDetails(
+                        title="Call",
+                        request_type="Support",
+                        status="New",
+                        category="General",
+                        priority="Low",
+                    ),
+                ),
                 OwnAction(kind="remove_from_project", project_id=1),
                 OwnAction(kind="run_script", script="sync_webinar_attendee"),
             ],
@@ -129,13 +147,17 @@ def test_links_waited_for_split_on_or_counted_as_success_are_checked_too() -> No
     found = {(p.step, p.field): p.message for p in warnings(document)}
     assert set(found) == {
         ("vip", "rows.0.value"),
+        ("ticket", "request_type"),
         ("join", "project_id"),
         ("sync", "script"),
-    }  # the link's request is not created (no details stored with it): the step's is the only one
+    }
     source = "link 'https://example.com/offer' ('Offer', used in success.criteria.0, step 'wait')"
     assert found["vip", "rows.0.value"] == (
         f"{source} sets extra field 'x_vip' to 'true', and this step sets extra field 'x_vip' to "
         "'False': they undo each other"
+    )
+    assert found["ticket", "request_type"] == (
+        f"{source} also creates a request, as this step does: the contact gets two"
     )
     assert found["sync", "script"] == (
         f"{source} also runs a script 'sync_webinar_attendee', as this step does: it runs twice"
@@ -217,3 +239,34 @@ def test_the_starter_warns_with_the_forms_and_links_in_the_database(
     assert f"warning: step 'vip', selection_id: form {DEMO_FORM_ID} ('Webinar sign-up'" in out
     assert "warning: step 'spring', project_id: link" in out and "undo each other" in out
     assert "valid, ready to run" in out
+
+
+def test_an_action_without_its_details_is_reported_and_skipped(engine: Engine) -> None:
+    with session(engine) as db:
+        db.add(
+            Form(
+                name="Callback",
+                actions=[
+                    {"kind": "add_interest", "interest": "Calls"},
+                    {"kind": "create_follow_up"},
+                    {"kind": "send_reply_email", "reply": {"from": {"address": "a@example.com"}}},
+                ],
+            )
+        )
+        db.flush()
+        catalogue = action_catalogue(db)
+    [(form_id, own)] = [(k, v) for k, v in catalogue.forms.items() if v.name == "Callback"]
+    assert [action.kind for action in own.actions] == ["add_interest"]
+    document = flow([DONE], triggers=[{"kind": "form_submitted", "form_id": form_id}])
+    source = f"form {form_id} ('Callback', used in triggers.0)"
+    assert [(p.step, p.message) for p in warnings(document, catalogue)] == [
+        (
+            None,
+            f"{source}: action 1: a create_follow_up action needs its details in 'follow_up'; "
+            "it is skipped when carried out",
+        ),
+        (
+            None,
+            f"{source}: action 2: reply.subject: Field required; it is skipped when carried out",
+        ),
+    ]

@@ -20,10 +20,13 @@ from control.enrollment import enroll
 from control.ingest import carry_out_actions, ingest, record_event, sweep
 from control.own_actions import ACTIONS_KEY
 from models.crm import (
+    Associate,
     Contact,
+    FollowUp,
     Form,
     Project,
     ProjectMember,
+    Request,
     Selection,
     SelectionMember,
     TrackedLink,
@@ -32,8 +35,10 @@ from models.database import session
 from models.demo import DEMO_FORM_ID, VIP_SELECTION_ID
 from models.engine import CrmEvent, ParticipantStatus, find_event
 from models.events import EventKind, FlowEvent
+from models.ledger import DeliveryStatus
 from models.participant import participant_workflow_id
 from models.settings import Settings
+from testkit.peers import Inbox
 from tests.test_events import (
     DONE,
     LARS,
@@ -47,8 +52,19 @@ from tests.test_events import (
     worker,
 )
 from tracking.delivery import Delivery
+from worker import activities_for, build_worker
+from workflows.reply import ReplyWorkflow
 
 __all__ = ["worker"]  # the fixture, from the events tests
+
+
+PRICING_REQUEST = {
+    "title": "Pricing for [[company.name]]",
+    "request_type": "Customer success",
+    "status": "Open",
+    "category": "Account management",
+    "priority": "High",
+}
 
 
 def _add(engine: Engine, row: Any) -> int:
@@ -100,6 +116,8 @@ async def test_a_submission_runs_its_forms_actions_once_also_when_cut_short_and_
 ) -> None:
     client = dev_env.client
     guests = _add(engine, Selection(name="Webinar guests"))
+    with session(engine) as db:
+        anna = db.exec(select(Associate.id).where(Associate.name == "Anna Lindqvist")).one()
     form_id = _add(
         engine,
         Form(
@@ -108,7 +126,15 @@ async def test_a_submission_runs_its_forms_actions_once_also_when_cut_short_and_
                 {"kind": "add_to_selection", "selection_id": guests},
                 {"kind": "add_interest", "interest": "Pricing"},
                 {"kind": "set_extra_field", "field": "x_vip", "value": "true"},
-                {"kind": "create_request"},
+                {"kind": "create_request", "request": PRICING_REQUEST},
+                {
+                    "kind": "create_follow_up",
+                    "follow_up": {
+                        "title": "Call [[customer.firstname]]",
+                        "follow_up_type": "Call",
+                        "owner": {"kind": "associate", "associate_id": anna},
+                    },
+                },
             ],
         ),
     )
@@ -137,8 +163,16 @@ async def test_a_submission_runs_its_forms_actions_once_also_when_cut_short_and_
         f"selection {guests}: added",
         "interests: ['Integrations'] → ['Integrations', 'Pricing']",
         "extra.x_vip: None → True",
-        "create_request: not carried out (no details stored with it)",
+        *done["outcomes"][3:],
     ]
+    request_outcome, follow_up_outcome = done["outcomes"][3:]
+    assert request_outcome.startswith("request #") and "'Pricing for [[company.name]]'" in (
+        request_outcome
+    )
+    assert (
+        follow_up_outcome.startswith("to-do #")
+        and "'Call [[customer.firstname]]'" in follow_up_outcome
+    )
 
     # Meanwhile a user takes Lars out of the selection again: carrying the actions out a second
     # time would put him back.
@@ -160,6 +194,17 @@ async def test_a_submission_runs_its_forms_actions_once_also_when_cut_short_and_
 
     assert _members(engine, guests) == []
     assert _contact(engine, LARS).interests.count("Pricing") == 1
+    # One request and one follow-up, whatever the number of deliveries and sweeps.
+    with session(engine) as db:
+        [request] = db.exec(select(Request).where(Request.contact_id == LARS)).all()
+        [follow_up] = db.exec(select(FollowUp).where(FollowUp.contact_id == LARS)).all()
+        assert request.title == "Pricing for Nordljus AB" and request.priority == "High"
+        assert follow_up.title == "Call Lars" and follow_up.owner_id == anna
+    [created] = _events(engine, EventKind.request_created)
+    [booked] = _events(engine, EventKind.follow_up_created)
+    assert created.event_id == f"{submission.event_id}/actions/3/request_created"
+    assert booked.event_id == f"{submission.event_id}/actions/4/follow_up_created"
+    assert created.delivered_at is not None and booked.delivered_at is not None
     [joined] = [
         e
         for e in _events(engine, EventKind.added_to_selection)
@@ -177,6 +222,8 @@ async def test_a_submission_runs_its_forms_actions_once_also_when_cut_short_and_
     found = await signals(client, participant_workflow_id(waiting, LARS))
     assert [event_id for _, event_id in found] == [
         joined.event_id,
+        created.event_id,
+        booked.event_id,
         updated.event_id,
         submission.event_id,
     ]
@@ -261,3 +308,74 @@ async def test_the_starter_says_what_the_forms_actions_did(
         f"  form {DEMO_FORM_ID} ('Webinar sign-up'): selection {VIP_SELECTION_ID}: added\n" in out
     )
     assert _members(engine, VIP_SELECTION_ID) == [LARS]
+
+
+async def test_a_forms_reply_reaches_the_submitters_inbox_once(
+    dev_env: WorkflowEnvironment, engine: Engine, task_queue: str, smtp_inbox: Inbox
+) -> None:
+    client = dev_env.client
+    reply = {
+        "from": {"address": "events@example.com", "name": "Events"},
+        "subject": "Your brochure, [[customer.firstname]]",
+        "text": "Here it is.",
+    }
+    form_id = _add(
+        engine,
+        Form(name="Brochure", actions=[{"kind": "send_reply_email", "reply": reply}]),
+    )
+    submission = event_of(EventKind.form_submitted, LARS, form_id=form_id)
+    activities = activities_for(engine, smtp_inbox.settings)
+    async with build_worker(client, engine, task_queue=task_queue, activities=activities):
+        # Cut short after the actions were carried out: the reply is not sent from ingest.
+        assert await _recorded(engine, submission)
+        with pytest.raises(RuntimeError, match="connect"):
+            await ingest(await _unreachable_temporal(), engine, submission, task_queue=task_queue)
+        assert smtp_inbox.count() == 0
+        # Two sweeps at once, then the same submission twice more.
+        await asyncio.gather(
+            sweep(client, engine, task_queue=task_queue),
+            sweep(client, engine, task_queue=task_queue),
+        )
+        for _ in range(2):
+            await ingest(client, engine, submission, task_queue=task_queue)
+        handle = client.get_workflow_handle_for(
+            ReplyWorkflow.run, f"reply-{submission.event_id}/actions/0"
+        )
+        outcome = await handle.result()
+        assert outcome.status is DeliveryStatus.sent
+        ran = (await handle.describe()).run_id
+        report = await carry_out_actions(client, engine, submission, task_queue=task_queue)
+        assert report == [
+            f"form {form_id} ('Brochure'): reply email {reply['subject']!r} to be sent"
+        ]
+        assert (await handle.describe()).run_id == ran
+    [message] = smtp_inbox.messages()
+    assert message.subject == "Your brochure, Lars"
+    assert "lars.nilsson@example.com" in message.recipients and "events@example.com" in (
+        message.sender
+    )
+
+
+async def test_a_reply_follows_the_consent_rules_of_email_to_contacts(
+    dev_env: WorkflowEnvironment, engine: Engine, task_queue: str, smtp_inbox: Inbox
+) -> None:
+    client = dev_env.client
+    reply = {"from": {"address": "events@example.com"}, "subject": "Thanks", "text": "Noted."}
+    form_id = _add(
+        engine, Form(name="Callback", actions=[{"kind": "send_reply_email", "reply": reply}])
+    )
+    with session(engine) as db:
+        lars = db.get(Contact, LARS)
+        assert lars is not None
+        lars.no_mailings = True
+        db.add(lars)
+    submission = event_of(EventKind.form_submitted, LARS, form_id=form_id)
+    activities = activities_for(engine, smtp_inbox.settings)
+    async with build_worker(client, engine, task_queue=task_queue, activities=activities):
+        await ingest(client, engine, submission, task_queue=task_queue)
+        handle = client.get_workflow_handle_for(
+            ReplyWorkflow.run, f"reply-{submission.event_id}/actions/0"
+        )
+        outcome = await handle.result()
+    assert outcome.status is DeliveryStatus.skipped and outcome.detail == "marked no mailings"
+    assert smtp_inbox.count() == 0

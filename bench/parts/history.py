@@ -1,9 +1,10 @@
 """History cost (issue 7): events per step kind in a participant's history.
 
 One participant (a demo contact with a mobile number and an account manager) travels a flow with
-every step kind the engine runs, on the dev server. At each step entry the participant upserts the
-FlowStep search attribute (the first step's comes with the start), so the events from one FlowStep
-upsert to the next are that step's cost. The baseline is the least
+every step kind the engine runs, on the dev server. Each step of that flow ends with one workflow
+task, so the history cut at its workflow tasks gives each step's cost (``step_segments``; a
+participant upserts FlowStep only where it waits, so those upserts no longer mark every step).
+The baseline is the least
 Temporal needs for one activity: ``bench.baseline`` with two activities minus the same with one
 (whole one-activity workflow: reported too).
 """
@@ -11,6 +12,7 @@ Temporal needs for one activity: ``bench.baseline`` with two activities minus th
 from __future__ import annotations
 
 import asyncio
+import itertools
 import tempfile
 from collections import Counter
 from datetime import datetime, timedelta
@@ -42,11 +44,10 @@ from bench.harness import (
     twilio_api,
 )
 from control.enrollment import enroll
-from models import search_attributes as sa
 from models.crm import Contact
 from models.database import session
 from models.demo import DEMO_SELECTION_ID, VIP_SELECTION_ID, seed_demo
-from models.participant import participant_workflow_id
+from models.participant import ParticipantState, participant_workflow_id
 
 NAME = "history"
 TITLE = "History cost: events per step kind (issue 7)"
@@ -56,7 +57,6 @@ TIME_ZONE = "Europe/Stockholm"
 WAIT = timedelta(seconds=4)
 
 ENROLLMENT = "(enrollment: start, first record)"
-CLOSE = "(leaving: status, last record, close)"
 
 
 def every_step_flow(flow_id: str, wait_until: datetime) -> dict[str, Any]:
@@ -136,31 +136,14 @@ def _karin(engine: Engine) -> int:
     return contact.id
 
 
-def _flow_step(event: HistoryEvent) -> str | None:
-    if event.event_type != EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
-        return None
-    fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes
-    payload = fields.indexed_fields.get(sa.FLOW_STEP.name)
-    if payload is None:
-        return None
-    return payload.data.decode().strip('"')
-
-
-def _started_at(event: HistoryEvent) -> str | None:
-    """The FlowStep the participant started with (set by enrollment), if any."""
-    fields = event.workflow_execution_started_event_attributes.search_attributes
-    payload = fields.indexed_fields.get(sa.FLOW_STEP.name)
-    return None if payload is None else payload.data.decode().strip('"')
-
-
-_ENROLLING = {
-    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED,
-    EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
-    EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
-    EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
-    EventType.EVENT_TYPE_MARKER_RECORDED,
-    EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES,
-}
+def _patching(event: HistoryEvent) -> bool:
+    """A patch marker, or the TemporalChangeVersion upsert that comes with it."""
+    if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+        return event.marker_recorded_event_attributes.marker_name == "core_patch"
+    if event.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
+        fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes
+        return set(fields.indexed_fields) == {"TemporalChangeVersion"}
+    return False
 
 
 def _short(event_type: EventType.ValueType) -> str:
@@ -168,28 +151,27 @@ def _short(event_type: EventType.ValueType) -> str:
     return "".join(word.capitalize() for word in name.split("_"))
 
 
-def step_segments(events: list[HistoryEvent]) -> dict[str, list[HistoryEvent]]:
-    """Events from each FlowStep upsert up to the next; before the first: enrollment; after the
-    finish step's record: leaving. Keys are step ids (unique in the bench flow)."""
-    segments: dict[str, list[HistoryEvent]] = {ENROLLMENT: []}
-    current = ENROLLMENT
-    # Enrollment sets FlowStep to the first step: that step's events begin with its first
-    # command after the start's workflow task (and the patch marker with its upsert).
-    first = _started_at(events[0]) if events else None
-    for event in events:
-        step = _flow_step(event)
-        if step is None and first is not None and event.event_type not in _ENROLLING:
-            step, first = first, None
-        if step is not None:
-            current = step
-            segments[current] = []
-        segments[current].append(event)
-    # The finish step's segment ends where leaving begins: the ParticipantStatus upsert.
-    finish = segments.get("finish", [])
-    for index, event in enumerate(finish):
-        if event.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES and index:
-            segments["finish"], segments[CLOSE] = finish[:index], finish[index:]
-            break
+def step_segments(events: list[HistoryEvent], trail: list[str]) -> dict[str, list[HistoryEvent]]:
+    """Each step's events, keyed by step id (unique in the bench flow). Every step of the bench
+    flow but the finish issues one command (an activity or a timer) and ends with the workflow
+    task that follows it, so the history is cut after each WorkflowTaskCompleted: the first cut
+    (the start, its task, the patch marker and its upsert) is enrollment, the next ones are the
+    steps of the participant's trail in order, and what follows the last task is the finish
+    (the participant's status and the close)."""
+    ends = [
+        index + 1
+        for index, event in enumerate(events)
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+    ]
+    if not ends:
+        return {ENROLLMENT: events}
+    start = ends[0]
+    while start < len(events) and _patching(events[start]):
+        start += 1
+    segments = {ENROLLMENT: events[:start]}
+    cuts = [start, *(end for end in ends[1:] if end > start), len(events)]
+    for step, (begin, end) in zip(trail, itertools.pairwise(cuts), strict=False):
+        segments[step] = events[begin:end]
     return segments
 
 
@@ -217,8 +199,12 @@ async def engine_histories(
                 )
                 assert report.enrolled == [contact], report.refused
                 workflow_id = participant_workflow_id(flow_id, contact)
-                await server.client.get_workflow_handle(workflow_id).result()
-                return step_segments(await _events(server.client, workflow_id))
+                handle = server.client.get_workflow_handle(
+                    workflow_id, result_type=ParticipantState
+                )
+                state = await handle.result()
+                trail = [visit.step for visit in state.trail]
+                return step_segments(await _events(server.client, workflow_id), trail)
 
             found: list[dict[str, list[HistoryEvent]]] = await bounded(
                 asyncio.gather(*(one(flow_id) for flow_id in flow_ids)), "history participants"
@@ -250,7 +236,7 @@ async def run(options: Options) -> PartResult:
     result = PartResult(
         NAME,
         TITLE,
-        engine_label="one participant through every step kind (segments between FlowStep upserts)",
+        engine_label="one participant through every step kind (its history cut at workflow tasks)",
         baseline_label=(
             "one more activity in a plain workflow (2-activity history minus 1-activity history)"
         ),

@@ -37,7 +37,7 @@ from models.accounts import Role, User, add_user
 from models.database import PROJECT_ROOT, session
 from models.demo import DEMO_FORM_ID, VIP_SELECTION_ID
 from models.engine import FlowStatus
-from models.flow import SendEmail
+from models.flow import SendEmail, Split, SplitBasis
 from testkit.servers import free_port
 from tracking.server import serving
 from worker import build_worker
@@ -156,6 +156,20 @@ def _build_run_pause_resume(console: Console, driver: webdriver.Chrome, flow_id:
     _until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-step="wait-time-1"]'))
     _field(driver, "wait-time-1", "amount").send_keys("3")
     _choose(driver, '[data-step="wait-time-1"] [data-field="unit"] select', "working_days")
+    # A split after the wait: VIPs one way, everyone else too, both on to the finish.
+    _choose(driver, '[data-step="wait-time-1"] header select', "split")
+    _until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-step="split-1"]'))
+    _choose(driver, '[data-step="split-1"] [data-field="basis"] select', "selection")
+    driver.find_element(
+        By.XPATH,
+        '//*[@data-step="split-1"]//*[@data-field="branches"]'
+        '/button[starts-with(normalize-space(.), "Add")]',
+    ).click()
+    _until(driver, lambda d: _field(d, "split-1", "branches.0.name"))
+    _field(driver, "split-1", "branches.0.name").send_keys("VIPs")
+    _field(driver, "split-1", "branches.0.selection_id").send_keys(str(VIP_SELECTION_ID))
+    _field(driver, "split-1", "branches.0.next").send_keys("done")
+    _field(driver, "split-1", "everyone_else.next").send_keys("done")
     start = driver.find_element(By.CSS_SELECTOR, '#settings [data-field="start"] input')
     start.clear()
     start.send_keys("send-email-1")
@@ -166,7 +180,11 @@ def _build_run_pause_resume(console: Console, driver: webdriver.Chrome, flow_id:
     driver.find_element(By.ID, "save").click()
     _until(driver, lambda d: "Saved as version 2" in _text(d, "#saved"))
     stored = load_flow(console.engine, flow_id)
-    assert [s.type for s in stored.flow.steps] == ["finish", "send_email", "wait_time"]
+    assert [s.type for s in stored.flow.steps] == ["finish", "send_email", "wait_time", "split"]
+    split = stored.flow.step("split-1")
+    assert isinstance(split, Split) and split.basis is SplitBasis.selection
+    assert (split.branches[0].selection_id, split.branches[0].next) == (VIP_SELECTION_ID, "done")
+    assert stored.flow.step("wait-time-1").next == "split-1"  # type: ignore[union-attr]
 
     # Not ready to run: the flow page says why and offers no enrollment.
     driver.get(f"{console.url}/flows/{flow_id}")

@@ -50,7 +50,8 @@ function el(tag, attributes = {}, ...children) {
 // A new value for a schema: its default, or what its required parts need.
 function blank(s) {
   const [inner, nullable] = unwrap(s);
-  if ("default" in s) return structuredClone(s.default);
+  // (callers pass default: undefined for "the type's blank, not its default")
+  if (s.default !== undefined) return structuredClone(s.default);
   if (nullable) return null;
   if (inner.const !== undefined) return inner.const;
   if (inner.type === "object") {

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from models.experiments import p_value, two_proportion_z
 from models.participant import ParticipantState
 from models.settings import Settings
 from reports.funnel import funnel, path_order, render_funnel, to_chart
+from testkit.servers import start_time_skipping_server
 from testkit.waiting import assert_eventually
 from tests.test_experiments import contacts, path_of
 from tests.test_participant import flow_of, start
@@ -112,15 +113,24 @@ def test_a_visit_is_written_once_per_step_entered_by_the_records(engine: Engine)
     assert [(r.ordinal, r.step_id, r.flow_id) for r in rows] == [(0, "mail", "f"), (1, "wait", "f")]
 
 
+@pytest.fixture(scope="module")
+async def funnel_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of this module's own: the participants it leaves waiting would
+    keep the session's server from skipping time for the tests after it."""
+    env = await start_time_skipping_server()
+    yield env
+    await env.shutdown()
+
+
 async def test_the_funnel_of_an_experiment_from_real_participants(
-    time_skipping_env: WorkflowEnvironment,
+    funnel_env: WorkflowEnvironment,
     engine: Engine,
     task_queue: str,
     tmp_path: Path,
     settings_env: Callable[..., Settings],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    env = time_skipping_env
+    env = funnel_env
     flow = flow_of(STEPS, success=SUCCESS)
     with session(engine) as db:
         retired = [c.id for c in db.exec(select(Contact).where(Contact.retired)).all()]

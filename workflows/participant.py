@@ -99,6 +99,14 @@ DEPART_AND_SEND_BY_CHANNEL = "depart-and-send-by-channel"
 # about half of what a whole activity costs it). The participants table has every step.
 FLOW_STEP_WHERE_IT_WAITS = "flow-step-where-it-waits"
 
+# Asked at the start, newest first, until one is in the run: one marker for a new participant.
+STANDING = (
+    FLOW_STEP_WHERE_IT_WAITS,
+    DEPART_AND_SEND_BY_CHANNEL,
+    DEPART_IN_STEP_ACTIVITY,
+    RECORD_IN_STEP_ACTIVITY,
+)
+
 
 @workflow.defn(name="Participant")
 class ParticipantWorkflow:
@@ -204,17 +212,15 @@ class ParticipantWorkflow:
 
     @workflow.run
     async def run(self, enrollment: Enrollment) -> ParticipantState:
-        if workflow.patched(FLOW_STEP_WHERE_IT_WAITS):
-            self._flow_step_when_waiting = True
-            self._by_channel = self._depart_in_step_activity = True
-            self._once_per_step = self._record_in_send = self._record_in_step_activity = True
-        elif workflow.patched(DEPART_AND_SEND_BY_CHANNEL):
-            self._by_channel = self._depart_in_step_activity = True
-            self._once_per_step = self._record_in_send = self._record_in_step_activity = True
-        elif workflow.patched(DEPART_IN_STEP_ACTIVITY):
-            self._depart_in_step_activity = True
-            self._once_per_step = self._record_in_send = self._record_in_step_activity = True
-        elif workflow.patched(RECORD_IN_STEP_ACTIVITY):
+        # The newest patch this run has; each stands for every older one in the chain.
+        level = next(
+            (len(STANDING) - i for i, patch in enumerate(STANDING) if workflow.patched(patch)), 0
+        )
+        self._flow_step_when_waiting = level >= 4
+        self._depart_in_step_activity = level >= 2
+        if level >= 3:
+            self._by_channel = True
+        if level >= 1:
             self._once_per_step = self._record_in_send = self._record_in_step_activity = True
         else:
             self._once_per_step = workflow.patched(RECORD_ONCE_PER_STEP)

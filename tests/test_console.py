@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import TimeoutException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -101,13 +101,25 @@ def _field(driver: webdriver.Chrome, step: str, field: str, tag: str = "input") 
 
 
 def _until(driver: webdriver.Chrome, check: Callable[[webdriver.Chrome], object]) -> None:
+    """Poll ``check`` until it holds. A poll may land while the page is being replaced (a form
+    posted and redirected): Chrome then says "Node with given id does not belong to the
+    document" as a plain WebDriverException. Any such error counts as "not yet", and the last
+    one is told if the wait runs out."""
+    seen: list[WebDriverException] = []
+
     def safely(d: webdriver.Chrome) -> object:
         try:
             return check(d)
-        except (NoSuchElementException, StaleElementReferenceException):
-            return False  # not there yet, or the editor drew its forms again
+        except WebDriverException as error:  # not there yet, or the page drew itself again
+            seen[:] = [error]
+            return False
 
-    WebDriverWait(driver, WAIT, poll_frequency=0.2).until(safely)
+    try:
+        WebDriverWait(driver, WAIT, poll_frequency=0.2).until(safely)
+    except TimeoutException as timeout:
+        if seen:
+            raise TimeoutException(f"{timeout.msg or ''} last error: {seen[0].msg}") from seen[0]
+        raise
 
 
 def _choose(driver: webdriver.Chrome, css: str, value: str) -> None:

@@ -31,7 +31,7 @@ from models.participant import Enrollment, Suggestion, participant_workflow_id
 from models.personal_data import short_name
 from models.validation import check_flow
 from scripts import registered_scripts
-from workflows.participant import ParticipantWorkflow
+from workflows.participant import BEHAVIOUR, ParticipantWorkflow
 
 # The participant workflow's signals: what brought it in, and "take this contact out".
 EVENT_SIGNAL = "event"
@@ -320,6 +320,7 @@ async def _start(
         contact_id=contact_id,
         paused=paused,
         success=success,
+        behaviour=BEHAVIOUR,
     )
     if steps_per_run is not None:
         enrollment.steps_per_run = steps_per_run

@@ -114,3 +114,9 @@ class Enrollment(BaseModel):
     steps_per_run: int = Field(
         default=1000, ge=1, description="Continue as new after this many steps (or when suggested)"
     )
+    behaviour: int = Field(
+        default=0,
+        ge=0,
+        description="The engine behaviour the participant was started with, pinned as its flow "
+        "version is (workflows.participant.BEHAVIOUR); 0: as the patches in its history say",
+    )

@@ -50,7 +50,7 @@ from testkit.peers import running_twilio_api, twilio_settings
 from testkit.servers import free_port, start_time_skipping_server
 from testkit.waiting import waiting_at
 from worker import activities_for, build_worker
-from workflows.participant import ParticipantWorkflow
+from workflows.participant import BEHAVIOUR, ParticipantWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 MANIFEST = HISTORIES / "manifest.json"
@@ -67,6 +67,7 @@ EMAIL = {
     "from": {"kind": "address", "address": "news@flows.example.com", "name": "Flows"},
 }
 FINISH = {"id": "done", "type": "finish"}
+PINNED = {"behaviour": BEHAVIOUR}  # as enrollment starts participants
 
 
 def flow(steps: list[dict[str, Any]], **settings: Any) -> Flow:
@@ -1249,6 +1250,63 @@ SCENARIOS: dict[str, Scenario] = {
         pause_flow,
         drive=pause_edit_resume,
         enrolled=True,
+    ),
+    # The behaviour pinned in the input (Enrollment.behaviour, workflows.participant.BEHAVIOUR):
+    # the same commands as under every patch, and no marker nor TemporalChangeVersion upsert.
+    "crm_steps_v8": Scenario(
+        "as crm_steps_v7, the behaviour pinned at the start: no patch marker",
+        ["behaviour_pinned.action_steps"],
+        crm_steps_flow,
+        enrollment=PINNED,
+        enrolled=True,
+    ),
+    "messages_sent_v8": Scenario(
+        "as messages_sent_v7, the behaviour pinned at the start: no patch marker, the sends on "
+        "the channels' task queues",
+        ["behaviour_pinned.messages"],
+        messages_flow,
+        enrollment=PINNED,
+        enrolled=True,
+    ),
+    "email_departure_v8": Scenario(
+        "as email_departure_v6, the behaviour pinned at the start: the send records the "
+        "departure, no patch marker",
+        ["behaviour_pinned.email"],
+        email_then_finish_flow,
+        enrollment=PINNED,
+        enrolled=True,
+    ),
+    "pause_edit_resume_v8": Scenario(
+        "as pause_edit_resume_v7, the behaviour pinned at the start",
+        ["behaviour_pinned.pause"],
+        pause_flow,
+        drive=pause_edit_resume,
+        enrollment=PINNED,
+        enrolled=True,
+    ),
+    "capped_wait_v8": Scenario(
+        "as capped_wait_v6, the behaviour pinned at the start",
+        ["behaviour_pinned.capped_wait"],
+        capped_flow("wait"),
+        sending=DAILY_CAPS,
+        enrollment=PINNED,
+        enrolled=True,
+    ),
+    "event_splits_v8": Scenario(
+        "as event_splits_v4, the behaviour pinned at the start: the form-data split reads the "
+        "stored submission without a form-data-from-store marker",
+        ["behaviour_pinned.form_data_from_store"],
+        event_splits_flow,
+        drive=submit_stored_and_click,
+        enrollment=PINNED,
+    ),
+    "holidays_and_recipient_clock_v8": Scenario(
+        "as holidays_and_recipient_clock, the behaviour pinned at the start: the contact's time "
+        "zone read without a recipient-clock marker",
+        ["behaviour_pinned.recipient_clock"],
+        calendar_and_clock_flow,
+        drive=karin_lives_in_new_york,
+        enrollment=PINNED,
     ),
     "holidays_and_recipient_clock": Scenario(
         "a flow with a holiday calendar and the recipient's clock: a working-day wait over a "

@@ -20,6 +20,8 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities.crm import CrmActivities, ListChange
+from control.enrollment import enroll
+from control.flows import deploy_flow
 from models import search_attributes as sa
 from models.crm import Contact, SelectionMember
 from models.database import session
@@ -27,7 +29,7 @@ from models.demo import DEMO_SELECTION_ID, VIP_SELECTION_ID
 from models.engine import Participant, ParticipantStatus, StepChange
 from models.events import EventKind
 from models.flow import Flow
-from models.participant import Enrollment, ParticipantState, Resume
+from models.participant import Enrollment, ParticipantState, Resume, participant_workflow_id
 from testkit.waiting import assert_eventually
 from tests.test_engagement import event
 from tests.test_participant import first_contact, flow_of
@@ -254,3 +256,52 @@ async def test_paused_on_the_way_to_the_finish_it_is_shown_active_until_it_leave
     assert local_records([e async for e in handle.fetch_history_events()]) == 2
     left = row(engine, state.participant_id)
     assert (left.status, left.finished_at) == ("Finished", state.finished_at)
+
+
+async def test_enrollment_pins_the_behaviour_so_a_participant_carries_no_patch_marker(
+    time_skipping_env: WorkflowEnvironment, engine: Engine, task_queue: str
+) -> None:
+    """Started by enrollment, a participant's behaviour is in its input: the same commands as a
+    participant that asks its patches, without their marker and TemporalChangeVersion upsert.
+    A list step and a finish: the plain workflow's 11 events, and the upsert as it leaves."""
+    contact = first_contact(engine)
+    document = {"id": "pinned", "name": "Pinned", "start": "add", "steps": ADD_THEN_FINISH}
+    flow_id = deploy_flow(engine, document).flow_id
+    async with build_worker(time_skipping_env.client, engine, task_queue=task_queue):
+        report = await enroll(
+            time_skipping_env.client, engine, flow_id, [contact], task_queue=task_queue
+        )
+        assert report.enrolled == [contact]
+        handle = time_skipping_env.client.get_workflow_handle_for(
+            ParticipantWorkflow.run, participant_workflow_id(flow_id, contact)
+        )
+        pinned = await handle.result()
+        asking = await start(
+            time_skipping_env, task_queue, flow_of(ADD_THEN_FINISH), contact, as_enrolled=True
+        )
+        await asking.result()
+    events = [e async for e in handle.fetch_history_events()]
+    asked = [e async for e in asking.fetch_history_events()]
+    assert pinned.status is ParticipantStatus.finished
+    assert [visit.step for visit in pinned.trail] == ["add", "done"]
+
+    def markers(events: list[HistoryEvent]) -> list[str]:
+        return [
+            e.marker_recorded_event_attributes.marker_name
+            for e in events
+            if e.HasField("marker_recorded_event_attributes")
+        ]
+
+    def changed(events: list[HistoryEvent]) -> list[list[str]]:
+        return [
+            sorted(
+                e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+            )
+            for e in events
+            if e.HasField("upsert_workflow_search_attributes_event_attributes")
+        ]
+
+    assert markers(events) == [] and markers(asked) == ["core_patch"]
+    assert changed(events) == [["FlowStep", "ParticipantStatus"]]
+    assert changed(asked) == [["TemporalChangeVersion"], ["FlowStep", "ParticipantStatus"]]
+    assert len(events) == len(asked) - 2 == 12

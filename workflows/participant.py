@@ -107,6 +107,15 @@ STANDING = (
     RECORD_IN_STEP_ACTIVITY,
 )
 
+# The behaviour a participant starts with is pinned in its input (``Enrollment.behaviour``), as
+# its flow version is, so it asks no patch and carries no marker: each marker costs an event and
+# an upsert of the TemporalChangeVersion search attribute (a visibility write, ~5 ms of server
+# CPU on the dev server). Level 1 has every patch in this module and in ``workflows.steps``.
+# A change for new participants only bumps BEHAVIOUR and reads the level; one that must reach
+# participants already running still asks ``workflow.patched``. Runs started before the pin
+# (level 0) ask their patches as they always did.
+BEHAVIOUR = 1
+
 
 @workflow.defn(name="Participant")
 class ParticipantWorkflow:
@@ -135,6 +144,7 @@ class ParticipantWorkflow:
         self._record_in_send = False  # RECORD_IN_MESSAGE_STEP, decided once per run
         self._record_in_step_activity = False  # RECORD_IN_STEP_ACTIVITY, decided once per run
         self._depart_in_step_activity = False  # DEPART_IN_STEP_ACTIVITY, decided once per run
+        self._behaviour = enrollment.behaviour  # pinned at the start (BEHAVIOUR); 0: patches
         self._by_channel: bool | None = None  # SENDING_DISCIPLINE, decided at the first send
         self._flow_step_when_waiting = False  # FLOW_STEP_WHERE_IT_WAITS, decided once per run
         # The step entered that FlowStep does not show yet (FLOW_STEP_WHERE_IT_WAITS).
@@ -213,8 +223,13 @@ class ParticipantWorkflow:
     @workflow.run
     async def run(self, enrollment: Enrollment) -> ParticipantState:
         # The newest patch this run has; each stands for every older one in the chain.
-        level = next(
-            (len(STANDING) - i for i, patch in enumerate(STANDING) if workflow.patched(patch)), 0
+        level = (
+            len(STANDING)
+            if self._behaviour >= 1
+            else next(
+                (len(STANDING) - i for i, patch in enumerate(STANDING) if workflow.patched(patch)),
+                0,
+            )
         )
         self._flow_step_when_waiting = level >= 4
         self._depart_in_step_activity = level >= 2
@@ -425,8 +440,13 @@ class ParticipantWorkflow:
     def sends_by_channel(self) -> bool:
         """Whether this run's sends go to the channels' task queues, under the frequency caps."""
         if self._by_channel is None:
-            self._by_channel = workflow.patched(SENDING_DISCIPLINE)
+            self._by_channel = self.patched(SENDING_DISCIPLINE)
         return self._by_channel
+
+    def patched(self, patch: str) -> bool:
+        """Whether this run has ``patch``: always, when its behaviour is pinned (every patch is
+        older than the pin); else as ``workflow.patched`` says."""
+        return self._behaviour >= 1 or workflow.patched(patch)
 
     def departure_record(self, next_step: str) -> ParticipantRecord | None:
         """The row the participant will leave with through ``next_step``, for the activity of the

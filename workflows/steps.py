@@ -156,6 +156,10 @@ class Participant(Protocol):
         (SENDING_DISCIPLINE), decided once per run."""
         ...
 
+    def patched(self, patch: str) -> bool:
+        """``workflow.patched``, unless the participant's pinned behaviour has the patch."""
+        ...
+
 
 # CRM writes are short and idempotent: retry without limit, so a database outage delays
 # participants (visibly, as a retrying activity in the UI) rather than dropping them.
@@ -219,7 +223,7 @@ async def clock(participant: Participant) -> str:
     if flow.recipient_clock is None:
         return flow.time_zone
     if state.recipient_zone is None:
-        if not workflow.patched(RECIPIENT_CLOCK):
+        if not participant.patched(RECIPIENT_CLOCK):
             return flow.time_zone
         question = TimeZoneQuestion(
             contact_id=participant.contact_id,
@@ -516,7 +520,7 @@ async def _choose_by_form_data(participant: Participant, step: Split) -> int | N
     submission = last_submission(step, events)
     if submission is None:
         return None  # everyone else also catches those who never submitted
-    if submission.data or not workflow.patched(FORM_DATA_FROM_STORE):
+    if submission.data or not participant.patched(FORM_DATA_FROM_STORE):
         return choose_by_events(step, events, participant.flow.id)
     branch: int | None = await workflow.execute_activity_method(
         CrmActivities.choose_form_data_branch,

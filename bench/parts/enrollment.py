@@ -35,7 +35,7 @@ from control.enrollment import START_CONCURRENCY, enroll, selection_members
 from control.flows import load_flow
 from models import search_attributes as sa
 from models.participant import Enrollment, participant_workflow_id
-from workflows.participant import ParticipantWorkflow
+from workflows.participant import BEHAVIOUR, ParticipantWorkflow
 
 NAME = "enrollment"
 TITLE = "Enrollment: one selection (issue 7)"
@@ -62,7 +62,9 @@ async def raw_starts(client: Client, engine: Engine, flow_id: str, contact_ids: 
     def starter(contact_id: int) -> Callable[[], Awaitable[Any]]:
         return lambda: client.start_workflow(
             ParticipantWorkflow.run,
-            Enrollment(flow=flow, flow_version=stored.version, contact_id=contact_id),
+            Enrollment(
+                flow=flow, flow_version=stored.version, contact_id=contact_id, behaviour=BEHAVIOUR
+            ),
             id=participant_workflow_id(flow.id, contact_id),
             task_queue=TASK_QUEUE,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,

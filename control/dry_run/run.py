@@ -43,7 +43,7 @@ from models.search_attributes import register_search_attributes
 from models.sending import CHANNELS, channel_task_queue
 from models.validation import check_flow
 from scripts import registered_scripts
-from workflows.participant import ParticipantWorkflow
+from workflows.participant import BEHAVIOUR, ParticipantWorkflow
 from workflows.script import ScriptWorkflow
 
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
@@ -140,7 +140,12 @@ async def dry_run(
                 await workers.enter_async_context(running)
             handle = await env.client.start_workflow(
                 ParticipantWorkflow.run,
-                Enrollment(flow=stored.flow, flow_version=stored.version, contact_id=contact_id),
+                Enrollment(
+                    flow=stored.flow,
+                    flow_version=stored.version,
+                    contact_id=contact_id,
+                    behaviour=BEHAVIOUR,
+                ),
                 id=f"dry-run-{flow_id}-contact-{contact_id}-{uuid.uuid4().hex[:8]}",
                 task_queue=task_queue,
                 search_attributes=sa.at_start(stored.flow, stored.version, contact_id),

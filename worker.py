@@ -114,8 +114,10 @@ def activities_for(
         scripts.run_script,
         participants.record_participant,
         email.send_email,
+        email.send_email_locally,
         email.notify_email,
         sms.send_sms,
+        sms.send_sms_locally,
         sms.notify_sms,
         enrollment.suggest_contact,
         events.emit_event,
@@ -206,7 +208,9 @@ def build_worker(
 ) -> EngineWorker:
     """The worker as production runs it; tests pass their own task queue (and, for workflow-logic
     tests, activities of the same names). ``sending`` (default: ``SENDING_SETTINGS_FILE``) sets
-    the channels' rate limits; the caps are the activities' (``activities_for``)."""
+    the channels' rate limits; the caps are the activities' (``activities_for``), and so is the
+    choice to send in this worker (a channel without a rate limit) or on the channel's queue:
+    activities passed in must be made with the same ``sending``."""
     sending = sending or sending_from_settings()
     activities = list(
         activities if activities is not None else activities_for(engine, sending=sending)

@@ -59,7 +59,7 @@ from models.consent import Refused, marketing_recipient, notification_recipient
 from models.crm import Contact, contact_facts
 from models.database import PROJECT_ROOT, session
 from models.flow import EmailSettings, NotifyEmail, SendEmail
-from models.frequency_caps import Capping
+from models.frequency_caps import Capping, Channel
 from models.ledger import (
     DeliveryOutcome,
     DeliveryStatus,
@@ -77,7 +77,7 @@ from models.sending import NO_SENDING_SETTINGS, SendingSettings
 from models.settings import Settings, get_settings
 from models.tracking_links import TrackingLinks
 
-CHANNEL = "email"
+CHANNEL: Channel = "email"
 # A kept SMTP connection serves this many messages, and is not reused after this long idle
 # (servers drop idle clients after a few minutes: RFC 5321 §4.5.3.2.7).
 MESSAGES_PER_CONNECTION = 100
@@ -214,14 +214,30 @@ class EmailActivities:
         self._engine = engine
         self._smtp = smtp
         self._caps = sending.caps(CHANNEL)
+        self._ceiling = sending.rate_limits.of(CHANNEL)
         self._lines = SmtpLines(smtp)
         self._after_handover = after_handover
 
     @activity.defn
     @counts_messages
     def send_email(self, request: EmailSend) -> DeliveryOutcome:
+        return self._send_email(request)
+
+    @activity.defn
+    @counts_messages
+    def send_email_locally(self, request: EmailSend) -> DeliveryOutcome | None:
+        """``send_email`` as a local activity of the participant's own worker: no activity task
+        through the server. None, having done nothing, when the channel has a provider ceiling
+        (``rate_limits.email``): the channel's task queue holds that, so the participant sends
+        there instead."""
+        if self._ceiling is not None:
+            return None
+        return self._send_email(request)
+
+    def _send_email(self, request: EmailSend) -> DeliveryOutcome:
         # A worker that dies during the send is noticed within seconds; a live one blocked in the
-        # database or starved of the GIL keeps beating from its own thread.
+        # database or starved of the GIL keeps beating from its own thread (a local activity
+        # has no heartbeat: its workflow task times out instead).
         with heartbeating_in_background():
             key = request.delivery_key
             prepared = claiming(self._engine, key, lambda db: self._prepare(db, request))

@@ -44,7 +44,7 @@ from activities.participants import ParticipantRecord, departed, enter_message_s
 from models.crm import contact_facts
 from models.database import session, utcnow
 from models.flow import NotifySms, Recipients, SendSms
-from models.frequency_caps import Capping
+from models.frequency_caps import Capping, Channel
 from models.ledger import (
     DeliveryOutcome,
     DeliveryStatus,
@@ -62,7 +62,7 @@ from models.sending import NO_SENDING_SETTINGS, SendingSettings
 from models.settings import Settings, get_settings
 from models.sms import is_mobile, normalise_number, segments, too_long
 
-CHANNEL = "sms"
+CHANNEL: Channel = "sms"
 NO_MOBILE = "no mobile number"
 INVALID_MOBILE = "invalid mobile number"
 NOT_MOBILE = "not a mobile number"  # a fixed-line, premium-rate, toll-free … number
@@ -200,6 +200,7 @@ class SmsActivities:
         self._engine = engine
         self._configured = twilio
         self._caps = sending.caps(CHANNEL)
+        self._ceiling = sending.rate_limits.of(CHANNEL)
         self._after_handover = after_handover
 
     @property
@@ -222,6 +223,19 @@ class SmsActivities:
         The workflow decides from ``step.exit_if_no_mobile`` whether a skipped participant leaves
         (it offers no ``departure`` then).
         """
+        return await self._send_and_depart(request)
+
+    @activity.defn
+    @counts_messages
+    async def send_sms_locally(self, request: SmsSend) -> DeliveryOutcome | None:
+        """``send_sms`` as a local activity of the participant's own worker. None, having done
+        nothing, when the channel has a provider ceiling (``rate_limits.sms``): the participant
+        sends on the channel's task queue, which holds it."""
+        if self._ceiling is not None:
+            return None
+        return await self._send_and_depart(request)
+
+    async def _send_and_depart(self, request: SmsSend) -> DeliveryOutcome:
         outcome = await self._send(request)
         return await asyncio.to_thread(departed, self._engine, request.departure, outcome)
 

@@ -67,7 +67,10 @@ EMAIL = {
     "from": {"kind": "address", "address": "news@flows.example.com", "name": "Flows"},
 }
 FINISH = {"id": "done", "type": "finish"}
-PINNED = {"behaviour": BEHAVIOUR}  # as enrollment starts participants
+# The behaviour pinned in the input (workflows.participant.BEHAVIOUR), as enrollment pins it.
+PINNED_1 = {"behaviour": 1}  # every patch, no marker
+PINNED_2 = {"behaviour": 2}  # and sends in the participant's worker (a local activity)
+assert BEHAVIOUR == 2, "a new level needs scenarios of its own"
 
 
 def flow(steps: list[dict[str, Any]], **settings: Any) -> Flow:
@@ -1257,7 +1260,7 @@ SCENARIOS: dict[str, Scenario] = {
         "as crm_steps_v7, the behaviour pinned at the start: no patch marker",
         ["behaviour_pinned.action_steps"],
         crm_steps_flow,
-        enrollment=PINNED,
+        enrollment=PINNED_1,
         enrolled=True,
     ),
     "messages_sent_v8": Scenario(
@@ -1265,7 +1268,7 @@ SCENARIOS: dict[str, Scenario] = {
         "the channels' task queues",
         ["behaviour_pinned.messages"],
         messages_flow,
-        enrollment=PINNED,
+        enrollment=PINNED_1,
         enrolled=True,
     ),
     "email_departure_v8": Scenario(
@@ -1273,7 +1276,7 @@ SCENARIOS: dict[str, Scenario] = {
         "departure, no patch marker",
         ["behaviour_pinned.email"],
         email_then_finish_flow,
-        enrollment=PINNED,
+        enrollment=PINNED_1,
         enrolled=True,
     ),
     "pause_edit_resume_v8": Scenario(
@@ -1281,7 +1284,7 @@ SCENARIOS: dict[str, Scenario] = {
         ["behaviour_pinned.pause"],
         pause_flow,
         drive=pause_edit_resume,
-        enrollment=PINNED,
+        enrollment=PINNED_1,
         enrolled=True,
     ),
     "capped_wait_v8": Scenario(
@@ -1289,7 +1292,7 @@ SCENARIOS: dict[str, Scenario] = {
         ["behaviour_pinned.capped_wait"],
         capped_flow("wait"),
         sending=DAILY_CAPS,
-        enrollment=PINNED,
+        enrollment=PINNED_1,
         enrolled=True,
     ),
     "event_splits_v8": Scenario(
@@ -1298,7 +1301,7 @@ SCENARIOS: dict[str, Scenario] = {
         ["behaviour_pinned.form_data_from_store"],
         event_splits_flow,
         drive=submit_stored_and_click,
-        enrollment=PINNED,
+        enrollment=PINNED_1,
     ),
     "holidays_and_recipient_clock_v8": Scenario(
         "as holidays_and_recipient_clock, the behaviour pinned at the start: the contact's time "
@@ -1306,7 +1309,51 @@ SCENARIOS: dict[str, Scenario] = {
         ["behaviour_pinned.recipient_clock"],
         calendar_and_clock_flow,
         drive=karin_lives_in_new_york,
-        enrollment=PINNED,
+        enrollment=PINNED_1,
+    ),
+    # Behaviour 2: send_email and send_sms steps send in a local activity of the participant's
+    # worker, unless the channel has a rate limit (then on the channel's queue, as before).
+    "email_departure_v9": Scenario(
+        "as email_departure_v8, behaviour 2: the email sent in a local activity of the "
+        "participant's worker, which records the departure",
+        ["sends_in_worker.email"],
+        email_then_finish_flow,
+        enrollment=PINNED_2,
+        enrolled=True,
+    ),
+    "sms_departure_v9": Scenario(
+        "as sms_departure_v5, behaviour 2: the SMS sent in a local activity, which records the "
+        "departure",
+        ["sends_in_worker.sms"],
+        sms_then_finish_flow,
+        enrollment=PINNED_2,
+        enrolled=True,
+    ),
+    "messages_sent_v9": Scenario(
+        "as messages_sent_v8, behaviour 2: email and SMS sent in local activities, notify "
+        "steps on the channels' task queues",
+        ["sends_in_worker.messages"],
+        messages_flow,
+        enrollment=PINNED_2,
+        enrolled=True,
+    ),
+    "capped_wait_v9": Scenario(
+        "as capped_wait_v8, behaviour 2: a local send held back by a cap answers when the cap "
+        "allows it, and the participant sends again after the timer",
+        ["sends_in_worker.capped_wait"],
+        capped_flow("wait"),
+        sending=DAILY_CAPS,
+        enrollment=PINNED_2,
+        enrolled=True,
+    ),
+    "rate_limited_sends_v9": Scenario(
+        "as messages_sent_v9 with rate limits on both channels: each local send answers None "
+        "without sending, and the step sends on the channel's task queue, which holds the limit",
+        ["sends_in_worker.rate_limited"],
+        messages_flow,
+        sending=SendingSettings(rate_limits=RateLimits(email=50, sms=50)),
+        enrollment=PINNED_2,
+        enrolled=True,
     ),
     "holidays_and_recipient_clock": Scenario(
         "a flow with a holiday calendar and the recipient's clock: a working-day wait over a "

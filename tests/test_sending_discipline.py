@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
+from sqlmodel import select
 from temporalio.testing import WorkflowEnvironment
 
 import starter
@@ -69,17 +70,9 @@ def test_the_sending_settings_are_checked_field_by_field(
 # --- the channels' task queues ----------------------------------------------------------------
 
 
-async def test_new_participants_send_on_their_channels_task_queues(
-    time_skipping_env: WorkflowEnvironment,
-    engine: Engine,
-    task_queue: str,
-    smtp_inbox: Inbox,
-    twilio_api: TwilioApiServer,
-) -> None:
-    """Each channel's sends wait in a task queue of their own, whose worker asks Temporal for
-    the channel's rate limit (participants started before keep sending on the participants'
-    queue: the replay corpus holds them)."""
-    flow = flow_of(
+def email_sms_and_notify() -> Flow:
+    """An email, an SMS, and a notify SMS to a number of our own."""
+    return flow_of(
         [
             {"id": "mail", "type": "send_email", "subject": "S", "text": "T", "next": "text"},
             {"id": "text", "type": "send_sms", "text": "Hi", "next": "tell"},
@@ -95,8 +88,23 @@ async def test_new_participants_send_on_their_channels_task_queues(
         email=EMAIL_SETTINGS,
         sms_sender="Flows",
     )
+
+
+async def test_new_participants_send_on_their_channels_task_queues(
+    time_skipping_env: WorkflowEnvironment,
+    engine: Engine,
+    task_queue: str,
+    smtp_inbox: Inbox,
+    twilio_api: TwilioApiServer,
+) -> None:
+    """Each channel's sends wait in a task queue of their own, whose worker asks Temporal for
+    the channel's rate limit (participants started before keep sending on the participants'
+    queue: the replay corpus holds them)."""
+    flow = email_sms_and_notify()
     sending = SendingSettings(rate_limits=RateLimits(email=20, sms=5))
-    activities = activities_for(engine, smtp_inbox.settings, twilio_settings(twilio_api))
+    activities = activities_for(
+        engine, smtp_inbox.settings, twilio_settings(twilio_api), sending=sending
+    )
     worker = build_worker(
         time_skipping_env.client,
         engine,
@@ -126,6 +134,65 @@ async def test_new_participants_send_on_their_channels_task_queues(
         ("notify_sms", f"{task_queue}-sms"),
     ]
     assert len(smtp_inbox.messages()) == 1 and len(twilio_api.messages) == 2
+
+
+@pytest.mark.parametrize("limited", [False, True], ids=["no-rate-limit", "rate-limited"])
+async def test_pinned_participants_send_in_their_worker_unless_the_channel_is_rate_limited(
+    time_skipping_env: WorkflowEnvironment,
+    engine: Engine,
+    task_queue: str,
+    smtp_inbox: Inbox,
+    twilio_api: TwilioApiServer,
+    limited: bool,
+) -> None:
+    """From behaviour 2 a send_email or send_sms step sends in a local activity of the
+    participant's own worker: no activity task through the server. Under a channel's rate limit
+    that attempt sends nothing, and the step sends on the channel's task queue, which holds the
+    limit; notify steps always do. Each message arrives once either way."""
+    flow = email_sms_and_notify()
+    sending = SendingSettings(rate_limits=RateLimits(email=20, sms=5) if limited else RateLimits())
+    activities = activities_for(
+        engine, smtp_inbox.settings, twilio_settings(twilio_api), sending=sending
+    )
+    worker = build_worker(
+        time_skipping_env.client,
+        engine,
+        task_queue=task_queue,
+        activities=activities,
+        sending=sending,
+    )
+    async with worker:
+        handle = await start(
+            time_skipping_env, task_queue, flow, contact_named(engine, "Karin"), behaviour=2
+        )
+        state = await handle.result()
+        events = [e async for e in handle.fetch_history_events()]
+    scheduled = [
+        (
+            e.activity_task_scheduled_event_attributes.activity_type.name,
+            e.activity_task_scheduled_event_attributes.task_queue.name,
+        )
+        for e in events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    local = [
+        json.loads(e.marker_recorded_event_attributes.details["data"].payloads[0].data)[
+            "activity_type"
+        ]
+        for e in events
+        if e.HasField("marker_recorded_event_attributes")
+        and e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+    ]
+    assert state.status is ParticipantStatus.finished
+    assert [visit.outcome.split(":")[0] for visit in state.trail[:2]] == ["email sent", "sms sent"]
+    # Asked in the worker either way: under a limit it answers None and sends nothing. (The
+    # finish after a notify step records the participant as it leaves.)
+    assert local == ["send_email_locally", "send_sms_locally", "record_participant"]
+    queued = [("send_email", f"{task_queue}-email"), ("send_sms", f"{task_queue}-sms")]
+    assert scheduled == [*(queued if limited else []), ("notify_sms", f"{task_queue}-sms")]
+    assert len(smtp_inbox.messages()) == 1 and len(twilio_api.messages) == 2
+    with session(engine) as db:
+        assert len(db.exec(select(Delivery)).all()) == 3  # one ledger row per message
 
 
 # --- why not sent -----------------------------------------------------------------------------

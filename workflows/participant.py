@@ -114,7 +114,9 @@ STANDING = (
 # A change for new participants only bumps BEHAVIOUR and reads the level; one that must reach
 # participants already running still asks ``workflow.patched``. Runs started before the pin
 # (level 0) ask their patches as they always did.
-BEHAVIOUR = 1
+# Level 2: a send_email or send_sms step sends in a local activity of the participant's own
+# worker when its channel has no rate limit (``workflows.steps.SENDS_IN_WORKER``).
+BEHAVIOUR = 2
 
 
 @workflow.defn(name="Participant")
@@ -163,6 +165,10 @@ class ParticipantWorkflow:
     @property
     def contact_id(self) -> int:
         return self._state.contact_id
+
+    @property
+    def behaviour(self) -> int:
+        return self._behaviour
 
     @property
     def state(self) -> ParticipantState:

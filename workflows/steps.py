@@ -128,6 +128,12 @@ class Participant(Protocol):
     def contact_id(self) -> int: ...
 
     @property
+    def behaviour(self) -> int:
+        """The behaviour pinned at the participant's start (``workflows.participant.BEHAVIOUR``);
+        0 for runs started before it was pinned."""
+        ...
+
+    @property
     def state(self) -> ParticipantState: ...
 
     async def sleep_until(self, instant: datetime, summary: str) -> None: ...
@@ -185,6 +191,19 @@ SEND_ACTIVITY: dict[str, Any] = {
         backoff_coefficient=2.0,
         maximum_interval=timedelta(minutes=30),
     ),
+}
+
+
+# From behaviour 2, a send_email or send_sms step sends in a local activity of the participant's
+# own worker: no activity task through the server (three history events and a task queue round
+# trip fewer: about a third of the server's CPU per email). The delivery ledger keeps it exactly
+# once as it does on the queue; the attempt that finds its channel under a rate limit sends
+# nothing and answers None, and the step sends on the channel's task queue, which holds the
+# limit. (No heartbeat: a worker that dies mid-send is noticed by its workflow task's timeout.)
+SENDS_IN_WORKER = 2
+LOCAL_SEND: dict[str, Any] = {
+    "start_to_close_timeout": SEND_ACTIVITY["start_to_close_timeout"],
+    "retry_policy": SEND_ACTIVITY["retry_policy"],
 }
 
 
@@ -327,18 +346,29 @@ async def send_email(participant: Participant, step: SendEmail) -> Outcome:
             departure=participant.departure_record(step.next),
             capping=capping_for(flow, step, workflow.now()) if disciplined else None,
         )
-        outcome: DeliveryOutcome = await workflow.execute_activity_method(
-            EmailActivities.send_email,
-            request,
-            # The address is only known inside the activity: name the contact by id here.
-            summary=f"Send email {step.subject!r} to contact {participant.contact_id}",
-            **_send_options(step, disciplined),
-        )
+        outcome = await _email_handed_over(participant, step, request, disciplined)
         if outcome.retry_at is None:
             return _left_at_entry(outcome) or Continue(
                 step.next, _sent(outcome), departure=outcome.departure
             )
         await _capped(participant, outcome.retry_at)
+
+
+async def _email_handed_over(
+    participant: Participant, step: SendEmail, request: EmailSend, disciplined: bool
+) -> DeliveryOutcome:
+    """Sent in the participant's worker (SENDS_IN_WORKER), else on the channel's task queue."""
+    # The address is only known inside the activity: name the contact by id here.
+    summary = f"Send email {step.subject!r} to contact {participant.contact_id}"
+    if participant.behaviour >= SENDS_IN_WORKER:
+        here = await workflow.execute_local_activity_method(
+            EmailActivities.send_email_locally, request, summary=summary, **LOCAL_SEND
+        )
+        if here is not None:
+            return here
+    return await workflow.execute_activity_method(
+        EmailActivities.send_email, request, summary=summary, **_send_options(step, disciplined)
+    )
 
 
 async def send_sms(participant: Participant, step: SendSms) -> Outcome:
@@ -356,12 +386,7 @@ async def send_sms(participant: Participant, step: SendSms) -> Outcome:
             departure=None if step.exit_if_no_mobile else participant.departure_record(step.next),
             capping=capping_for(participant.flow, step, workflow.now()) if disciplined else None,
         )
-        outcome: DeliveryOutcome = await workflow.execute_activity_method(
-            SmsActivities.send_sms,
-            request,
-            summary=f"Send SMS {step.label!r} to contact {participant.contact_id}",
-            **_send_options(step, disciplined),
-        )
+        outcome = await _sms_handed_over(participant, step, request, disciplined)
         if outcome.retry_at is None:
             break
         await _capped(participant, outcome.retry_at)
@@ -374,6 +399,23 @@ async def send_sms(participant: Participant, step: SendSms) -> Outcome:
             ParticipantStatus.dropped_out, _sent(outcome), reason=NO_MOBILE, handoffs=step.exit
         )
     return Continue(step.next, _sent(outcome), departure=outcome.departure)
+
+
+async def _sms_handed_over(
+    participant: Participant, step: SendSms, request: SmsSend, disciplined: bool
+) -> DeliveryOutcome:
+    """Sent in the participant's worker (SENDS_IN_WORKER), else on the channel's task queue."""
+    summary = f"Send SMS {step.label!r} to contact {participant.contact_id}"
+    if participant.behaviour >= SENDS_IN_WORKER:
+        here: DeliveryOutcome | None = await workflow.execute_local_activity_method(
+            SmsActivities.send_sms_locally, request, summary=summary, **LOCAL_SEND
+        )
+        if here is not None:
+            return here
+    queued: DeliveryOutcome = await workflow.execute_activity_method(
+        SmsActivities.send_sms, request, summary=summary, **_send_options(step, disciplined)
+    )
+    return queued
 
 
 # --- Flow control ------------------------------------------------------------------------------

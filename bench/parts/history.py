@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import tempfile
 from collections import Counter
 from datetime import datetime, timedelta
@@ -151,17 +152,32 @@ def _short(event_type: EventType.ValueType) -> str:
     return "".join(word.capitalize() for word in name.split("_"))
 
 
+def _sent_in_worker(event: HistoryEvent) -> bool:
+    """The marker of a send made in the participant's worker (a local activity): the step's
+    whole cost, inside the workflow task that ran it."""
+    if event.event_type != EventType.EVENT_TYPE_MARKER_RECORDED:
+        return False
+    details = event.marker_recorded_event_attributes.details
+    if "data" not in details:
+        return False
+    data = json.loads(details["data"].payloads[0].data)
+    return str(data.get("activity_type", "")).endswith("_locally")
+
+
 def step_segments(events: list[HistoryEvent], trail: list[str]) -> dict[str, list[HistoryEvent]]:
     """Each step's events, keyed by step id (unique in the bench flow). Every step of the bench
     flow but the finish issues one command (an activity or a timer) and ends with the workflow
-    task that follows it, so the history is cut after each WorkflowTaskCompleted: the first cut
-    (the start, its task, the patch marker and its upsert) is enrollment, the next ones are the
-    steps of the participant's trail in order, and what follows the last task is the finish
-    (the participant's status and the close)."""
+    task that follows it, or is one send made in the participant's worker, whose marker is all
+    it leaves; so the history is cut after each WorkflowTaskCompleted and after each such
+    marker: the first cut (the start, its task, and for runs that ask patches the patch marker
+    and its upsert) is enrollment, the next ones are the steps of the participant's trail in
+    order, and what follows the last task is the finish (the participant's status and the
+    close)."""
     ends = [
         index + 1
         for index, event in enumerate(events)
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+        or _sent_in_worker(event)
     ]
     if not ends:
         return {ENROLLMENT: events}

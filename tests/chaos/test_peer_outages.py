@@ -4,6 +4,7 @@ is delivered exactly once when they are back, after a few retries spaced by back
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -54,12 +55,19 @@ def one_step_flow(flow_id: str, step: dict[str, object]) -> dict[str, object]:
 
 
 async def send_attempts(client: Client, flow_id: str, contact_id: int) -> int:
-    """How many times the participant's send activity was started."""
+    """How many times the participant's send was attempted: as an activity (its last start's
+    attempt) or as a local activity in the participant's worker (its marker's attempt)."""
     handle = client.get_workflow_handle(participant_workflow_id(flow_id, contact_id))
     attempts = 0
     async for event in handle.fetch_history_events():
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
             attempts = max(attempts, event.activity_task_started_event_attributes.attempt)
+        elif event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            details = event.marker_recorded_event_attributes.details
+            if "data" in details:
+                data = json.loads(details["data"].payloads[0].data)
+                if data["activity_type"] in ("send_email_locally", "send_sms_locally"):
+                    attempts = max(attempts, data["attempt"])
     return attempts
 
 

@@ -12,7 +12,9 @@
   (``models.frequency_caps``); several caps on one channel must all hold.
 - ``rate_limits``: messages per second the whole cluster hands to the provider of each channel.
   Sends go to a task queue per channel (``channel_task_queue``), whose workers ask Temporal to
-  dispatch at most this many of its activities per second: a burst waits in the queue.
+  dispatch at most this many of its activities per second: a burst waits in the queue. A channel
+  without a limit needs no queue: participants started with behaviour 2 send there in a local
+  activity of their own worker (``workflows.steps.SENDS_IN_WORKER``).
 
 ``starter.py validate`` checks the document; the worker reads it once at start.
 """

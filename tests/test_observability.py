@@ -449,6 +449,9 @@ async def test_the_dry_run_timeline_matches_a_real_run(
     assert "⏸ Sending window opens Mon" in text
     assert "Nothing was sent" in text
     if contact_id == 1:
+        # Each send once (the participant's worker declines in a dry run; the queue's stand-in
+        # captures it), the list step as the one other change.
+        assert "2 message(s) and 1 other change(s) were captured" in text
         assert "email 'Hello Karin' to k…@example.com" in text
         assert "SMS 'Hej Karin!' to …4567" in text
         assert "Add to selection 2 (add_to_list, not performed)" in text

@@ -178,7 +178,9 @@ class Capture:
         standing_in: list[Callable[..., Any]] = [
             self.record_participant,
             self.send_email,
+            self.send_email_locally,
             self.send_sms,
+            self.send_sms_locally,
             self.notify_email,
             self.notify_sms,
             self.choose_experiment_path,
@@ -308,6 +310,20 @@ class Capture:
         to = outcome.recipient or "-"
         self._record(_message_text("email", repr(subject), to, outcome), request, outcome)
         return outcome
+
+    @activity.defn(name="send_email_locally")
+    async def send_email_locally(self, request: EmailSend) -> DeliveryOutcome | None:
+        """Declines, as a worker whose channel has a rate limit does: the step then sends on the
+        channel's queue, through ``send_email`` above, which the timeline shows. Where a
+        message would be sent from is not what a dry run is about; what is sent is."""
+        del request
+        return None
+
+    @activity.defn(name="send_sms_locally")
+    async def send_sms_locally(self, request: SmsSend) -> DeliveryOutcome | None:
+        """Declines, as ``send_email_locally`` does: the step sends through ``send_sms``."""
+        del request
+        return None
 
     @activity.defn(name="send_sms")
     async def send_sms(self, request: SmsSend) -> DeliveryOutcome:

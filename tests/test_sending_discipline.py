@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.testing import WorkflowEnvironment
 
 import starter
@@ -17,6 +18,8 @@ from models.database import session
 from models.engine import Delivery, Participant, ParticipantStatus, WaitReason
 from models.flow import Flow
 from models.frequency_caps import FrequencyCap
+from models.participant import Enrollment
+from models.payloads import DATA_CONVERTER
 from models.sending import RateLimits, SendingSettings
 from models.validation import check_sending_settings
 from peers.twilio_api import TwilioApiServer
@@ -208,6 +211,52 @@ def _statistics_flow() -> Flow:
         email=EMAIL_SETTINGS,
         sms_sender="Flows",
     )
+
+
+async def test_a_pinned_participant_keeps_its_behaviour_when_it_continues_as_new(
+    time_skipping_env: WorkflowEnvironment,
+    engine: Engine,
+    task_queue: str,
+    smtp_inbox: Inbox,
+    twilio_api: TwilioApiServer,
+) -> None:
+    """Continue-as-new carries the pinned behaviour into every later run: a run never falls back
+    to asking patches, and its sends are still made in the worker."""
+    activities = activities_for(engine, smtp_inbox.settings, twilio_settings(twilio_api))
+    async with build_worker(
+        time_skipping_env.client, engine, task_queue=task_queue, activities=activities
+    ):
+        handle = await start(
+            time_skipping_env,
+            task_queue,
+            email_sms_and_notify(),
+            contact_named(engine, "Karin"),
+            behaviour=2,
+            steps_per_run=1,
+        )
+        state = await handle.result()
+        runs: list[list[HistoryEvent]] = []
+        run_id = handle.first_execution_run_id
+        while run_id:
+            run = time_skipping_env.client.get_workflow_handle(handle.id, run_id=run_id)
+            events = [e async for e in run.fetch_history_events()]
+            runs.append(events)
+            last = events[-1].workflow_execution_continued_as_new_event_attributes
+            run_id = last.new_execution_run_id or None
+    assert state.status is ParticipantStatus.finished
+    assert len(runs) == 4  # a step per run: mail, text, tell, done
+    for events in runs:
+        started = events[0].workflow_execution_started_event_attributes
+        enrollment = DATA_CONVERTER.payload_converter.from_payload(
+            started.input.payloads[0], Enrollment
+        )
+        assert enrollment.behaviour == 2
+        assert not any(
+            e.marker_recorded_event_attributes.marker_name == "core_patch" for e in events
+        )
+    # The second run sent the SMS in the worker: its marker, no activity task.
+    assert not any(e.HasField("activity_task_scheduled_event_attributes") for e in runs[1])
+    assert len(smtp_inbox.messages()) == 1 and len(twilio_api.messages) == 2
 
 
 def test_statistics_count_messages_not_sent_by_reason(engine: Engine) -> None:

@@ -16,7 +16,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.crm import missing_contact
-from activities.participants import ParticipantRecord, enter_step
+from activities.participants import ParticipantRecord, enter_changing_step
 from models.contact_update import apply_row, field_spec
 from models.crm import (
     Associate,
@@ -31,7 +31,6 @@ from models.database import session
 from models.engine import (
     OwnerShare,
     StepChange,
-    change_made_before,
     record_step_event,
     serialize_on,
     transact,
@@ -89,12 +88,9 @@ class ContactActivities:
         def work(db: Session) -> StepChange:
             # One writer per contact at a time: rows read, change and write back whole lists.
             serialize_on(db, f"contact/{update.contact_id}")
-            done = change_made_before(db, event_id)
-            reason = enter_step(db, update.record, lambda: done is not None)
-            if reason is not None:
-                return StepChange.left(reason)
-            if done is not None:
-                return done
+            settled = enter_changing_step(db, update.record, event_id)
+            if settled is not None:
+                return settled
             contact = db.get(Contact, update.contact_id)
             if contact is None:
                 raise missing_contact(update.contact_id)
@@ -171,12 +167,9 @@ class ContactActivities:
 
         def work(db: Session) -> StepChange:
             serialize_on(db, f"owner-pool/{pool}")
-            done = change_made_before(db, event_id)
-            reason = enter_step(db, request.record, lambda: done is not None)
-            if reason is not None:
-                return StepChange.left(reason)
-            if done is not None:
-                return done
+            settled = enter_changing_step(db, request.record, event_id)
+            if settled is not None:
+                return settled
             contact = db.get(Contact, request.contact_id)
             if contact is None:
                 raise missing_contact(request.contact_id)

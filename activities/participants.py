@@ -15,7 +15,14 @@ from temporalio import activity
 
 from models.crm import Contact, SelectionMember
 from models.database import session, utcnow
-from models.engine import Departure, Participant, ParticipantStatus, StepChange, StepVisit
+from models.engine import (
+    Departure,
+    Participant,
+    ParticipantStatus,
+    StepChange,
+    StepVisit,
+    change_made_before,
+)
 from models.ledger import DeliveryOutcome, known_in, known_under
 from models.participant import ParticipantState, Standing, participant_workflow_id
 
@@ -191,6 +198,19 @@ def enter_step(
         return None
     reason = record_in(db, record).leave_reason
     return None if reason is None or done_before() else reason
+
+
+def enter_changing_step(
+    db: Session, record: ParticipantRecord | None, event_id: str
+) -> StepChange | None:
+    """``enter_step`` for a step that changes the CRM once per visit (its change recorded as
+    the event ``event_id``): what the step reports without doing its work (the participant
+    leaves, or an earlier attempt made the change), or None to make it."""
+    done = change_made_before(db, event_id)
+    reason = enter_step(db, record, lambda: done is not None)
+    if reason is not None:
+        return StepChange.left(reason)
+    return done
 
 
 def enter_message_step(

@@ -28,7 +28,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.crm import missing_contact
-from activities.participants import ParticipantRecord, enter_step
+from activities.participants import ParticipantRecord, enter_changing_step
 from models import diary, schedule
 from models.crm import (
     Associate,
@@ -45,7 +45,7 @@ from models.crm import (
     contact_facts,
     group_members,
 )
-from models.engine import StepChange, change_made_before, record_step_event, serialize_on, transact
+from models.engine import StepChange, record_step_event, serialize_on, transact
 from models.events import EventKind
 from models.flow import (
     CreateFollowUp,
@@ -140,12 +140,9 @@ def make_follow_up(
     a create_follow_up step's, or a form's or tracked link's own action's."""
     zone = request.time_zone
     event_id = f"{request.event_key}/{EventKind.follow_up_created.value}"
-    done = change_made_before(db, event_id)
-    reason = enter_step(db, request.record, lambda: done is not None)
-    if reason is not None:
-        return StepChange.left(reason)
-    if done is not None:
-        return done
+    settled = enter_changing_step(db, request.record, event_id)
+    if settled is not None:
+        return settled
     contact, facts = _contact(db, request.contact_id)
     _project(db, step.project_id)
     owner, absent = _owner(db, contact, step.owner)
@@ -224,12 +221,9 @@ def make_request(db: Session, request: Creation, step: RequestDetails, step_id: 
     the category's members are responsible for it.
     """
     event_id = f"{request.event_key}/{EventKind.request_created.value}"
-    done = change_made_before(db, event_id)
-    reason = enter_step(db, request.record, lambda: done is not None)
-    if reason is not None:
-        return StepChange.left(reason)
-    if done is not None:
-        return done
+    settled = enter_changing_step(db, request.record, event_id)
+    if settled is not None:
+        return settled
     _, facts = _contact(db, request.contact_id)
     request_type = db.exec(select(RequestType).where(RequestType.name == step.request_type)).first()
     if request_type is None:
@@ -316,12 +310,9 @@ class RecordActivities:
         event_id = f"{request.event_key}/{EventKind.sale_created.value}"
 
         def work(db: Session) -> StepChange:
-            done = change_made_before(db, event_id)
-            reason = enter_step(db, request.record, lambda: done is not None)
-            if reason is not None:
-                return StepChange.left(reason)
-            if done is not None:
-                return done
+            settled = enter_changing_step(db, request.record, event_id)
+            if settled is not None:
+                return settled
             contact, facts = _contact(db, request.contact_id)
             _project(db, step.project_id)
             sale_type = db.exec(select(SaleType).where(SaleType.name == step.sale_type)).first()

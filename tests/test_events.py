@@ -403,7 +403,8 @@ async def test_crm_triggers_ignore_imports_and_match_their_selection(
     assert (await ingest(client, engine, vip, task_queue=task_queue)).enrolled == [joined]
 
 
-def use_starter(
+@pytest.fixture
+def starter_here(
     dev_env: WorkflowEnvironment,
     engine: Engine,
     task_queue: str,
@@ -418,16 +419,10 @@ def use_starter(
     monkeypatch.setattr(starter, "TASK_QUEUE", task_queue)
 
 
-@pytest.mark.usefixtures("worker")
+@pytest.mark.usefixtures("worker", "starter_here")
 async def test_the_starter_takes_an_event_in(
-    dev_env: WorkflowEnvironment,
-    engine: Engine,
-    task_queue: str,
-    monkeypatch: pytest.MonkeyPatch,
-    settings_env: Callable[..., Settings],
-    capsys: pytest.CaptureFixture[str],
+    engine: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    use_starter(dev_env, engine, task_queue, monkeypatch, settings_env)
     flow_id = running_flow(
         engine,
         flow_document("ev-cli", [DONE], triggers=[{"kind": "form_submitted", "form_id": FORM_ID}]),

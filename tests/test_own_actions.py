@@ -5,7 +5,6 @@ once, and when the same event comes in again (dev server, both databases)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -37,7 +36,6 @@ from models.engine import CrmEvent, ParticipantStatus, find_event
 from models.events import EventKind, FlowEvent
 from models.ledger import DeliveryStatus
 from models.participant import participant_workflow_id
-from models.settings import Settings
 from testkit.peers import Inbox
 from tests.test_events import (
     DONE,
@@ -48,14 +46,14 @@ from tests.test_events import (
     participant_status,
     running_flow,
     signals,
-    use_starter,
+    starter_here,
     worker,
 )
 from tracking.delivery import Delivery
 from worker import activities_for, build_worker
 from workflows.reply import ReplyWorkflow
 
-__all__ = ["worker"]  # the fixture, from the events tests
+__all__ = ["starter_here", "worker"]  # the fixtures, from the events tests
 
 
 PRICING_REQUEST = {
@@ -291,16 +289,10 @@ async def test_a_forms_script_runs_once_in_a_script_workflow_of_its_own(
     assert (await handle.describe()).run_id == ran
 
 
-@pytest.mark.usefixtures("worker")
+@pytest.mark.usefixtures("worker", "starter_here")
 async def test_the_starter_says_what_the_forms_actions_did(
-    dev_env: WorkflowEnvironment,
-    engine: Engine,
-    task_queue: str,
-    monkeypatch: pytest.MonkeyPatch,
-    settings_env: Callable[..., Settings],
-    capsys: pytest.CaptureFixture[str],
+    engine: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    use_starter(dev_env, engine, task_queue, monkeypatch, settings_env)
     args = ["event", "form_submitted", "--contact", str(LARS), "--form", str(DEMO_FORM_ID)]
     assert await asyncio.to_thread(starter.main, args) == 0
     out = capsys.readouterr().out

@@ -24,6 +24,7 @@ from models.sending import RateLimits, SendingSettings
 from models.validation import check_sending_settings
 from peers.twilio_api import TwilioApiServer
 from reports.statistics import flow_statistics, render_table
+from testkit.histories import local_activities, scheduled_activities
 from testkit.peers import Inbox, twilio_settings
 from testkit.waiting import waiting_at
 from tests.test_frequency_caps import two_emails
@@ -122,14 +123,7 @@ async def test_new_participants_send_on_their_channels_task_queues(
     async with worker:
         handle = await start(time_skipping_env, task_queue, flow, contact_named(engine, "Karin"))
         state = await handle.result()
-        scheduled = [
-            (
-                e.activity_task_scheduled_event_attributes.activity_type.name,
-                e.activity_task_scheduled_event_attributes.task_queue.name,
-            )
-            async for e in handle.fetch_history_events()
-            if e.HasField("activity_task_scheduled_event_attributes")
-        ]
+        scheduled = scheduled_activities([e async for e in handle.fetch_history_events()])
     assert state.status is ParticipantStatus.finished
     assert scheduled == [
         ("send_email", f"{task_queue}-email"),
@@ -170,22 +164,7 @@ async def test_pinned_participants_send_in_their_worker_unless_the_channel_is_ra
         )
         state = await handle.result()
         events = [e async for e in handle.fetch_history_events()]
-    scheduled = [
-        (
-            e.activity_task_scheduled_event_attributes.activity_type.name,
-            e.activity_task_scheduled_event_attributes.task_queue.name,
-        )
-        for e in events
-        if e.HasField("activity_task_scheduled_event_attributes")
-    ]
-    local = [
-        json.loads(e.marker_recorded_event_attributes.details["data"].payloads[0].data)[
-            "activity_type"
-        ]
-        for e in events
-        if e.HasField("marker_recorded_event_attributes")
-        and e.marker_recorded_event_attributes.marker_name == "core_local_activity"
-    ]
+    scheduled, local = scheduled_activities(events), local_activities(events)
     assert state.status is ParticipantStatus.finished
     assert [visit.outcome.split(":")[0] for visit in state.trail[:2]] == ["email sent", "sms sent"]
     # Asked in the worker either way: under a limit it answers None and sends nothing. (The

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import tempfile
 from collections import Counter
 from datetime import datetime, timedelta
@@ -49,6 +48,7 @@ from models.crm import Contact
 from models.database import session
 from models.demo import DEMO_SELECTION_ID, VIP_SELECTION_ID, seed_demo
 from models.participant import ParticipantState, participant_workflow_id
+from testkit.histories import local_activity
 
 NAME = "history"
 TITLE = "History cost: events per step kind (issue 7)"
@@ -155,13 +155,8 @@ def _short(event_type: EventType.ValueType) -> str:
 def _sent_in_worker(event: HistoryEvent) -> bool:
     """The marker of a send made in the participant's worker (a local activity): the step's
     whole cost, inside the workflow task that ran it."""
-    if event.event_type != EventType.EVENT_TYPE_MARKER_RECORDED:
-        return False
-    details = event.marker_recorded_event_attributes.details
-    if "data" not in details:
-        return False
-    data = json.loads(details["data"].payloads[0].data)
-    return str(data.get("activity_type", "")).endswith("_locally")
+    local = local_activity(event)
+    return local is not None and str(local["activity_type"]).endswith("_locally")
 
 
 def step_segments(events: list[HistoryEvent], trail: list[str]) -> dict[str, list[HistoryEvent]]:

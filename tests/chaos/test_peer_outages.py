@@ -4,7 +4,6 @@ is delivered exactly once when they are back, after a few retries spaced by back
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from models.engine import ParticipantStatus
 from models.participant import participant_workflow_id
 from peers.smtp_inbox import inbox_controller
 from peers.twilio_api import TwilioApiServer
+from testkit.histories import local_activity
 from testkit.peers import Inbox
 from testkit.processes import WorkerProcess
 from testkit.servers import free_port
@@ -62,12 +62,11 @@ async def send_attempts(client: Client, flow_id: str, contact_id: int) -> int:
     async for event in handle.fetch_history_events():
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
             attempts = max(attempts, event.activity_task_started_event_attributes.attempt)
-        elif event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
-            details = event.marker_recorded_event_attributes.details
-            if "data" in details:
-                data = json.loads(details["data"].payloads[0].data)
-                if data["activity_type"] in ("send_email_locally", "send_sms_locally"):
-                    attempts = max(attempts, data["attempt"])
+        elif (local := local_activity(event)) is not None and local["activity_type"] in (
+            "send_email_locally",
+            "send_sms_locally",
+        ):
+            attempts = max(attempts, local["attempt"])
     return attempts
 
 

@@ -27,6 +27,7 @@ from bench.parts import (
     email,
     enrollment,
     history,
+    memory,
     rate_limit,
     scaleout,
     simulated,
@@ -53,6 +54,7 @@ PARTS: dict[str, ModuleType] = {
         history,
         enrollment,
         waiting,
+        memory,
         simulated,
         burst,
         scaleout,
@@ -102,9 +104,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--participants",
         type=int,
         default=None,
-        help="participants in the email, throughput, tuning, burst and scaleout parts "
+        help="participants in the email, throughput, tuning, memory, burst and scaleout parts "
         f"(defaults: {email.DEFAULT_PARTICIPANTS}, {throughput.DEFAULT_PARTICIPANTS}, "
-        f"{tuning.DEFAULT_PARTICIPANTS}, {burst.DEFAULT_PARTICIPANTS}, "
+        f"{tuning.DEFAULT_PARTICIPANTS}, {memory.DEFAULT_COUNT}, {burst.DEFAULT_PARTICIPANTS}, "
         f"{scaleout.DEFAULT_PARTICIPANTS})",
     )
     parser.add_argument(

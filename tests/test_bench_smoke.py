@@ -1,4 +1,4 @@
-"""The benchmark scripts still run: the tiniest email and history parts, figures not judged.
+"""The benchmark scripts still run: the tiniest email, history and memory parts, figures not judged.
 
 Performance goals live in ``bench/`` (figures against a baseline measured in the same run); this
 test only keeps the scripts from rotting, so it checks what they report, never how fast.
@@ -14,14 +14,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_email_and_history_parts_run_and_report(tmp_path: Path) -> None:
+def test_the_email_history_and_memory_parts_run_and_report(tmp_path: Path) -> None:
     run = subprocess.run(
         [
             sys.executable,
             "-m",
             "bench",
             "--only",
-            "email,history",
+            "email,history,memory",
             "--rounds",
             "1",
             "--participants",
@@ -41,7 +41,7 @@ def test_the_email_and_history_parts_run_and_report(tmp_path: Path) -> None:
     document = json.loads(results.read_text())
     assert document["machine"]["nproc"] >= 1
     parts = {part["part"]: part for part in document["parts"]}
-    assert set(parts) == {"email", "history"}
+    assert set(parts) == {"email", "history", "memory"}
     assert not any(part["failed"] for part in parts.values())
 
     email = {row["metric"]: row for row in parts["email"]["rows"]}
@@ -57,6 +57,13 @@ def test_the_email_and_history_parts_run_and_report(tmp_path: Path) -> None:
         assert history[f"{kind}: events"]["engine"][0] > 0
     assert history["send_email: events"]["baseline"] == [6.0]  # one activity: 3 + 3 task events
     assert history["plain workflow with one activity: events"]["baseline"] == [11.0]
+
+    # Each side in a process of its own: readings came back from both.
+    memory = {row["metric"]: row for row in parts["memory"]["rows"]}
+    for metric in ("worker RSS per cached workflow", "server RSS per parked workflow"):
+        assert len(memory[metric]["engine"]) == len(memory[metric]["baseline"]) == 1
+    for metric in ("worker RSS with all parked", "server RSS with all parked"):
+        assert min(memory[metric]["engine"] + memory[metric]["baseline"]) > 0
 
     [markdown] = tmp_path.glob("*.md")
     assert "| messages/s (baseline: plain workflows, one activity each) | msg/s |" in (

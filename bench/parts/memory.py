@@ -1,0 +1,191 @@
+"""Memory per parked workflow, each side in a fresh process with a fresh dev server.
+
+The waiting part reads both sides' memory in one process and on one server, one side after the
+other, so the second side's figures start from what the first one's freed but the allocators
+kept. Here every round of each side is a process of its own (``python -m bench.parts.memory
+engine|baseline N DIR``) with a dev server of its own and a worker whose cache holds every
+workflow: it runs one workflow to the end of its first workflow task (imports, first-use caches),
+reads its own VmRSS and the server's, parks N more, waits until the server is quiet, collects
+garbage and reads both again. Engine: participants in ``wait_time (30 days) → finish``, enrolled
+as the product enrolls them, parked once each has recorded its wait. Baseline: plain workflows
+parked in a 30-day timer (the waiting part's baseline), on a plain worker with the same cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+
+from temporalio.worker import Worker
+
+from bench.baseline import BaselinePlan, BaselineWorkflow, noop
+from bench.harness import (
+    RUN_TIMEOUT,
+    Options,
+    PartResult,
+    Server,
+    Tuning,
+    alternate,
+    bounded,
+    deploy,
+    dev_server,
+    engine_activities,
+    gather_limited,
+    participant_worker,
+    progress,
+    quiet,
+    rss_bytes,
+    seed_contacts,
+    smtp_inbox,
+    temp_database,
+    until,
+)
+from bench.parts.waiting import PARK_DAYS, _parked, wait_flow
+from control.enrollment import START_CONCURRENCY, enroll
+
+NAME = "memory"
+TITLE = "Memory per parked workflow, each side in a fresh process"
+DEFAULT_COUNT = 1_000
+KIB = 1024
+
+
+def _readings(server: Server) -> tuple[int, int]:
+    """VmRSS of this process (the worker) and of the dev server, in bytes."""
+    gc.collect()
+    return rss_bytes(os.getpid()), rss_bytes(server.pid) if server.pid is not None else 0
+
+
+async def _engine(server: Server, count: int, directory: Path) -> tuple[int, int, int, int]:
+    engine = temp_database(directory)
+    crm = seed_contacts(engine, count + 1)
+    flow_id, task_queue = "bench-memory", "bench-memory"
+    deploy(engine, wait_flow(flow_id))
+    tuning = Tuning(name="cache all", max_cached_workflows=count + 100)
+    with smtp_inbox(directory) as inbox:
+        activities = engine_activities(engine, inbox.settings)
+        async with participant_worker(server.client, engine, task_queue, activities, tuning):
+            first, rest = crm.contact_ids[:1], crm.contact_ids[1:]
+
+            async def parked(expected: int) -> bool:
+                return await asyncio.to_thread(_parked, engine, flow_id) >= expected
+
+            await enroll(server.client, engine, flow_id, first, task_queue=task_queue)
+            await until(lambda: parked(1), "parking the first participant")
+            await quiet(server)
+            worker_before, server_before = _readings(server)
+            await bounded(
+                enroll(server.client, engine, flow_id, rest, task_queue=task_queue), "enrolling"
+            )
+            await until(lambda: parked(count + 1), "parking participants")
+            await quiet(server)
+            worker_after, server_after = _readings(server)
+    engine.dispose()
+    return worker_before, worker_after, server_before, server_after
+
+
+async def _baseline(server: Server, count: int) -> tuple[int, int, int, int]:
+    client, task_queue = server.client, "bench-memory-baseline"
+    plan = BaselinePlan(activities=0, sleeps=1, sleep_seconds=PARK_DAYS * 86400)
+
+    def starter(workflow_id: str) -> Callable[[], Awaitable[Any]]:
+        return lambda: client.start_workflow(
+            BaselineWorkflow.run, plan, id=workflow_id, task_queue=task_queue
+        )
+
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[BaselineWorkflow],
+        activities=[noop],
+        max_cached_workflows=count + 100,
+    ):
+        await starter("bench-memory-first")()
+        await quiet(server)
+        worker_before, server_before = _readings(server)
+        ids = [f"bench-memory-{index}" for index in range(count)]
+        await bounded(gather_limited(START_CONCURRENCY, map(starter, ids)), "starting")
+        await quiet(server)
+        worker_after, server_after = _readings(server)
+    return worker_before, worker_after, server_before, server_after
+
+
+async def measure(side: str, count: int, directory: Path) -> dict[str, float]:
+    """One side's readings in this process: KiB per parked workflow, worker and server."""
+    async with dev_server() as server:
+        if side == "engine":
+            readings = await _engine(server, count, directory)
+        else:
+            readings = await _baseline(server, count)
+    worker_before, worker_after, server_before, server_after = readings
+    return {
+        "worker_before": worker_before / KIB / KIB,
+        "worker_after": worker_after / KIB / KIB,
+        "worker_per": (worker_after - worker_before) / count / KIB,
+        "server_before": server_before / KIB / KIB,
+        "server_after": server_after / KIB / KIB,
+        "server_per": (server_after - server_before) / count / KIB,
+    }
+
+
+def _in_fresh_process(side: str, count: int, directory: Path) -> dict[str, float]:
+    directory.mkdir(parents=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.parts.memory", side, str(count), str(directory)],
+        cwd=Path(__file__).resolve().parent.parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT.total_seconds(),
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the {side} side failed:\n{done.stderr[-4000:]}")
+    readings: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return readings
+
+
+async def run(options: Options) -> PartResult:
+    count = options.participants or DEFAULT_COUNT
+    result = PartResult(
+        NAME,
+        TITLE,
+        engine_label=f"{count:,} participants parked in a {PARK_DAYS}-day wait step, all cached",
+        baseline_label=f"{count:,} plain workflows parked in a {PARK_DAYS}-day timer, all cached",
+        parameters={"parked": count, "rounds": options.rounds},
+    )
+    with tempfile.TemporaryDirectory(dir=options.workdir) as scratch:
+        for index in range(options.rounds):
+            for side in alternate(index):
+                progress(f"memory round {index + 1}/{options.rounds}: {side}")
+                where = Path(scratch) / f"{side}-{index}"
+                readings = await asyncio.to_thread(_in_fresh_process, side, count, where)
+                for metric, unit, key in (
+                    ("worker RSS per cached workflow", "KiB", "worker_per"),
+                    ("server RSS per parked workflow", "KiB", "server_per"),
+                    ("worker RSS before (one workflow run)", "MiB", "worker_before"),
+                    ("worker RSS with all parked", "MiB", "worker_after"),
+                    ("server RSS before", "MiB", "server_before"),
+                    ("server RSS with all parked", "MiB", "server_after"),
+                ):
+                    getattr(result.row(metric, unit), side).append(readings[key])
+    result.notes.append(
+        "Each reading is a fresh process (worker and client) with a fresh in-memory dev server, "
+        "read after one workflow ran and again once every workflow is parked and the server is "
+        "quiet; the worker's cache holds them all, so the worker figure is per cached workflow."
+    )
+    return result
+
+
+if __name__ == "__main__":
+    side, count, directory = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+    print(json.dumps(asyncio.run(measure(side, count, directory))))

@@ -11,8 +11,9 @@ import uuid
 from typing import Any
 
 from pydantic import BaseModel, model_validator
-from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlalchemy import Engine, Select, bindparam, literal
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, SQLModel, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -203,16 +204,30 @@ def _done(db: Session, change: ListChange, outcome: str) -> StepChange:
     return StepChange(outcome=outcome, departure=depart_in(db, change.departure))
 
 
+def _by_id(model: type[SQLModel]) -> Select[int]:
+    """Whether a row exists, by id, without loading it (a contact's load coerces its JSON
+    columns), built once so SQLAlchemy reuses its compiled form."""
+    table = SQLModel.metadata.tables[str(model.__tablename__)]
+    return sa_select(literal(1)).where(table.c.id == bindparam("id"))
+
+
+_CONTACT, _SELECTION, _PROJECT = _by_id(Contact), _by_id(Selection), _by_id(Project)
+
+
+def _exists(db: Session, statement: Select[int], row_id: int) -> bool:
+    return db.connection().execute(statement, {"id": row_id}).first() is not None
+
+
 def _require(db: Session, change: ListChange) -> None:
-    if db.get(Contact, change.contact_id) is None:
+    if not _exists(db, _CONTACT, change.contact_id):
         raise missing_contact(change.contact_id)
-    if change.selection_id is not None and db.get(Selection, change.selection_id) is None:
+    if change.selection_id is not None and not _exists(db, _SELECTION, change.selection_id):
         raise ApplicationError(
             f"selection {change.selection_id} does not exist",
             type="MissingList",
             non_retryable=True,
         )
-    if change.project_id is not None and db.get(Project, change.project_id) is None:
+    if change.project_id is not None and not _exists(db, _PROJECT, change.project_id):
         raise ApplicationError(
             f"project {change.project_id} does not exist", type="MissingList", non_retryable=True
         )

@@ -51,7 +51,7 @@ from bench.harness import (
     temp_database,
     until,
 )
-from bench.parts.waiting import PARK_DAYS, _parked, wait_flow
+from bench.parts.waiting import PARK_DAYS, count_parked, wait_flow
 from control.enrollment import START_CONCURRENCY, enroll
 
 NAME = "memory"
@@ -78,7 +78,7 @@ async def _engine(server: Server, count: int, directory: Path) -> tuple[int, int
             first, rest = crm.contact_ids[:1], crm.contact_ids[1:]
 
             async def parked(expected: int) -> bool:
-                return await asyncio.to_thread(_parked, engine, flow_id) >= expected
+                return await asyncio.to_thread(count_parked, engine, flow_id) >= expected
 
             await enroll(server.client, engine, flow_id, first, task_queue=task_queue)
             await until(lambda: parked(1), "parking the first participant")

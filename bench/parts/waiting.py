@@ -70,7 +70,7 @@ def wait_flow(flow_id: str) -> dict[str, Any]:
     }
 
 
-def _parked(engine: Engine, flow_id: str) -> int:
+def count_parked(engine: Engine, flow_id: str) -> int:
     with session(engine) as db:
         query = select(func.count()).where(
             Participant.flow_id == flow_id,
@@ -131,7 +131,7 @@ async def engine_side(
                 )
 
                 async def parked(count: int) -> bool:
-                    return await asyncio.to_thread(_parked, engine, flow_id) >= count
+                    return await asyncio.to_thread(count_parked, engine, flow_id) >= count
 
                 await until(lambda: parked(len(contact_ids) // 2), "parking half")
                 halfway = _memory(server)

@@ -283,27 +283,39 @@ def _thread_split(
     return split
 
 
-def database_cpu_seconds() -> float:
-    """CPU seconds of the PostgreSQL backends serving this run's databases when the bench uses
-    PostgreSQL (0 on SQLite, whose work is done in this process). The server's own background
-    processes (WAL writer, checkpointer) are left out, and a backend that ends during a section
-    takes its CPU with it; the engine's connections are pooled, so few do."""
-    if not os.environ.get(POSTGRES_SERVER):
-        return 0.0
-    ours = f" {_POSTGRES_PREFIX}".encode()
-    total = 0.0
+def _postmasters() -> dict[int, list[int]]:
+    """Each PostgreSQL server on this machine (its postmaster's pid) with its child processes:
+    the backends and the background processes, whose titles begin ``postgres: ``."""
+    servers: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as handle:
                 title = handle.read()
+            if title.startswith(b"postgres: "):
+                servers.setdefault(int(_stat_fields(int(entry))[1]), []).append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    return servers
+
+
+def database_cpu_seconds() -> float:
+    """CPU seconds of the PostgreSQL server the bench uses (0 on SQLite, whose work is done in
+    this process): every process of the server, background ones included, and the backends that
+    ended, which their postmaster reaped (its children's CPU: cutime, cstime). Counting only the
+    live backends lost a pooled connection's CPU when the pool closed it mid-section, and the
+    figure could come out negative. A machine with several PostgreSQL servers counts them all."""
+    if not os.environ.get(POSTGRES_SERVER):
+        return 0.0
+    total = 0.0
+    for postmaster, children in _postmasters().items():
+        try:
+            fields = _stat_fields(postmaster)
         except OSError:
             continue
-        # A backend's title: "postgres: <role> <database> <client> <state>".
-        if not title.startswith(b"postgres: ") or ours not in title:
-            continue
-        total += cpu_seconds(int(entry))
+        own_and_reaped = sum(int(fields[index]) for index in (11, 12, 13, 14)) / _TICK
+        total += own_and_reaped + sum(cpu_seconds(child) for child in children)
     return total
 
 

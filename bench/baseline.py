@@ -99,14 +99,16 @@ class PlainEmailWorkflow:
 
 @asynccontextmanager
 async def baseline_worker(
-    client: Client, task_queue: str, activity_slots: int
+    client: Client, task_queue: str, activity_slots: int, max_cached_workflows: int = 1000
 ) -> AsyncIterator[Worker]:
+    """The plain workflows' worker; the cache size is the SDK's default unless given."""
     worker = Worker(
         client,
         task_queue=task_queue,
         workflows=[BaselineWorkflow, PlainEmailWorkflow],
         activities=[noop, send_plain_email],
         max_concurrent_activities=activity_slots,
+        max_cached_workflows=max_cached_workflows,
     )
     async with worker:
         yield worker

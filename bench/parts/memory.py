@@ -14,9 +14,7 @@ parked in a 30-day timer (the waiting part's baseline), on a plain worker with t
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,14 +22,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the project importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
-
-from temporalio.worker import Worker
-
-from bench.baseline import BaselinePlan, BaselineWorkflow, noop
+from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
 from bench.harness import (
     RUN_TIMEOUT,
+    WORKER_PY_ACTIVITY_SLOTS,
     Options,
     PartResult,
     Server,
@@ -45,28 +39,24 @@ from bench.harness import (
     participant_worker,
     progress,
     quiet,
-    rss_bytes,
     seed_contacts,
     smtp_inbox,
     temp_database,
     until,
 )
-from bench.parts.waiting import PARK_DAYS, count_parked, wait_flow
+from bench.parts.waiting import PARK_DAYS, count_parked, memory_mib, wait_flow
+from bench.report import PROJECT_ROOT
 from control.enrollment import START_CONCURRENCY, enroll
 
 NAME = "memory"
 TITLE = "Memory per parked workflow, each side in a fresh process"
 DEFAULT_COUNT = 1_000
 KIB = 1024
+# RSS of the worker (this process) and of the server, in MiB, before and after parking.
+Readings = tuple[tuple[float, float], tuple[float, float]]
 
 
-def _readings(server: Server) -> tuple[int, int]:
-    """VmRSS of this process (the worker) and of the dev server, in bytes."""
-    gc.collect()
-    return rss_bytes(os.getpid()), rss_bytes(server.pid) if server.pid is not None else 0
-
-
-async def _engine(server: Server, count: int, directory: Path) -> tuple[int, int, int, int]:
+async def _engine(server: Server, count: int, directory: Path) -> Readings:
     engine = temp_database(directory)
     crm = seed_contacts(engine, count + 1)
     flow_id, task_queue = "bench-memory", "bench-memory"
@@ -83,18 +73,18 @@ async def _engine(server: Server, count: int, directory: Path) -> tuple[int, int
             await enroll(server.client, engine, flow_id, first, task_queue=task_queue)
             await until(lambda: parked(1), "parking the first participant")
             await quiet(server)
-            worker_before, server_before = _readings(server)
+            before = memory_mib(server)
             await bounded(
                 enroll(server.client, engine, flow_id, rest, task_queue=task_queue), "enrolling"
             )
             await until(lambda: parked(count + 1), "parking participants")
             await quiet(server)
-            worker_after, server_after = _readings(server)
+            after = memory_mib(server)
     engine.dispose()
-    return worker_before, worker_after, server_before, server_after
+    return before, after
 
 
-async def _baseline(server: Server, count: int) -> tuple[int, int, int, int]:
+async def _baseline(server: Server, count: int) -> Readings:
     client, task_queue = server.client, "bench-memory-baseline"
     plan = BaselinePlan(activities=0, sleeps=1, sleep_seconds=PARK_DAYS * 86400)
 
@@ -103,21 +93,17 @@ async def _baseline(server: Server, count: int) -> tuple[int, int, int, int]:
             BaselineWorkflow.run, plan, id=workflow_id, task_queue=task_queue
         )
 
-    async with Worker(
-        client,
-        task_queue=task_queue,
-        workflows=[BaselineWorkflow],
-        activities=[noop],
-        max_cached_workflows=count + 100,
+    async with baseline_worker(
+        client, task_queue, WORKER_PY_ACTIVITY_SLOTS, max_cached_workflows=count + 100
     ):
         await starter("bench-memory-first")()
         await quiet(server)
-        worker_before, server_before = _readings(server)
+        before = memory_mib(server)
         ids = [f"bench-memory-{index}" for index in range(count)]
         await bounded(gather_limited(START_CONCURRENCY, map(starter, ids)), "starting")
         await quiet(server)
-        worker_after, server_after = _readings(server)
-    return worker_before, worker_after, server_before, server_after
+        after = memory_mib(server)
+    return before, after
 
 
 async def measure(side: str, count: int, directory: Path) -> dict[str, float]:
@@ -127,14 +113,14 @@ async def measure(side: str, count: int, directory: Path) -> dict[str, float]:
             readings = await _engine(server, count, directory)
         else:
             readings = await _baseline(server, count)
-    worker_before, worker_after, server_before, server_after = readings
+    (worker_before, server_before), (worker_after, server_after) = readings
     return {
-        "worker_before": worker_before / KIB / KIB,
-        "worker_after": worker_after / KIB / KIB,
-        "worker_per": (worker_after - worker_before) / count / KIB,
-        "server_before": server_before / KIB / KIB,
-        "server_after": server_after / KIB / KIB,
-        "server_per": (server_after - server_before) / count / KIB,
+        "worker_before": worker_before,
+        "worker_after": worker_after,
+        "worker_per": (worker_after - worker_before) * KIB / count,
+        "server_before": server_before,
+        "server_after": server_after,
+        "server_per": (server_after - server_before) * KIB / count,
     }
 
 
@@ -142,7 +128,7 @@ def _in_fresh_process(side: str, count: int, directory: Path) -> dict[str, float
     directory.mkdir(parents=True)
     done = subprocess.run(
         [sys.executable, "-m", "bench.parts.memory", side, str(count), str(directory)],
-        cwd=Path(__file__).resolve().parent.parent.parent,
+        cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT.total_seconds(),

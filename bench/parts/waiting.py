@@ -80,7 +80,7 @@ def count_parked(engine: Engine, flow_id: str) -> int:
         return int(db.exec(query).one())
 
 
-def _memory(server: Server) -> tuple[float, float]:
+def memory_mib(server: Server) -> tuple[float, float]:
     """RSS of this process (the worker) and of the server, in MiB."""
     gc.collect()
     server_rss = rss_bytes(server.pid) if server.pid is not None else 0
@@ -123,7 +123,7 @@ async def engine_side(
         activities = engine_activities(engine, inbox.settings)
         async with participant_worker(server.client, engine, task_queue, activities):
             await asyncio.sleep(1)
-            before = _memory(server)
+            before = memory_mib(server)
             with server.meter.section() as usage:
                 await bounded(
                     enroll(server.client, engine, flow_id, contact_ids, task_queue=task_queue),
@@ -134,10 +134,10 @@ async def engine_side(
                     return await asyncio.to_thread(count_parked, engine, flow_id) >= count
 
                 await until(lambda: parked(len(contact_ids) // 2), "parking half")
-                halfway = _memory(server)
+                halfway = memory_mib(server)
                 await until(lambda: parked(len(contact_ids)), "parking participants")
             await quiet(server)
-            after = _memory(server)
+            after = memory_mib(server)
     _record(result, "engine", len(contact_ids), before, after, usage().wall, halfway)
     result.add_usage("engine", usage(), len(contact_ids), "parked participant")
 
@@ -155,13 +155,13 @@ async def baseline_side(server: Server, count: int, result: PartResult) -> None:
 
     async with baseline_worker(client, task_queue, WORKER_PY_ACTIVITY_SLOTS):
         await asyncio.sleep(1)
-        before = _memory(server)
+        before = memory_mib(server)
         with server.meter.section() as usage:
             await bounded(gather_limited(START_CONCURRENCY, map(starter, ids)), "starting")
             # A plain workflow records nothing on the way: parked is when the server goes quiet
             # (the figures include the one quiet second that tells).
             await quiet(server)
-        after = _memory(server)
+        after = memory_mib(server)
     _record(result, "baseline", count, before, after, usage().wall)
     result.add_usage("baseline", usage(), count, "parked participant")
 

@@ -20,7 +20,7 @@ from models.flow import Flow
 from models.frequency_caps import FrequencyCap
 from models.participant import Enrollment
 from models.payloads import DATA_CONVERTER
-from models.sending import RateLimits, SendingSettings
+from models.sending import NO_SENDING_SETTINGS, RateLimits, SendingSettings
 from models.validation import check_sending_settings
 from peers.twilio_api import TwilioApiServer
 from reports.statistics import flow_statistics, render_table
@@ -30,7 +30,7 @@ from testkit.waiting import waiting_at
 from tests.test_frequency_caps import two_emails
 from tests.test_message_steps import EMAIL_SETTINGS, contact_named
 from tests.test_participant import STOCKHOLM, flow_of, next_weekday, start
-from worker import activities_for, build_worker
+from worker import EngineWorker, activities_for, build_worker
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "flows" / "settings" / "sending.json"
 
@@ -94,6 +94,25 @@ def email_sms_and_notify() -> Flow:
     )
 
 
+def sending_worker(
+    env: WorkflowEnvironment,
+    engine: Engine,
+    task_queue: str,
+    smtp_inbox: Inbox,
+    twilio_api: TwilioApiServer,
+    sending: SendingSettings | None = None,
+) -> EngineWorker:
+    """worker.py's worker against the test's SMTP and Twilio peers, its activities and its
+    channels' workers under the same sending settings (the default: none)."""
+    sending = sending or NO_SENDING_SETTINGS
+    activities = activities_for(
+        engine, smtp_inbox.settings, twilio_settings(twilio_api), sending=sending
+    )
+    return build_worker(
+        env.client, engine, task_queue=task_queue, activities=activities, sending=sending
+    )
+
+
 async def test_new_participants_send_on_their_channels_task_queues(
     time_skipping_env: WorkflowEnvironment,
     engine: Engine,
@@ -106,16 +125,7 @@ async def test_new_participants_send_on_their_channels_task_queues(
     queue: the replay corpus holds them)."""
     flow = email_sms_and_notify()
     sending = SendingSettings(rate_limits=RateLimits(email=20, sms=5))
-    activities = activities_for(
-        engine, smtp_inbox.settings, twilio_settings(twilio_api), sending=sending
-    )
-    worker = build_worker(
-        time_skipping_env.client,
-        engine,
-        task_queue=task_queue,
-        activities=activities,
-        sending=sending,
-    )
+    worker = sending_worker(time_skipping_env, engine, task_queue, smtp_inbox, twilio_api, sending)
     limits = {
         w.task_queue: w.config()["max_task_queue_activities_per_second"] for w in worker.channels
     }
@@ -148,16 +158,7 @@ async def test_pinned_participants_send_in_their_worker_unless_the_channel_is_ra
     limit; notify steps always do. Each message arrives once either way."""
     flow = email_sms_and_notify()
     sending = SendingSettings(rate_limits=RateLimits(email=20, sms=5) if limited else RateLimits())
-    activities = activities_for(
-        engine, smtp_inbox.settings, twilio_settings(twilio_api), sending=sending
-    )
-    worker = build_worker(
-        time_skipping_env.client,
-        engine,
-        task_queue=task_queue,
-        activities=activities,
-        sending=sending,
-    )
+    worker = sending_worker(time_skipping_env, engine, task_queue, smtp_inbox, twilio_api, sending)
     async with worker:
         handle = await start(
             time_skipping_env, task_queue, flow, contact_named(engine, "Karin"), behaviour=2
@@ -201,10 +202,7 @@ async def test_a_pinned_participant_keeps_its_behaviour_when_it_continues_as_new
 ) -> None:
     """Continue-as-new carries the pinned behaviour into every later run: a run never falls back
     to asking patches, and its sends are still made in the worker."""
-    activities = activities_for(engine, smtp_inbox.settings, twilio_settings(twilio_api))
-    async with build_worker(
-        time_skipping_env.client, engine, task_queue=task_queue, activities=activities
-    ):
+    async with sending_worker(time_skipping_env, engine, task_queue, smtp_inbox, twilio_api):
         handle = await start(
             time_skipping_env,
             task_queue,

@@ -70,7 +70,8 @@ FINISH = {"id": "done", "type": "finish"}
 # The behaviour pinned in the input (workflows.participant.BEHAVIOUR), as enrollment pins it.
 PINNED_1 = {"behaviour": 1}  # every patch, no marker
 PINNED_2 = {"behaviour": 2}  # and sends in the participant's worker (a local activity)
-assert BEHAVIOUR == 2, "a new level needs scenarios of its own"
+PINNED_3 = {"behaviour": 3}  # and CRM reads and writes in the participant's worker too
+assert BEHAVIOUR == 3, "a new level needs scenarios of its own"
 
 
 def flow(steps: list[dict[str, Any]], **settings: Any) -> Flow:
@@ -1353,6 +1354,51 @@ SCENARIOS: dict[str, Scenario] = {
         messages_flow,
         sending=SendingSettings(rate_limits=RateLimits(email=50, sms=50)),
         enrollment=PINNED_2,
+        enrolled=True,
+    ),
+    # Behaviour 3: a step's CRM reads and writes run in local activities of the participant's
+    # worker (workflows.steps.in_crm): list changes, updates, owners, creations, splits on CRM
+    # data, the form-data read, the contact's time zone and the exit hand-offs. crm_steps_v10
+    # comes last: after a crm_steps run the time-skipping server no longer skips to the later
+    # scenarios' timers, and crm_splits_v10 wants the demo data as seeded.
+    "crm_splits_v10": Scenario(
+        "as crm_splits_v4, behaviour 3: each split on CRM data reads (and records) in a local "
+        "activity; the everyone-else exit hands off in local activities",
+        ["crm_in_worker.crm_splits", "crm_in_worker.handoffs"],
+        crm_splits_flow,
+        enrollment=PINNED_3,
+        enrolled=True,
+    ),
+    "event_splits_v10": Scenario(
+        "as event_splits_v8, behaviour 3: the form-data split reads the stored submission in a "
+        "local activity",
+        ["crm_in_worker.form_data_from_store"],
+        event_splits_flow,
+        drive=submit_stored_and_click,
+        enrollment=PINNED_3,
+    ),
+    "excluded_at_crm_step_v10": Scenario(
+        "as excluded_at_crm_step_v4, behaviour 3: the local add_to_list finds the contact on the "
+        "exclusion list at the step's entry: nothing changed, dropped out with the reason",
+        ["crm_in_worker.checks_at_crm_step"],
+        excluded_flow,
+        enrollment=PINNED_3,
+        enrolled=True,
+    ),
+    "holidays_and_recipient_clock_v10": Scenario(
+        "as holidays_and_recipient_clock_v8, behaviour 3: the contact's time zone read in a "
+        "local activity",
+        ["crm_in_worker.recipient_clock"],
+        calendar_and_clock_flow,
+        drive=karin_lives_in_new_york,
+        enrollment=PINNED_3,
+    ),
+    "crm_steps_v10": Scenario(
+        "as crm_steps_v8, behaviour 3: every CRM step's change (and its entry record and checks) "
+        "in a local activity; the announcements and the script child as before",
+        ["crm_in_worker.crm_steps"],
+        crm_steps_flow,
+        enrollment=PINNED_3,
         enrolled=True,
     ),
     "holidays_and_recipient_clock": Scenario(

@@ -22,6 +22,7 @@ from activities.crm import CrmActivities, ListChange
 from activities.participants import ParticipantRecord
 from activities.records import RecordActivities, SaleCreation
 from control.flows import FlowRejected, deploy_flow, read_document
+from control.histories import local_activity
 from models.crm import (
     Associate,
     Company,
@@ -37,10 +38,12 @@ from models.demo import DEMO_PROJECT_ID, DEMO_SELECTION_ID, VIP_SELECTION_ID
 from models.engine import CrmEvent, OwnerShare, Participant, ParticipantStatus, StepChange
 from models.flow import CreateSale
 from models.participant import Enrollment, ParticipantState, participant_workflow_id
+from testkit.histories import scheduled_activities
 from tests.test_message_steps import contact_named, entry_record, replacing
 from tests.test_participant import STOCKHOLM, flow_of, next_weekday, start
 from worker import activities_for, build_worker
 from workflows.participant import ParticipantWorkflow
+from workflows.steps import CRM_IN_WORKER
 
 # --- helpers -----------------------------------------------------------------------------------
 
@@ -659,6 +662,55 @@ async def test_a_retried_create_sale_makes_one_sale(
         assert len(db.exec(select(Sale)).all()) == 1
     assert len(events(engine, "sale_created")) == 1
     assert re.match(r"sale #\d+ 'Once' 0 SEK, Lead, estimated", outcome(state, "sell"))
+
+
+@pytest.mark.parametrize("behaviour", [CRM_IN_WORKER - 1, CRM_IN_WORKER])
+async def test_crm_steps_run_in_the_participants_worker_from_their_behaviour(
+    time_skipping_env: WorkflowEnvironment, engine: Engine, task_queue: str, behaviour: int
+) -> None:
+    """From CRM_IN_WORKER a step's CRM write is a local activity (a marker, no activity task);
+    before it, a scheduled one. Either way a write retried after its commit changes once, and
+    announcing the change stays on the task queue."""
+    steps: list[dict[str, Any]] = [
+        {"id": "join", "type": "add_to_list", "selection_id": VIP_SELECTION_ID, "next": "sell"},
+        {
+            "id": "sell",
+            "type": "create_sale",
+            "next": "done",
+            "title": "Once",
+            "sale_type": "New business",
+        },
+        {"id": "done", "type": "finish"},
+    ]
+    real = RecordActivities(engine).create_sale
+    activities = replacing(
+        activities_for(engine), fail_once_after("create_sale", SaleCreation, real)
+    )
+    karin = contact_named(engine, "Karin")
+    async with build_worker(
+        time_skipping_env.client, engine, task_queue=task_queue, activities=activities
+    ):
+        handle = await start(
+            time_skipping_env, task_queue, flow_of(steps), karin, behaviour=behaviour
+        )
+        state = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
+        history = [e async for e in handle.fetch_history_events()]
+    assert state.status is ParticipantStatus.finished
+    assert outcome(state, "join") == f"selection {VIP_SELECTION_ID}: added"
+    with session(engine) as db:
+        assert len(db.exec(select(Sale).where(Sale.contact_id == karin)).all()) == 1
+    scheduled = [name for name, _ in scheduled_activities(history)]
+    local = [found for e in history if (found := local_activity(e)) is not None]
+    if behaviour >= CRM_IN_WORKER:
+        assert scheduled == ["emit_event"]
+        assert [(m["activity_type"], m["attempt"]) for m in local] == [
+            ("add_to_list", 1),
+            ("create_sale", 2),  # the retry, in the worker: one marker
+            ("record_participant", 1),  # as it leaves
+        ]
+    else:
+        assert scheduled == ["add_to_list", "create_sale", "emit_event"]
+        assert [m["activity_type"] for m in local] == ["record_participant"]
 
 
 def sale_creation(

@@ -30,6 +30,7 @@ from models.engine import Participant, ParticipantStatus, StepChange
 from models.events import EventKind
 from models.flow import Flow
 from models.participant import Enrollment, ParticipantState, Resume, participant_workflow_id
+from testkit.histories import local_activities
 from testkit.waiting import assert_eventually
 from tests.test_engagement import event
 from tests.test_participant import first_contact, flow_of
@@ -261,9 +262,11 @@ async def test_paused_on_the_way_to_the_finish_it_is_shown_active_until_it_leave
 async def test_enrollment_pins_the_behaviour_so_a_participant_carries_no_patch_marker(
     time_skipping_env: WorkflowEnvironment, engine: Engine, task_queue: str
 ) -> None:
-    """Started by enrollment, a participant's behaviour is in its input: the same commands as a
-    participant that asks its patches, without their marker and TemporalChangeVersion upsert.
-    A list step and a finish: the plain workflow's 11 events, and the upsert as it leaves."""
+    """Started by enrollment, a participant's behaviour is in its input: no patch marker and no
+    TemporalChangeVersion upsert. A list step and a finish: a participant that asks its patches
+    has the plain one-activity workflow's 11 events, the patch's two and the upsert as it
+    leaves; the pinned one (CRM_IN_WORKER) changes the list in its worker, in the workflow task
+    it started with: the start, that task, the list step's marker, the upsert, the completion."""
     contact = first_contact(engine)
     document = {"id": "pinned", "name": "Pinned", "start": "add", "steps": ADD_THEN_FINISH}
     flow_id = deploy_flow(engine, document).flow_id
@@ -301,7 +304,8 @@ async def test_enrollment_pins_the_behaviour_so_a_participant_carries_no_patch_m
             if e.HasField("upsert_workflow_search_attributes_event_attributes")
         ]
 
-    assert markers(events) == [] and markers(asked) == ["core_patch"]
+    assert local_activities(events) == ["add_to_list"]
+    assert markers(events) == ["core_local_activity"] and markers(asked) == ["core_patch"]
     assert changed(events) == [["FlowStep", "ParticipantStatus"]]
     assert changed(asked) == [["TemporalChangeVersion"], ["FlowStep", "ParticipantStatus"]]
-    assert len(events) == len(asked) - 2 == 12
+    assert (len(events), len(asked)) == (7, 14)

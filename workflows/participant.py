@@ -116,7 +116,8 @@ STANDING = (
 # (level 0) ask their patches as they always did.
 # Level 2: a send_email or send_sms step sends in a local activity of the participant's own
 # worker when its channel has no rate limit (``workflows.steps.SENDS_IN_WORKER``).
-BEHAVIOUR = 2
+# Level 3: a step's CRM reads and writes run in local activities too (``workflows.steps.in_crm``).
+BEHAVIOUR = 3
 
 
 @workflow.defn(name="Participant")

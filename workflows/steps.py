@@ -10,10 +10,10 @@ kind, and mypy checks that it handles every kind of the ``Step`` union.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol, assert_never
+from typing import Any, Protocol, TypeVar, assert_never, overload
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -168,7 +168,8 @@ class Participant(Protocol):
 
 
 # CRM writes are short and idempotent: retry without limit, so a database outage delays
-# participants (visibly, as a retrying activity in the UI) rather than dropping them.
+# participants (visibly: a retrying activity in the UI, or a local one's backoff timers) rather
+# than dropping them.
 CRM_ACTIVITY: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
     "retry_policy": RetryPolicy(
@@ -177,6 +178,46 @@ CRM_ACTIVITY: dict[str, Any] = {
         maximum_interval=timedelta(minutes=1),
     ),
 }
+
+
+# From behaviour 3, the CRM reads and writes of a step (list changes, contact updates, owners,
+# follow-ups, requests, sales, splits on CRM data, experiments, the contact's time zone and the
+# exit hand-offs) run in a local activity of the participant's own worker, as its sends do: no
+# activity task through the server, a marker instead of three history events, and action steps
+# in a row done in one workflow task. Each is idempotent as before. A write that keeps failing (a
+# database outage) backs off on a durable timer after the first few seconds, so its retries show
+# in the history.
+CRM_IN_WORKER = 3
+LOCAL_CRM: dict[str, Any] = {**CRM_ACTIVITY, "local_retry_threshold": timedelta(seconds=10)}
+
+ArgT = TypeVar("ArgT")
+ResultT = TypeVar("ResultT")
+
+
+@overload
+async def in_crm(
+    participant: Participant,
+    activity: Callable[[Any, ArgT], Awaitable[ResultT]],
+    arg: ArgT,
+    summary: str,
+) -> ResultT: ...
+
+
+@overload
+async def in_crm(
+    participant: Participant, activity: Callable[[Any, ArgT], ResultT], arg: ArgT, summary: str
+) -> ResultT: ...
+
+
+async def in_crm(
+    participant: Participant, activity: Callable[[Any, Any], Any], arg: Any, summary: str
+) -> Any:
+    """Run a CRM activity: in the participant's worker (CRM_IN_WORKER), else on its task queue."""
+    if participant.behaviour >= CRM_IN_WORKER:
+        return await workflow.execute_local_activity_method(
+            activity, arg, summary=summary, **LOCAL_CRM
+        )
+    return await workflow.execute_activity_method(activity, arg, summary=summary, **CRM_ACTIVITY)
 
 
 # Sends retry until the provider answers: the delivery ledger makes each retry safe, and final
@@ -249,11 +290,11 @@ async def clock(participant: Participant) -> str:
             field=flow.recipient_clock.field,
             flow_time_zone=flow.time_zone,
         )
-        state.recipient_zone = await workflow.execute_activity_method(
+        state.recipient_zone = await in_crm(
+            participant,
             ContactActivities.find_time_zone,
             question,
-            summary=f"Find the time zone of contact {participant.contact_id}",
-            **CRM_ACTIVITY,
+            f"Find the time zone of contact {participant.contact_id}",
         )
     return state.recipient_zone.time_zone
 
@@ -503,11 +544,11 @@ async def split(participant: Participant, step: Split) -> Outcome:
         question = SplitQuestion(
             contact_id=participant.contact_id, split=step, record=participant.entry_record()
         )
-        answer: SplitAnswer | None = await workflow.execute_activity_method(
+        answer: SplitAnswer | None = await in_crm(
+            participant,
             CrmActivities.choose_split_branch,
             question,
-            summary=f"Split {step.label!r} on {step.basis}",
-            **CRM_ACTIVITY,
+            f"Split {step.label!r} on {step.basis}",
         )
         answer = answer or SplitAnswer()  # a null answer (splits asked before): everyone else
         if answer.leave_reason is not None:
@@ -539,11 +580,11 @@ async def experiment(participant: Participant, step: Split) -> Outcome:
         at=workflow.now(),
         record=participant.entry_record(),
     )
-    answer: ExperimentAnswer = await workflow.execute_activity_method(
+    answer: ExperimentAnswer = await in_crm(
+        participant,
         ExperimentActivities.choose_experiment_path,
         question,
-        summary=f"Experiment {step.experiment.id!r}: choose a path",
-        **CRM_ACTIVITY,
+        f"Experiment {step.experiment.id!r}: choose a path",
     )
     if answer.leave_reason is not None:
         return Leave.dropping_out(answer.leave_reason)
@@ -564,11 +605,11 @@ async def _choose_by_form_data(participant: Participant, step: Split) -> int | N
         return None  # everyone else also catches those who never submitted
     if submission.data or not participant.patched(FORM_DATA_FROM_STORE):
         return choose_by_events(step, events, participant.flow.id)
-    branch: int | None = await workflow.execute_activity_method(
+    branch: int | None = await in_crm(
+        participant,
         CrmActivities.choose_form_data_branch,
         FormDataQuestion(event_id=submission.event_id, split=step),
-        summary=f"Split {step.label!r} on form {step.form_id} data",
-        **CRM_ACTIVITY,
+        f"Split {step.label!r} on form {step.form_id} data",
     )
     return branch
 
@@ -584,9 +625,7 @@ async def add_to_list(participant: Participant, step: AddToList) -> Outcome:
         record=participant.entry_record(),
         departure=participant.departure_record(step.next),
     )
-    done: StepChange = await workflow.execute_activity_method(
-        CrmActivities.add_to_list, change, summary=f"Add to {_lists(change)}", **CRM_ACTIVITY
-    )
+    done = await in_crm(participant, CrmActivities.add_to_list, change, f"Add to {_lists(change)}")
     return _left_at_entry(done) or Continue(step.next, done.outcome, departure=done.departure)
 
 
@@ -598,11 +637,11 @@ async def remove_from_list(participant: Participant, step: RemoveFromList) -> Ou
         record=participant.entry_record(),
         departure=participant.departure_record(step.next),
     )
-    done: StepChange = await workflow.execute_activity_method(
+    done: StepChange = await in_crm(
+        participant,
         CrmActivities.remove_from_list,
         change,
-        summary=f"Remove from {_lists(change)}",
-        **CRM_ACTIVITY,
+        f"Remove from {_lists(change)}",
     )
     return _left_at_entry(done) or Continue(step.next, done.outcome, departure=done.departure)
 
@@ -649,11 +688,11 @@ async def update_contact(participant: Participant, step: UpdateContact) -> Outco
         record=participant.entry_record(),
     )
     ticked = sum(row.enabled for row in step.rows)
-    change: StepChange = await workflow.execute_activity_method(
+    change: StepChange = await in_crm(
+        participant,
         ContactActivities.update_contact,
         update,
-        summary=f"Update contact {participant.contact_id}: {ticked} rows",
-        **CRM_ACTIVITY,
+        f"Update contact {participant.contact_id}: {ticked} rows",
     )
     return _left_at_entry(change) or await announced(change, step.next)
 
@@ -672,11 +711,11 @@ async def distribute_to_owner(participant: Participant, step: DistributeToOwner)
         if step.user_group_id is not None
         else f"associates {', '.join(map(str, step.associate_ids))}"
     )
-    change: StepChange = await workflow.execute_activity_method(
+    change: StepChange = await in_crm(
+        participant,
         ContactActivities.distribute_to_owner,
         distribution,
-        summary=f"Give contact {participant.contact_id} an owner from {pool}",
-        **CRM_ACTIVITY,
+        f"Give contact {participant.contact_id} an owner from {pool}",
     )
     return _left_at_entry(change) or await announced(change, step.next)
 
@@ -702,31 +741,31 @@ def _creation(participant: Participant, step: Step) -> dict[str, Any]:
 
 async def create_follow_up(participant: Participant, step: CreateFollowUp) -> Outcome:
     what = "meeting" if step.kind == "meeting" else "to-do"
-    change: StepChange = await workflow.execute_activity_method(
+    change: StepChange = await in_crm(
+        participant,
         RecordActivities.create_follow_up,
         FollowUpCreation(step=step, **_creation(participant, step)),
-        summary=f"Create {what} {step.title!r} for contact {participant.contact_id}",
-        **CRM_ACTIVITY,
+        f"Create {what} {step.title!r} for contact {participant.contact_id}",
     )
     return _left_at_entry(change) or await announced(change, step.next)
 
 
 async def create_request(participant: Participant, step: CreateRequest) -> Outcome:
-    change: StepChange = await workflow.execute_activity_method(
+    change: StepChange = await in_crm(
+        participant,
         RecordActivities.create_request,
         RequestCreation(step=step, **_creation(participant, step)),
-        summary=f"Create request {step.title!r} for contact {participant.contact_id}",
-        **CRM_ACTIVITY,
+        f"Create request {step.title!r} for contact {participant.contact_id}",
     )
     return _left_at_entry(change) or await announced(change, step.next)
 
 
 async def create_sale(participant: Participant, step: CreateSale) -> Outcome:
-    change: StepChange = await workflow.execute_activity_method(
+    change: StepChange = await in_crm(
+        participant,
         RecordActivities.create_sale,
         SaleCreation(step=step, **_creation(participant, step)),
-        summary=f"Create sale {step.title!r} for contact {participant.contact_id}",
-        **CRM_ACTIVITY,
+        f"Create sale {step.title!r} for contact {participant.contact_id}",
     )
     return _left_at_entry(change) or await announced(change, step.next)
 
@@ -838,21 +877,21 @@ async def hand_off(participant: Participant, handoffs: Handoffs) -> None:
     decide), and/or add it to a static selection."""
     if handoffs.suggest_flow is not None:
         suggestion = Suggestion(flow_id=handoffs.suggest_flow, contact_id=participant.contact_id)
-        await workflow.execute_activity_method(
+        await in_crm(
+            participant,
             EnrollmentActivities.suggest_contact,
             suggestion,
-            summary=f"Suggest for flow {handoffs.suggest_flow!r}",
-            **CRM_ACTIVITY,
+            f"Suggest for flow {handoffs.suggest_flow!r}",
         )
     if handoffs.add_to_selection is not None:
         change = ListChange(
             contact_id=participant.contact_id, selection_id=handoffs.add_to_selection
         )
-        await workflow.execute_activity_method(
+        await in_crm(
+            participant,
             CrmActivities.add_to_list,
             change,
-            summary=f"Hand off to {_lists(change)}",
-            **CRM_ACTIVITY,
+            f"Hand off to {_lists(change)}",
         )
 
 

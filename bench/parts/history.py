@@ -44,11 +44,11 @@ from bench.harness import (
     twilio_api,
 )
 from control.enrollment import enroll
+from control.histories import local_activity
 from models.crm import Contact
 from models.database import session
 from models.demo import DEMO_SELECTION_ID, VIP_SELECTION_ID, seed_demo
 from models.participant import ParticipantState, participant_workflow_id
-from testkit.histories import local_activity
 
 NAME = "history"
 TITLE = "History cost: events per step kind (issue 7)"
@@ -152,17 +152,18 @@ def _short(event_type: EventType.ValueType) -> str:
     return "".join(word.capitalize() for word in name.split("_"))
 
 
-def _sent_in_worker(event: HistoryEvent) -> bool:
-    """The marker of a send made in the participant's worker (a local activity): the step's
-    whole cost, inside the workflow task that ran it."""
+def _done_in_worker(event: HistoryEvent) -> bool:
+    """The marker of a step's activity run in the participant's worker (a send, a CRM change or
+    read: a local activity other than the participant's own record): the step's whole cost,
+    inside the workflow task that ran it."""
     local = local_activity(event)
-    return local is not None and str(local["activity_type"]).endswith("_locally")
+    return local is not None and local["activity_type"] != "record_participant"
 
 
 def step_segments(events: list[HistoryEvent], trail: list[str]) -> dict[str, list[HistoryEvent]]:
     """Each step's events, keyed by step id (unique in the bench flow). Every step of the bench
     flow but the finish issues one command (an activity or a timer) and ends with the workflow
-    task that follows it, or is one send made in the participant's worker, whose marker is all
+    task that follows it, or is one activity run in the participant's worker, whose marker is all
     it leaves; so the history is cut after each WorkflowTaskCompleted and after each such
     marker: the first cut (the start, its task, and for runs that ask patches the patch marker
     and its upsert) is enrollment, the next ones are the steps of the participant's trail in
@@ -172,7 +173,7 @@ def step_segments(events: list[HistoryEvent], trail: list[str]) -> dict[str, lis
         index + 1
         for index, event in enumerate(events)
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
-        or _sent_in_worker(event)
+        or _done_in_worker(event)
     ]
     if not ends:
         return {ENROLLMENT: events}

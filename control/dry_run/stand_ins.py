@@ -78,7 +78,8 @@ class Captured(BaseModel):
     """One activity call the dry run answered instead of performing it."""
 
     activity: str
-    activity_id: str
+    activity_id: str  # numbered apart for local activities: ``local`` tells them from the rest
+    local: bool = False
     workflow_id: str
     run_id: str
     at: datetime
@@ -209,6 +210,7 @@ class Capture:
             Captured(
                 activity=info.activity_type,
                 activity_id=info.activity_id,
+                local=info.is_local,
                 workflow_id=info.workflow_id or "",
                 run_id=info.workflow_run_id or "",
                 at=info.current_attempt_scheduled_time or info.scheduled_time,

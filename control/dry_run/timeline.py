@@ -13,6 +13,7 @@ from temporalio.client import Client
 
 from control.dry_run.stand_ins import BOOKKEEPING, MESSAGE_ACTIVITIES, READ_ONLY, Captured
 from control.enrollment import EVENT_SIGNAL
+from control.histories import local_activity
 from models import schedule
 from models import search_attributes as sa
 from models.events import FlowEvent
@@ -84,7 +85,7 @@ def build_timeline(
     client: Client,
 ) -> list[TimelineEntry]:
     """The participant's story from its history: step entries, timers, captured calls, the end."""
-    by_activity = {(c.run_id, c.activity_id): c for c in captured}
+    by_activity = {(c.run_id, c.local, c.activity_id): c for c in captured}
     steps = {step.id: step for step in flow.steps}
     converter = client.data_converter.payload_converter
     entries: list[TimelineEntry] = []
@@ -125,8 +126,15 @@ def build_timeline(
             ]
         elif event.HasField("activity_task_scheduled_event_attributes"):
             attributes = event.activity_task_scheduled_event_attributes
-            call = by_activity.get((run_id, attributes.activity_id))
+            call = by_activity.get((run_id, False, attributes.activity_id))
             if attributes.activity_type.name in READ_ONLY or call is None:
+                continue
+            text = _call_text(call, _summary(event, client))
+            entries.append(TimelineEntry(at=call.at, kind="action", text=text))
+        elif (local := local_activity(event)) is not None:
+            # A step's CRM change made in the participant's worker: its marker.
+            call = by_activity.get((run_id, True, str(local["activity_id"])))
+            if call is None or call.activity in READ_ONLY | BOOKKEEPING:
                 continue
             text = _call_text(call, _summary(event, client))
             entries.append(TimelineEntry(at=call.at, kind="action", text=text))

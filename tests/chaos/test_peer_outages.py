@@ -12,11 +12,11 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from control.enrollment import enroll
+from control.histories import local_activity
 from models.engine import ParticipantStatus
 from models.participant import participant_workflow_id
 from peers.smtp_inbox import inbox_controller
 from peers.twilio_api import TwilioApiServer
-from testkit.histories import local_activity
 from testkit.peers import Inbox
 from testkit.processes import WorkerProcess
 from testkit.servers import free_port

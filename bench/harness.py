@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,7 +50,7 @@ from testkit.peers import (
     TWILIO_SID,
     TWILIO_TOKEN,
     Inbox,
-    running_inbox,
+    inbox_process,
     running_twilio_api,
     twilio_settings,
 )
@@ -226,7 +226,7 @@ class Meter:
         start_lost = CORE_WARNINGS.counts[TASK_NOT_FOUND]
         start_machine = machine_busy_seconds()
         start_database = database_cpu_seconds()
-        start_threads = thread_cpu()
+        start_threads, start_peers = thread_cpu(), _peers_cpu()
         result: list[Usage] = []
         try:
             yield lambda: result[0]
@@ -240,14 +240,18 @@ class Meter:
                     lost_tasks=CORE_WARNINGS.counts[TASK_NOT_FOUND] - start_lost,
                     machine_cpu=machine_busy_seconds() - start_machine,
                     database_cpu=database_cpu_seconds() - start_database,
-                    python_threads=_thread_split(start_threads, thread_cpu()),
+                    python_threads={
+                        **_thread_split(start_threads, thread_cpu()),
+                        PEERS: _peers_cpu() - start_peers,
+                    },
                 )
             )
 
 
 EVENT_LOOP = "event loop thread (workflow code, SDK Python side, client)"
 CORE_THREADS = "SDK core threads (Rust: gRPC, workflow state machines)"
-OTHER_THREADS = "other threads (sync activities and local activities, SMTP inbox)"
+OTHER_THREADS = "other threads (sync activities and local activities)"
+PEERS = "the SMTP inbox's own process"
 
 
 def thread_cpu() -> dict[int, tuple[str, float]]:
@@ -330,9 +334,17 @@ def machine_busy_seconds() -> float:
     return (sum(values[:8]) - idle) / _TICK  # user … steal; guest time is inside user
 
 
+# The peers this process started in processes of their own (the SMTP inbox): counted with it.
+PEER_PROCESSES: set[int] = set()
+
+
 def _own_cpu() -> float:
     times = os.times()
-    return times.user + times.system
+    return times.user + times.system + _peers_cpu()
+
+
+def _peers_cpu() -> float:
+    return sum(cpu_seconds(pid) for pid in PEER_PROCESSES)
 
 
 # --- servers -------------------------------------------------------------------------------------
@@ -382,10 +394,18 @@ async def time_skipping_server() -> AsyncIterator[Server]:
         await env.shutdown()
 
 
-def smtp_inbox(directory: Path) -> AbstractContextManager[Inbox]:
-    """The kit's SMTP inbox; senders to it wait longer than the default, as a burst of
-    hundreds of messages can keep it busy."""
-    return running_inbox(directory, smtp_timeout=60.0)
+@contextmanager
+def smtp_inbox(directory: Path) -> Iterator[Inbox]:
+    """The kit's SMTP inbox in a process of its own, whose CPU counts with this process's (as
+    "peers"); senders to it wait longer than the default, as a burst of hundreds of messages can
+    keep it busy."""
+    with inbox_process(directory, smtp_timeout=60.0) as inbox:
+        assert inbox.pid is not None
+        PEER_PROCESSES.add(inbox.pid)
+        try:
+            yield inbox
+        finally:
+            PEER_PROCESSES.discard(inbox.pid)
 
 
 @contextmanager

@@ -173,7 +173,7 @@ def markdown(results: list[PartResult], info: dict[str, Any], command: str, wall
         "Medians over the rounds; engine and baseline rounds alternate on the same server. "
         "CPU is in cores (CPU seconds per wall second; this machine has "
         f"{info['nproc']}): the server is the Temporal server process, Python is this process "
-        "(worker, client, SMTP inbox and Twilio peer).",
+        "(worker, client, Twilio peer) and the SMTP inbox's own process.",
         "",
     ]
     return "\n".join(head) + "\n" + "\n".join(part_markdown(r) for r in results)

@@ -5,6 +5,7 @@ certificate for an SMTP server that offers STARTTLS."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,11 +23,13 @@ TWILIO_TOKEN = "test-token"
 
 @dataclass(frozen=True)
 class Inbox:
-    """A real SMTP server on loopback (aiosmtpd, in a thread of this process)."""
+    """A real SMTP server on loopback (aiosmtpd, in a thread of this process, or in a process of
+    its own: ``pid``)."""
 
     port: int
     maildir: Path
     smtp_timeout: float = SmtpSettings.timeout  # what a sender to it waits per command
+    pid: int | None = None
 
     @property
     def settings(self) -> SmtpSettings:
@@ -51,6 +54,27 @@ def running_inbox(directory: Path, smtp_timeout: float = SmtpSettings.timeout) -
         yield inbox
     finally:
         controller.stop()
+
+
+@contextmanager
+def inbox_process(directory: Path, smtp_timeout: float = SmtpSettings.timeout) -> Iterator[Inbox]:
+    """An inbox on a free port in a process of its own (``python -m peers.smtp_inbox``), as a
+    real SMTP server is: its work does not take the sender's interpreter lock. Stopped on the
+    way out."""
+    port, maildir = free_port(), directory / "mail"
+    command = [sys.executable, "-m", "peers.smtp_inbox", "--host", LOOPBACK, "--port", str(port)]
+    process = subprocess.Popen(
+        [*command, "--maildir", str(maildir)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        ready = process.stdout.readline()  # printed once the server accepts connections
+        if not ready.startswith("SMTP inbox on"):
+            raise RuntimeError(f"the SMTP inbox did not start (exit code {process.wait()})")
+        yield Inbox(port, maildir, smtp_timeout, pid=process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @contextmanager

@@ -16,6 +16,8 @@ import pytest
 from google.protobuf import json_format
 from selenium import webdriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.wait import WebDriverWait
 from temporalio.api.common.v1 import Payload, Payloads
 
 from codec_server.app import CodecServerSettings, create_app
@@ -37,10 +39,14 @@ async def codec_url() -> AsyncIterator[str]:
 
 
 def _sign_in(driver: webdriver.Chrome, token: str) -> str:
+    """The page the form's answer shows: read once the browser has left the form's page (the
+    old page's body can still be found for a moment after the submit, and then goes stale)."""
     field = driver.find_element(By.NAME, "token")
+    page = driver.find_element(By.TAG_NAME, "body")
     field.clear()
     field.send_keys(token)
     field.submit()
+    WebDriverWait(driver, 10).until(staleness_of(page))
     return driver.find_element(By.TAG_NAME, "body").text
 
 

@@ -696,6 +696,35 @@ def excluded_flow(now: datetime) -> Flow:
     )
 
 
+def experiment_flow(now: datetime) -> Flow:
+    """An A/B experiment without a holdout: path A sends an email, path B goes straight to the
+    finish; the contact's path comes from a hash of flow, experiment and contact."""
+    return flow(
+        [
+            {
+                "id": "ab",
+                "type": "split",
+                "basis": "experiment",
+                "experiment": {"id": "subject-test", "holdout_percent": 0},
+                "branches": [
+                    {"name": "A", "percent": 50, "next": "mail"},
+                    {"name": "B", "percent": 50, "next": "done"},
+                ],
+                "everyone_else": {},
+            },
+            {
+                "id": "mail",
+                "type": "send_email",
+                "next": "done",
+                "subject": "Path A",
+                "text": "Hello [[customer.firstname]]",
+            },
+            FINISH,
+        ],
+        email=EMAIL,
+    )
+
+
 def failing_step_flow(now: datetime) -> Flow:
     return flow(
         [
@@ -1361,6 +1390,23 @@ SCENARIOS: dict[str, Scenario] = {
     # data, the form-data read, the contact's time zone and the exit hand-offs. crm_steps_v10
     # comes last: after a crm_steps run the time-skipping server no longer skips to the later
     # scenarios' timers, and crm_splits_v10 wants the demo data as seeded.
+    # An experiment split's path chosen (and recorded) by its activity: on the task queue at
+    # behaviour 2, in the participant's worker at behaviour 3.
+    "experiment_split_v9": Scenario(
+        "an A/B experiment split, behaviour 2: choose_experiment_path on the task queue picks "
+        "the contact's path and records it",
+        ["split.experiment"],
+        experiment_flow,
+        enrollment=PINNED_2,
+        enrolled=True,
+    ),
+    "experiment_split_v10": Scenario(
+        "as experiment_split_v9, behaviour 3: the path chosen in a local activity",
+        ["crm_in_worker.experiment"],
+        experiment_flow,
+        enrollment=PINNED_3,
+        enrolled=True,
+    ),
     "crm_splits_v10": Scenario(
         "as crm_splits_v4, behaviour 3: each split on CRM data reads (and records) in a local "
         "activity; the everyone-else exit hands off in local activities",

@@ -231,19 +231,17 @@ class Meter:
         try:
             yield lambda: result[0]
         finally:
+            peers = _peers_cpu() - start_peers
             result.append(
                 Usage(
                     wall=time.perf_counter() - start_wall,
-                    python_cpu=_own_cpu() - start_py,
+                    python_cpu=_own_cpu() - start_py + peers,
                     server_cpu=self._server_cpu() - start_srv,
                     slow_tasks=CORE_WARNINGS.counts[SLOW_TASK] - start_slow,
                     lost_tasks=CORE_WARNINGS.counts[TASK_NOT_FOUND] - start_lost,
                     machine_cpu=machine_busy_seconds() - start_machine,
                     database_cpu=database_cpu_seconds() - start_database,
-                    python_threads={
-                        **_thread_split(start_threads, thread_cpu()),
-                        PEERS: _peers_cpu() - start_peers,
-                    },
+                    python_threads={**_thread_split(start_threads, thread_cpu()), PEERS: peers},
                 )
             )
 
@@ -340,7 +338,7 @@ PEER_PROCESSES: set[int] = set()
 
 def _own_cpu() -> float:
     times = os.times()
-    return times.user + times.system + _peers_cpu()
+    return times.user + times.system
 
 
 def _peers_cpu() -> float:

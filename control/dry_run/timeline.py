@@ -54,6 +54,16 @@ def _summary(event: HistoryEvent, client: Client) -> str:
     return text
 
 
+def _activity_called(event: HistoryEvent) -> tuple[bool, str] | None:
+    """(local, activity id) of the activity an event calls: a scheduled activity, or a local
+    one's marker (a step's CRM change made in the participant's worker); None for other events.
+    Local and scheduled activities are numbered apart."""
+    if event.HasField("activity_task_scheduled_event_attributes"):
+        return False, event.activity_task_scheduled_event_attributes.activity_id
+    local = local_activity(event)
+    return None if local is None else (True, str(local["activity_id"]))
+
+
 def _call_text(call: Captured, summary: str = "") -> str:
     if call.description.endswith("(not performed)") and summary:
         return f"{summary} ({call.activity}, not performed)"
@@ -124,16 +134,8 @@ def build_timeline(
                 for c in captured
                 if c.workflow_id == child.workflow_id and c.activity not in READ_ONLY
             ]
-        elif event.HasField("activity_task_scheduled_event_attributes"):
-            attributes = event.activity_task_scheduled_event_attributes
-            call = by_activity.get((run_id, False, attributes.activity_id))
-            if attributes.activity_type.name in READ_ONLY or call is None:
-                continue
-            text = _call_text(call, _summary(event, client))
-            entries.append(TimelineEntry(at=call.at, kind="action", text=text))
-        elif (local := local_activity(event)) is not None:
-            # A step's CRM change made in the participant's worker: its marker.
-            call = by_activity.get((run_id, True, str(local["activity_id"])))
+        elif (called := _activity_called(event)) is not None:
+            call = by_activity.get((run_id, *called))
             if call is None or call.activity in READ_ONLY | BOOKKEEPING:
                 continue
             text = _call_text(call, _summary(event, client))

@@ -51,7 +51,12 @@ from workflows.sandbox import workflow_runner
 from workflows.script import ScriptWorkflow
 
 TASK_QUEUE = get_settings().task_queue
-ACTIVITY_SLOTS = 32
+# The participants' sync activities (CRM steps and sends, run in the worker since behaviour 3)
+# share these threads. On two cores, 8 against 32 ran the five-step flow at the same rate and CPU
+# with a third of the workflow tasks over 5 s (bench, tuning part); a send waiting on a remote
+# SMTP relay holds its thread, though, so fewer threads would cap sends per second at threads
+# over the relay's latency. ACTIVITY_THREADS sets it.
+ACTIVITY_SLOTS = get_settings().activity_threads
 # Sends on a channel's task queue run on threads of their own, beside the participants' slots.
 CHANNEL_ACTIVITY_SLOTS = 16
 # The activities each channel's task queue serves (sends of participants under the

@@ -538,6 +538,9 @@ class Tuning:
 
 DEFAULT_TUNING = Tuning()
 WORKER_PY_ACTIVITY_SLOTS = worker_module.ACTIVITY_SLOTS  # build_worker's activity slots and threads
+# The plain workflows' activities are async: their slots only bound how many run at once, as
+# many as the engine's worker had before it sized its threads to the machine.
+BASELINE_ACTIVITY_SLOTS = 32
 
 
 def worker_py_options(
@@ -839,7 +842,7 @@ async def baseline_runs(server: Server, count: int, plan: BaselinePlan, prefix: 
             BaselineWorkflow.run, plan, id=workflow_id, task_queue=task_queue
         )
 
-    async with baseline_worker(client, task_queue, WORKER_PY_ACTIVITY_SLOTS):
+    async with baseline_worker(client, task_queue, BASELINE_ACTIVITY_SLOTS):
         with server.meter.section() as usage:
             await bounded(gather_limited(START_CONCURRENCY, map(starter, ids)), "starting")
             await results_of(client, ids)

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         description="true: workflows run in Temporal's sandbox (the tests do); "
         "false: unsandboxed, about a third of the workflow CPU",
     )
+    activity_threads: int = Field(
+        32, ge=1, description="the worker's threads (and slots) for the participants' activities"
+    )
 
     # --- the Temporal connection's TLS and payload encryption ------------------------------------
     temporal_tls: bool = Field(

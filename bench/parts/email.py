@@ -26,8 +26,8 @@ from sqlalchemy import Engine
 
 from bench.baseline import PlainEmail, PlainEmailWorkflow, baseline_worker
 from bench.harness import (
+    BASELINE_ACTIVITY_SLOTS,
     EMAIL_SETTINGS,
-    WORKER_PY_ACTIVITY_SLOTS,
     Crm,
     Options,
     PartResult,
@@ -108,7 +108,7 @@ def _address(contact_id: int) -> str:
 async def baseline_round(
     server: Server, crm: Crm, inbox: Inbox, index: int, result: PartResult
 ) -> None:
-    gate = asyncio.Semaphore(WORKER_PY_ACTIVITY_SLOTS)
+    gate = asyncio.Semaphore(BASELINE_ACTIVITY_SLOTS)
 
     async def send(contact_id: int) -> None:
         async with gate:
@@ -155,7 +155,7 @@ async def plain_round(
         )
 
     before = inbox.count()
-    async with baseline_worker(client, task_queue, WORKER_PY_ACTIVITY_SLOTS):
+    async with baseline_worker(client, task_queue, BASELINE_ACTIVITY_SLOTS):
         with server.meter.section() as usage:
             ids = [f"{task_queue}-{c}" for c in crm.contact_ids]
             await bounded(
@@ -180,7 +180,7 @@ async def run(options: Options) -> PartResult:
         TITLE,
         engine_label=f"{count} participants through send_email → finish (enroll + worker)",
         baseline_label=(
-            f"{count} aiosmtplib sends of the same messages, {WORKER_PY_ACTIVITY_SLOTS} in flight;"
+            f"{count} aiosmtplib sends of the same messages, {BASELINE_ACTIVITY_SLOTS} in flight;"
             f" {count} plain workflows sending each in one activity (and in a local activity)"
         ),
         parameters={"participants": count, "rounds": options.rounds},

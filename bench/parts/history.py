@@ -28,8 +28,8 @@ from temporalio.client import Client
 
 from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
 from bench.harness import (
+    BASELINE_ACTIVITY_SLOTS,
     EMAIL_SETTINGS,
-    WORKER_PY_ACTIVITY_SLOTS,
     Options,
     PartResult,
     Server,
@@ -227,7 +227,7 @@ async def engine_histories(
 async def baseline_events(server: Server, activities: int) -> list[HistoryEvent]:
     task_queue = "bench-history-baseline"
     workflow_id = f"bench-history-baseline-{activities}"
-    async with baseline_worker(server.client, task_queue, WORKER_PY_ACTIVITY_SLOTS):
+    async with baseline_worker(server.client, task_queue, BASELINE_ACTIVITY_SLOTS):
         await bounded(
             server.client.execute_workflow(
                 BaselineWorkflow.run,

@@ -24,8 +24,8 @@ from typing import Any
 
 from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
 from bench.harness import (
+    BASELINE_ACTIVITY_SLOTS,
     RUN_TIMEOUT,
-    WORKER_PY_ACTIVITY_SLOTS,
     Options,
     PartResult,
     Server,
@@ -94,7 +94,7 @@ async def _baseline(server: Server, count: int) -> Readings:
         )
 
     async with baseline_worker(
-        client, task_queue, WORKER_PY_ACTIVITY_SLOTS, max_cached_workflows=count + 100
+        client, task_queue, BASELINE_ACTIVITY_SLOTS, max_cached_workflows=count + 100
     ):
         await starter("bench-memory-first")()
         await quiet(server)

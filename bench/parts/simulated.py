@@ -18,8 +18,8 @@ from temporalio.api.testservice.v1 import LockTimeSkippingRequest, UnlockTimeSki
 
 from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
 from bench.harness import (
+    BASELINE_ACTIVITY_SLOTS,
     EMAIL_SETTINGS,
-    WORKER_PY_ACTIVITY_SLOTS,
     Crm,
     Options,
     PartResult,
@@ -125,7 +125,7 @@ async def engine_round(
 async def baseline_round(server: Server, index: int, result: PartResult) -> None:
     task_queue = f"bench-simulated-baseline-{index}"
     plan = BaselinePlan(activities=ACTIONS, sleeps=WAITS, sleep_seconds=WAIT_DAYS * 86400)
-    async with baseline_worker(server.client, task_queue, WORKER_PY_ACTIVITY_SLOTS):
+    async with baseline_worker(server.client, task_queue, BASELINE_ACTIVITY_SLOTS):
         with server.meter.section() as usage:
             seconds = await bounded(
                 server.client.execute_workflow(

@@ -22,7 +22,7 @@ from sqlmodel import select
 
 from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
 from bench.harness import (
-    WORKER_PY_ACTIVITY_SLOTS,
+    BASELINE_ACTIVITY_SLOTS,
     Options,
     PartResult,
     Server,
@@ -153,7 +153,7 @@ async def baseline_side(server: Server, count: int, result: PartResult) -> None:
             BaselineWorkflow.run, plan, id=workflow_id, task_queue=task_queue
         )
 
-    async with baseline_worker(client, task_queue, WORKER_PY_ACTIVITY_SLOTS):
+    async with baseline_worker(client, task_queue, BASELINE_ACTIVITY_SLOTS):
         await asyncio.sleep(1)
         before = memory_mib(server)
         with server.meter.section() as usage:

@@ -25,7 +25,7 @@ from sqlmodel import select
 
 from bench.baseline import BaselinePlan, BaselineWorkflow, baseline_worker
 from bench.harness import (
-    WORKER_PY_ACTIVITY_SLOTS,
+    BASELINE_ACTIVITY_SLOTS,
     BenchTimeout,
     Options,
     PartResult,
@@ -160,14 +160,14 @@ async def baseline_side(server: Server, count: int, result: PartResult) -> None:
         return start
 
     began = time.monotonic()
-    async with baseline_worker(client, task_queue, WORKER_PY_ACTIVITY_SLOTS):
+    async with baseline_worker(client, task_queue, BASELINE_ACTIVITY_SLOTS):
         await bounded(gather_limited(START_CONCURRENCY, map(starter, ids)), "starting")
         # Stopped before its first workflow task, a plain workflow would start its timer only
         # when the fresh worker runs it: wait until every one has.
         await quiet(server)
         parked_s = time.monotonic() - began
     await _sleep_until(instant, "starting the plain workflows")
-    async with baseline_worker(client, task_queue, WORKER_PY_ACTIVITY_SLOTS):
+    async with baseline_worker(client, task_queue, BASELINE_ACTIVITY_SLOTS):
         with server.meter.section() as usage:
             await results_of(client, ids)
             _drained(result, "baseline", count, instant, parked_s)

@@ -73,6 +73,7 @@ TUNINGS: dict[str, Tuning] = {
         DEFAULT_TUNING,
         Tuning("activities-32", max_concurrent_activities=32),
         Tuning("activities-8", max_concurrent_activities=8),
+        Tuning("activities-4", max_concurrent_activities=4),
         Tuning("cache-50", max_cached_workflows=50),
         Tuning("pollers-2", pollers=2),
         Tuning("pollers-10", pollers=10),

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
         "false: unsandboxed, about a third of the workflow CPU",
     )
     activity_threads: int = Field(
-        32, ge=1, description="the worker's threads (and slots) for the participants' activities"
+        8, ge=1, description="the worker's threads (and slots) for the participants' activities"
     )
 
     # --- the Temporal connection's TLS and payload encryption ------------------------------------

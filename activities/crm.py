@@ -8,12 +8,15 @@ or project records an ``added_to_selection`` / ``added_to_project`` event.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, model_validator
-from sqlalchemy import Engine, Select, bindparam, literal
+from sqlalchemy import Delete, Engine, Insert, Select, bindparam, literal
+from sqlalchemy import delete as sa_delete
+from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
-from sqlmodel import Session, SQLModel, select
+from sqlmodel import Session, SQLModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -75,11 +78,10 @@ class CrmActivities:
                 return StepChange.left(reason)
             _require(db, change)
             outcome: list[str] = []
-            for name, member, existing in memberships(db, change):
-                if existing is None:
-                    db.add(member)
-                    record_joining(db, member)
-                outcome.append(f"{name}: {'already member' if existing else 'added'}")
+            for membership in memberships(db, change):
+                if not membership.exists:
+                    membership.join(db)
+                outcome.append(membership.added_or_found())
             return _done(db, change, "; ".join(outcome))
 
     @activity.defn
@@ -90,10 +92,10 @@ class CrmActivities:
                 return StepChange.left(reason)
             _require(db, change)
             outcome: list[str] = []
-            for name, _, existing in memberships(db, change):
-                if existing is not None:
-                    db.delete(existing)
-                outcome.append(f"{name}: {'removed' if existing else 'not a member'}")
+            for membership in memberships(db, change):
+                if membership.exists:
+                    membership.leave(db)
+                outcome.append(membership.removed_or_missing())
             return _done(db, change, "; ".join(outcome))
 
     @activity.defn
@@ -142,51 +144,96 @@ def _ids(value: object) -> list[int]:
     return [int(v) for v in value] if isinstance(value, list) else []
 
 
-Membership = SelectionMember | ProjectMember
+@dataclass(frozen=True)
+class _Lists:
+    """One kind of list (selections or projects): its membership statements, built once so
+    SQLAlchemy reuses their compiled form (a list step runs them at every participant)."""
+
+    kind: str
+    joined: EventKind
+    find: Select[Any]
+    insert: Insert
+    delete: Delete
+
+    @classmethod
+    def of(cls, member: type[SQLModel], column: str, joined: EventKind) -> _Lists:
+        table = SQLModel.metadata.tables[str(member.__tablename__)]
+        in_list = table.c[column] == bindparam("list")
+        of_contact = table.c.contact_id == bindparam("contact")
+        return cls(
+            kind=column.removesuffix("_id"),
+            joined=joined,
+            find=sa_select(table.c.id).where(in_list, of_contact).limit(1),
+            insert=sa_insert(table).values(
+                {column: bindparam("list"), "contact_id": bindparam("contact")}
+            ),
+            delete=sa_delete(table).where(table.c.id == bindparam("id")),
+        )
 
 
-def memberships(db: Session, change: ListChange) -> list[tuple[str, Membership, Membership | None]]:
-    """For each list the change names: its label, the membership row, and the existing one."""
-    found: list[tuple[str, Membership, Membership | None]] = []
-    if change.selection_id is not None:
-        selection = SelectionMember(selection_id=change.selection_id, contact_id=change.contact_id)
-        existing = db.exec(
-            select(SelectionMember).where(
-                SelectionMember.selection_id == change.selection_id,
-                SelectionMember.contact_id == change.contact_id,
-            )
-        ).first()
-        found.append((f"selection {change.selection_id}", selection, existing))
-    if change.project_id is not None:
-        project = ProjectMember(project_id=change.project_id, contact_id=change.contact_id)
-        existing_member = db.exec(
-            select(ProjectMember).where(
-                ProjectMember.project_id == change.project_id,
-                ProjectMember.contact_id == change.contact_id,
-            )
-        ).first()
-        found.append((f"project {change.project_id}", project, existing_member))
+_SELECTIONS = _Lists.of(SelectionMember, "selection_id", EventKind.added_to_selection)
+_PROJECTS = _Lists.of(ProjectMember, "project_id", EventKind.added_to_project)
+
+
+@dataclass(frozen=True)
+class ListMembership:
+    """A contact's membership of one list a change names, as found in the caller's
+    transaction."""
+
+    lists: _Lists
+    list_id: int
+    contact_id: int
+    member_id: int | None  # the membership row; None: not a member
+
+    @property
+    def label(self) -> str:
+        return f"{self.lists.kind} {self.list_id}"
+
+    @property
+    def exists(self) -> bool:
+        return self.member_id is not None
+
+    def join(self, db: Session, event_id: str | None = None) -> FlowEvent:
+        """Add the membership and record its added_to_selection / added_to_project event in the
+        same transaction.
+
+        For a step the membership row is the idempotency: the event commits with it, and a
+        retry that finds the member adds neither, so a unique id will do. A form's or link's
+        actions pass an id derived from their event, to announce it again if that was cut
+        short."""
+        ids = {"list": self.list_id, "contact": self.contact_id}
+        db.connection().execute(self.lists.insert, ids)
+        kind = self.lists.joined
+        event = FlowEvent(
+            event_id=event_id or f"{kind.value}/{uuid.uuid4()}",
+            kind=kind,
+            contact_id=self.contact_id,
+            occurred_at=utcnow(),
+            **{f"{self.lists.kind}_id": self.list_id},
+        )
+        return record_event(db, event)
+
+    def leave(self, db: Session) -> None:
+        db.connection().execute(self.lists.delete, {"id": self.member_id})
+
+    def added_or_found(self) -> str:
+        return f"{self.label}: {'already member' if self.exists else 'added'}"
+
+    def removed_or_missing(self) -> str:
+        return f"{self.label}: {'removed' if self.exists else 'not a member'}"
+
+
+def memberships(db: Session, change: ListChange) -> list[ListMembership]:
+    """The contact's membership of each list the change names."""
+    named = [(_SELECTIONS, change.selection_id), (_PROJECTS, change.project_id)]
+    found: list[ListMembership] = []
+    for lists, list_id in named:
+        if list_id is None:
+            continue
+        ids = {"list": list_id, "contact": change.contact_id}
+        member_id: int | None = db.connection().execute(lists.find, ids).scalar()
+        found.append(ListMembership(lists, list_id, change.contact_id, member_id))
     return found
-
-
-def record_joining(db: Session, member: Membership, event_id: str | None = None) -> FlowEvent:
-    """The added_to_selection / added_to_project event of a new membership, in its transaction.
-
-    For a step the membership row is the idempotency: the event commits with it, and a retry
-    that finds the member adds neither, so a unique id will do. A form's or link's actions pass
-    an id derived from their event, to announce it again if that was cut short."""
-    if isinstance(member, SelectionMember):
-        kind, where = EventKind.added_to_selection, {"selection_id": member.selection_id}
-    else:
-        kind, where = EventKind.added_to_project, {"project_id": member.project_id}
-    event = FlowEvent(
-        event_id=event_id or f"{kind.value}/{uuid.uuid4()}",
-        kind=kind,
-        contact_id=member.contact_id,
-        occurred_at=utcnow(),
-        **where,
-    )
-    return record_event(db, event)
 
 
 def missing_contact(contact_id: int) -> ApplicationError:

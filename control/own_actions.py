@@ -16,10 +16,10 @@ are idempotent (by event id and by workflow id). So a contact a user took out of
 in between stays out.
 
 The changes are recorded as other CRM changes are: a new membership as ``added_to_selection`` /
-``added_to_project`` (``activities.crm.record_joining``), interests and extra fields through the
-update rows of ``models.contact_update`` as one ``contact_updated`` event, each with an id
-derived from the event's. ``control.ingest`` announces them like the event itself, so they fire
-triggers and meet success criteria as any CRM change does.
+``added_to_project`` (``activities.crm.ListMembership.join``), interests and extra fields
+through the update rows of ``models.contact_update`` as one ``contact_updated`` event, each with
+an id derived from the event's. ``control.ingest`` announces them like the event itself, so they
+fire triggers and meet success criteria as any CRM change does.
 
 A request or follow-up is made by the code the create_request and create_follow_up steps use
 (``activities.records``), in the same transaction, keyed ``<event id>/actions/<n>`` and
@@ -43,7 +43,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 from temporalio.exceptions import ApplicationError
 
-from activities.crm import ListChange, memberships, record_joining
+from activities.crm import ListChange, memberships
 from activities.email import EmailSend
 from activities.records import Creation, make_follow_up, make_request
 from activities.scripts import ScriptStart
@@ -215,16 +215,15 @@ def _carry_out(
             if problem is not None:
                 done.outcomes.append(f"{kind}: {problem}")
                 continue
-            [(label, member, existing)] = memberships(db, change)
+            [membership] = memberships(db, change)
             if kind.startswith("add"):
-                if existing is None:
-                    db.add(member)
-                    done.changes.append(record_joining(db, member, f"{key}/joined"))
-                done.outcomes.append(f"{label}: {'already member' if existing else 'added'}")
+                if not membership.exists:
+                    done.changes.append(membership.join(db, f"{key}/joined"))
+                done.outcomes.append(membership.added_or_found())
             else:
-                if existing is not None:
-                    db.delete(existing)
-                done.outcomes.append(f"{label}: {'removed' if existing else 'not a member'}")
+                if membership.exists:
+                    membership.leave(db)
+                done.outcomes.append(membership.removed_or_missing())
         elif kind == "run_script":
             script = action.script or ""
             if script not in registered_scripts():

@@ -7,7 +7,7 @@ from enum import StrEnum
 from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel, model_validator
-from sqlalchemy import JSON, Engine, Index, UniqueConstraint, update
+from sqlalchemy import JSON, Engine, Index, UniqueConstraint, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
@@ -191,6 +191,9 @@ class CrmEvent(SQLModel, table=True):
     delivering_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+_RECORD_EVENT = insert(SQLModel.metadata.tables[str(CrmEvent.__tablename__)])
+
+
 def find_event(db: Session, event_id: str) -> CrmEvent | None:
     return db.exec(select(CrmEvent).where(CrmEvent.event_id == event_id)).first()
 
@@ -198,16 +201,16 @@ def find_event(db: Session, event_id: str) -> CrmEvent | None:
 def record_event(db: Session, event: FlowEvent, **details: Any) -> FlowEvent:
     """Add an event to the caller's transaction: it commits with the change it describes, so the
     event exists exactly when the change does. The unique ``event_id`` refuses a second copy.
-    The payload is the event's JSON, as ``control.ingest`` records it, plus ``details``."""
-    db.add(
-        CrmEvent(
-            event_id=event.event_id,
-            kind=event.kind.value,
-            contact_id=event.contact_id,
-            payload={**event.model_dump(mode="json"), **details},
-            occurred_at=event.occurred_at,
-        )
-    )
+    The payload is the event's JSON, as ``control.ingest`` records it, plus ``details``. One
+    statement built once, not the ORM's unit of work: steps record an event at every CRM change."""
+    row = {
+        "event_id": event.event_id,
+        "kind": event.kind.value,
+        "contact_id": event.contact_id,
+        "payload": {**event.model_dump(mode="json"), **details},
+        "occurred_at": event.occurred_at,
+    }
+    db.connection().execute(_RECORD_EVENT, row)
     return event
 
 

@@ -149,11 +149,15 @@ class _Lists:
     """One kind of list (selections or projects): its membership statements, built once so
     SQLAlchemy reuses their compiled form (a list step runs them at every participant)."""
 
-    kind: str
+    column: str  # the list's id column in the membership table, and the event's field
     joined: EventKind
     find: Select[Any]
     insert: Insert
     delete: Delete
+
+    @property
+    def kind(self) -> str:
+        return self.column.removesuffix("_id")
 
     @classmethod
     def of(cls, member: type[SQLModel], column: str, joined: EventKind) -> _Lists:
@@ -161,7 +165,7 @@ class _Lists:
         in_list = table.c[column] == bindparam("list")
         of_contact = table.c.contact_id == bindparam("contact")
         return cls(
-            kind=column.removesuffix("_id"),
+            column=column,
             joined=joined,
             find=sa_select(table.c.id).where(in_list, of_contact).limit(1),
             insert=sa_insert(table).values(
@@ -209,7 +213,7 @@ class ListMembership:
             kind=kind,
             contact_id=self.contact_id,
             occurred_at=utcnow(),
-            **{f"{self.lists.kind}_id": self.list_id},
+            **{self.lists.column: self.list_id},
         )
         return record_event(db, event)
 

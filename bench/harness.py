@@ -538,8 +538,8 @@ class Tuning:
 
 DEFAULT_TUNING = Tuning()
 WORKER_PY_ACTIVITY_SLOTS = worker_module.ACTIVITY_SLOTS  # build_worker's activity slots and threads
-# The plain workflows' activities are async: their slots only bound how many run at once, as
-# many as the engine's worker had before it sized its threads to the machine.
+# The plain workflows' activities are async: their slots only bound how many run at once. They
+# keep the 32 the engine's worker had before its threads became a setting (ACTIVITY_THREADS).
 BASELINE_ACTIVITY_SLOTS = 32
 
 

@@ -86,6 +86,17 @@ T = TypeVar("T")
 # RFC 5321 §4.5.2: a line of the message that starts with a dot gets one more.
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
+_FINAL_DOT = b".\r\n"  # the line that makes the server take the message
+
+# Called with the final dot's write once all but that dot is on its way: it writes the dot and
+# returns True, or returns False without writing it (another attempt got there first).
+PointOfNoReturn = Callable[[Callable[[], None]], bool]
+
+
+def _unrecorded(final_dot: Callable[[], None]) -> bool:
+    """The point of no return of a send kept out of the ledger: nothing to mark first."""
+    final_dot()
+    return True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -371,14 +382,14 @@ class EmailActivities:
         # arrives meanwhile is raised once the outcome is settled; the retry then finds it.
         with contextlib.ExitStack() as no_return:
 
-            def point_of_no_return() -> bool:
+            def point_of_no_return(final_dot: Callable[[], None]) -> bool:
                 no_return.enter_context(cancellation_deferred())
-                return mark_sending(self._engine, key)
+                return mark_sending(self._engine, key, hand_over=final_dot)
 
             return self._settle(key, outgoing, point_of_no_return)
 
     def _settle(
-        self, key: str, outgoing: Outgoing, point_of_no_return: Callable[[], bool]
+        self, key: str, outgoing: Outgoing, point_of_no_return: PointOfNoReturn
     ) -> DeliveryOutcome:
         try:
             reply = self._lines.run(lambda line: _converse(line, outgoing, point_of_no_return))
@@ -406,15 +417,14 @@ class EmailActivities:
         return outcome
 
 
-async def _converse(
-    line: SmtpLine, outgoing: Outgoing, point_of_no_return: Callable[[], bool]
-) -> str:
+async def _converse(line: SmtpLine, outgoing: Outgoing, point_of_no_return: PointOfNoReturn) -> str:
     """One message over the thread's SMTP connection; returns the server's reply to DATA.
 
-    ``point_of_no_return()`` is called once the whole message but its final dot is on its way;
-    False stops there, and the server, never sent the dot, keeps nothing. A connection kept from
-    an earlier message that turns out broken before the final dot is replaced by a fresh one and
-    the message begun again: without the dot the server kept nothing of the first try."""
+    ``point_of_no_return`` is called with the final dot's write once the whole message but that
+    dot is on its way; False (the dot not written) stops there, and the server keeps nothing. A
+    connection kept from an earlier message that turns out broken before the final dot is
+    replaced by a fresh one and the message begun again: without the dot the server kept nothing
+    of the first try."""
     payload = outgoing.message.as_bytes(policy=SMTP_POLICY)
     while True:
         client, reused = await _connection(line)
@@ -454,16 +464,16 @@ def _answered(
 
 
 async def _the_final_dot(
-    client: aiosmtplib.SMTP, timeout: float, point_of_no_return: Callable[[], bool]
+    client: aiosmtplib.SMTP, timeout: float, point_of_no_return: PointOfNoReturn
 ) -> str:
-    if not point_of_no_return():
-        raise _Superseded("another attempt is handing this message over")
     protocol = client.protocol
     if protocol is None or not protocol.is_connected:
         # Lost before the final dot went out: the server has nothing.
         raise _Transient("connection lost before the end of DATA")
+    if not point_of_no_return(functools.partial(protocol.write, _FINAL_DOT)):
+        raise _Superseded("another attempt is handing this message over")
     try:
-        response = await _end_message_data(protocol, timeout)
+        response = await _answer_to_data(protocol, timeout)
     except aiosmtplib.SMTPResponseException as error:
         raise _answered(error, DeliveryStatus.failed, "message deferred") from error
     except (aiosmtplib.SMTPException, OSError) as error:
@@ -636,9 +646,8 @@ async def _send_message_data(client: aiosmtplib.SMTP, payload: bytes) -> None:
         await asyncio.sleep(0.001)
 
 
-async def _end_message_data(protocol: SMTPProtocol, timeout: float) -> aiosmtplib.SMTPResponse:
-    """The final dot, which makes the server take the message, and its answer."""
-    protocol.write(b".\r\n")
+async def _answer_to_data(protocol: SMTPProtocol, timeout: float) -> aiosmtplib.SMTPResponse:
+    """The server's answer to the final dot, which made it take the message."""
     response = await protocol.read_response(timeout=timeout)
     if response.code != aiosmtplib.SMTPStatus.completed:
         raise aiosmtplib.SMTPDataError(response.code, response.message)
@@ -654,6 +663,6 @@ def send_outside_ledger(settings: SmtpSettings, outgoing: Outgoing) -> str:
     """Hand one message over without the ledger (a test send, which no participant makes): the
     server's reply to it. A refusal or an unreachable server raises ``Unsendable``."""
     try:
-        return SmtpLines(settings).run(lambda line: _converse(line, outgoing, lambda: True))
+        return SmtpLines(settings).run(lambda line: _converse(line, outgoing, _unrecorded))
     except (_Final, _Transient, _Unconfirmed) as failure:
         raise Unsendable(str(failure)) from None

@@ -16,10 +16,12 @@ retry sends. One that dies between 2 and 3 leaves it ``sending``: the provider m
 have the message. Where the provider can be asked (the SMS API lists what it accepted), the retry
 asks it (``interrupted``, ``reopen``); where it cannot (SMTP), we prefer at most once: the next
 claim returns ``unconfirmed`` and sends nothing, because a duplicate marketing email is worse than
-an unconfirmed one (it is visible in the ledger and the participant's history). Step 2 sits right
-before the hand-over, and from step 2 to step 3 the sending attempt defers its own cancellation
+an unconfirmed one (it is visible in the ledger and the participant's history). Step 2 runs the
+hand-over's first act itself (the final dot of DATA) the moment the mark commits, and from step 2
+to step 3 the sending attempt defers its own cancellation
 (``activities.heartbeat.cancellation_deferred``): a timeout or an ended flow never stops it in
-between, so only a process killed in that stretch leaves ``sending`` behind.
+between, so only a process killed in that stretch leaves ``sending`` behind, and only one killed
+between the mark's commit and that act loses a message.
 """
 
 from __future__ import annotations
@@ -279,13 +281,22 @@ def _earlier(
     return row
 
 
-def mark_sending(engine: Engine, key: str) -> bool:
+def mark_sending(engine: Engine, key: str, hand_over: Callable[[], None] | None = None) -> bool:
     """The point of no return of a claimed send: True if this attempt may hand it over now.
 
-    False when another attempt got there first (or settled it): send nothing then."""
-    with engine.begin() as connection:
+    False when another attempt got there first (or settled it): send nothing then. ``hand_over``,
+    the act that gives the send away, runs the moment the mark is committed, before the
+    connection goes back to the pool: a worker killed between the two has handed nothing over
+    but left the key ``sending``, so nothing that can wait (a pool check-in, a reset) sits there."""
+    with engine.connect() as connection:
         moved = connection.execute(_MARK, {"k": key, "now": utcnow()})
-        return bool(moved.rowcount == 1)
+        if moved.rowcount != 1:
+            connection.rollback()
+            return False
+        connection.commit()
+        if hand_over is not None:
+            hand_over()
+    return True
 
 
 def interrupted(engine: Engine, key: str) -> datetime | None:

@@ -605,11 +605,13 @@ async def test_a_send_stopped_before_its_final_dot_leaves_no_connection_behind(
     real_mark = mark_sending
     superseded = [True]
 
-    def other_attempt_first(engine: Engine, key: str) -> bool:
+    def other_attempt_first(
+        engine: Engine, key: str, hand_over: Callable[[], None] | None = None
+    ) -> bool:
         if superseded:
             superseded.clear()
             assert real_mark(engine, key)  # the other attempt, a moment earlier
-        return real_mark(engine, key)
+        return real_mark(engine, key, hand_over)
 
     monkeypatch.setattr(email_activities, "mark_sending", other_attempt_first)
     activities = EmailActivities(engine, smtp)
@@ -652,6 +654,21 @@ async def test_send_interrupted_past_the_point_of_no_return_is_unconfirmed(
     assert smtp_server[0].rcpt_attempts == 0
 
 
+def test_the_hand_over_runs_once_the_mark_is_on_record_and_only_then(engine: Engine) -> None:
+    # The final dot goes out the moment the mark is committed (another connection sees it
+    # `sending`), and not at all for an attempt that comes second.
+    assert claim(engine, KEY, "email", "anna@brodsalt.example.com") is None
+    seen: list[str] = []
+
+    def final_dot() -> None:
+        with session(engine) as db:
+            seen.append(db.exec(select(Delivery.status).where(Delivery.key == KEY)).one())
+
+    assert mark_sending(engine, KEY, final_dot)
+    assert not mark_sending(engine, KEY, final_dot)
+    assert seen == [DeliveryStatus.sending]
+
+
 async def test_of_two_attempts_at_once_only_the_first_past_the_point_of_no_return_sends(
     engine: Engine,
     contact_id: int,
@@ -659,9 +676,11 @@ async def test_of_two_attempts_at_once_only_the_first_past_the_point_of_no_retur
     smtp_server: tuple[RecordingHandler, int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def other_attempt_first(engine: Engine, key: str) -> bool:
+    def other_attempt_first(
+        engine: Engine, key: str, hand_over: Callable[[], None] | None = None
+    ) -> bool:
         assert mark_sending(engine, key)  # the other attempt, a moment earlier
-        return mark_sending(engine, key)
+        return mark_sending(engine, key, hand_over)
 
     monkeypatch.setattr(email_activities, "mark_sending", other_attempt_first)
     with pytest.raises(ApplicationError) as raised:

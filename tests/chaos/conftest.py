@@ -25,6 +25,7 @@ from control.flows import deploy_flow
 from models.crm import Contact
 from models.database import get_engine, session
 from models.engine import Delivery, Participant, ParticipantStatus
+from models.ledger import DeliveryStatus
 from models.participant import ParticipantState, participant_workflow_id
 from peers.twilio_api import TwilioApiServer
 from testkit.peers import Inbox
@@ -192,6 +193,20 @@ def ledger(engine: Engine) -> Counter[tuple[str, str]]:
     with session(engine) as db:
         rows = db.exec(select(Delivery.channel, Delivery.status)).all()
     return Counter((channel, status) for channel, status in rows)
+
+
+def interrupted_sends(engine: Engine) -> set[int]:
+    """Contacts with a send that a killed attempt left past its point of no return: the ledger's
+    ``unconfirmed`` rows, keyed by participant (the run-chain id), step and visit."""
+    with session(engine) as db:
+        keys = db.exec(
+            select(Delivery.key).where(Delivery.status == DeliveryStatus.unconfirmed.value)
+        ).all()
+        participants = {key.split("/", 1)[0] for key in keys}
+        contacts = db.exec(
+            select(Participant.contact_id).where(col(Participant.id).in_(participants))
+        ).all()
+    return set(contacts)
 
 
 async def all_left(engine: Engine, flow_id: str, expected: int, timeout: float) -> None:

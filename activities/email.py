@@ -470,7 +470,11 @@ async def _the_final_dot(
     if protocol is None or not protocol.is_connected:
         # Lost before the final dot went out: the server has nothing.
         raise _Transient("connection lost before the end of DATA")
-    if not point_of_no_return(functools.partial(protocol.write, _FINAL_DOT)):
+    try:
+        marked = point_of_no_return(functools.partial(protocol.write, _FINAL_DOT))
+    except aiosmtplib.SMTPException as error:  # the write, after the mark: as at the answer
+        raise _Unconfirmed(f"connection lost at the end of DATA: {error!r}") from error
+    if not marked:
         raise _Superseded("another attempt is handing this message over")
     try:
         response = await _answer_to_data(protocol, timeout)

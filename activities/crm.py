@@ -76,7 +76,7 @@ class CrmActivities:
             reason = enter_step(db, change.record)
             if reason is not None:
                 return StepChange.left(reason)
-            _require(db, change)
+            _require(db, change, contact_checked=change.record is not None)
             outcome: list[str] = []
             for membership in memberships(db, change):
                 if not membership.exists:
@@ -90,7 +90,7 @@ class CrmActivities:
             reason = enter_step(db, change.record)
             if reason is not None:
                 return StepChange.left(reason)
-            _require(db, change)
+            _require(db, change, contact_checked=change.record is not None)
             outcome: list[str] = []
             for membership in memberships(db, change):
                 if membership.exists:
@@ -269,8 +269,10 @@ def _exists(db: Session, statement: Select[int], row_id: int) -> bool:
     return db.connection().execute(statement, {"id": row_id}).first() is not None
 
 
-def _require(db: Session, change: ListChange) -> None:
-    if not _exists(db, _CONTACT, change.contact_id):
+def _require(db: Session, change: ListChange, *, contact_checked: bool) -> None:
+    """The contact and the list are there. ``contact_checked``: the checks at the step's entry
+    found the contact in this transaction (they make the participant leave when it is gone)."""
+    if not contact_checked and not _exists(db, _CONTACT, change.contact_id):
         raise missing_contact(change.contact_id)
     if change.selection_id is not None and not _exists(db, _SELECTION, change.selection_id):
         raise ApplicationError(

@@ -5,7 +5,8 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError, model_validator
-from sqlalchemy import JSON, UniqueConstraint, or_
+from sqlalchemy import JSON, Select, UniqueConstraint, bindparam, or_
+from sqlalchemy import select as sa_select
 from sqlalchemy.ext.mutable import MutableDict, MutableList
 from sqlmodel import Field, Session, SQLModel, col, select
 
@@ -475,6 +476,16 @@ def _associate_facts(prefix: str, associate: Associate | None) -> dict[str, obje
     }
 
 
+def _lists_of(member: type[SelectionMember] | type[ProjectMember], column: str) -> Select[Any]:
+    """A contact's list ids, as a Core statement built once: every send and split reads them."""
+    table = SQLModel.metadata.tables[str(member.__tablename__)]
+    return sa_select(table.c[column]).where(table.c.contact_id == bindparam("contact"))
+
+
+_SELECTIONS_OF = _lists_of(SelectionMember, "selection_id")
+_PROJECTS_OF = _lists_of(ProjectMember, "project_id")
+
+
 def contact_facts(session: Session, contact_id: int) -> dict[str, object] | None:
     """Flat, JSON-serialisable facts about one contact for criteria and merge tags.
 
@@ -503,16 +514,10 @@ def contact_facts(session: Session, contact_id: int) -> dict[str, object] | None
     if company is not None:
         facts.update(_open_facts("company", company.user_defined, company.extra_fields))
 
-    facts["contact.selections"] = sorted(
-        session.exec(
-            select(SelectionMember.selection_id).where(SelectionMember.contact_id == contact_id)
-        ).all()
-    )
-    facts["contact.projects"] = sorted(
-        session.exec(
-            select(ProjectMember.project_id).where(ProjectMember.contact_id == contact_id)
-        ).all()
-    )
+    session.flush()  # as the ORM's own query would: members added in this session count
+    connection = session.connection()
+    for key, lists in (("contact.selections", _SELECTIONS_OF), ("contact.projects", _PROJECTS_OF)):
+        facts[key] = sorted(connection.execute(lists, {"contact": contact_id}).scalars())
 
     for prefix, associate_id in (
         ("contact.our_contact", contact.our_contact_id),

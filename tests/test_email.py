@@ -654,6 +654,29 @@ async def test_send_interrupted_past_the_point_of_no_return_is_unconfirmed(
     assert smtp_server[0].rcpt_attempts == 0
 
 
+async def test_the_server_gets_the_final_dot_only_once_the_send_is_marked(
+    engine: Engine,
+    contact_id: int,
+    smtp: SmtpSettings,
+    smtp_server: tuple[RecordingHandler, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What the ledger holds when the message arrives: a kill before that point left nothing
+    # with the server, one after it finds the send marked.
+    handler, _ = smtp_server
+    accept = handler.handle_DATA
+    seen: list[str] = []
+
+    async def checked(server: Any, smtp_session: Any, envelope: Any) -> str:
+        seen.append((await asyncio.to_thread(_ledger, engine, KEY)).status)
+        return await accept(server, smtp_session, envelope)
+
+    monkeypatch.setattr(handler, "handle_DATA", checked)
+    outcome = await asyncio.to_thread(EmailActivities(engine, smtp).send_email, _send(contact_id))
+    assert outcome.status is DeliveryStatus.sent
+    assert seen == [DeliveryStatus.sending]
+
+
 def test_the_hand_over_runs_once_the_mark_is_on_record_and_only_then(engine: Engine) -> None:
     # The final dot goes out the moment the mark is committed (another connection sees it
     # `sending`), and not at all for an attempt that comes second.
@@ -661,8 +684,7 @@ def test_the_hand_over_runs_once_the_mark_is_on_record_and_only_then(engine: Eng
     seen: list[str] = []
 
     def final_dot() -> None:
-        with session(engine) as db:
-            seen.append(db.exec(select(Delivery.status).where(Delivery.key == KEY)).one())
+        seen.append(_ledger(engine, KEY).status)
 
     assert mark_sending(engine, KEY, final_dot)
     assert not mark_sending(engine, KEY, final_dot)

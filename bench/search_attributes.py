@@ -28,24 +28,21 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from temporalio import workflow
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.worker import Worker
 
 from bench.baseline import PlainEmail, send_plain_email
 from bench.harness import Server, dev_server, gather_limited, quiet, results_of, smtp_inbox
-from bench.parts.email import SUBJECT, TEXT
+from bench.parts.email import SUBJECT, TEXT, email_flow
 from models.engine import ParticipantStatus
-from models.search_attributes import (
-    CONTACT_ID,
-    FLOW_ID,
-    FLOW_STEP,
-    FLOW_VERSION,
-    PARTICIPANT_STATUS,
-)
+from models.flow import Flow
+from models.search_attributes import FLOW_STEP, PARTICIPANT_STATUS, at_start
 from testkit.peers import Inbox
 
 NONE, AT_START, AND_LEAVING = "none", "the five at start", "and the two as it leaves"
 VARIANTS = (NONE, AT_START, AND_LEAVING)
+# The email part's flow: the attributes are the ones its participants start and leave with.
+FLOW = Flow.model_validate(email_flow("bench-attributes"))
+FINISH = FLOW.steps[-1].id  # the flow's finish, where its participants leave
 
 
 @workflow.defn(name="BenchAttributedEmail", sandboxed=False)
@@ -61,22 +58,10 @@ class AttributedEmailWorkflow:
             workflow.upsert_search_attributes(
                 [
                     PARTICIPANT_STATUS.value_set(ParticipantStatus.finished.value),
-                    FLOW_STEP.value_set("finish"),
+                    FLOW_STEP.value_set(FINISH),
                 ]
             )
         return reply
-
-
-def _attributes(contact_id: int) -> TypedSearchAttributes:
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(FLOW_ID, "bench-attributes"),
-            SearchAttributePair(FLOW_VERSION, 1),
-            SearchAttributePair(CONTACT_ID, contact_id),
-            SearchAttributePair(PARTICIPANT_STATUS, ParticipantStatus.active.value),
-            SearchAttributePair(FLOW_STEP, "mail"),
-        ]
-    )
 
 
 async def _round(
@@ -104,7 +89,7 @@ async def _round(
             args=[email, variant == AND_LEAVING],
             id=ids[n],
             task_queue=task_queue,
-            search_attributes=None if variant == NONE else _attributes(n),
+            search_attributes=None if variant == NONE else at_start(FLOW, 1, n),
         )
 
     async with Worker(

@@ -229,9 +229,8 @@ def build_worker(
         workflows=[ParticipantWorkflow, ScriptWorkflow, ReplyWorkflow],
         workflow_runner=workflow_runner(get_settings().workflow_sandbox),
         activities=activities,
-        # Database activities (and the per-step local record) are synchronous and share this
-        # pool. 32 rather than 16 (bench, tuning part): workflow tasks over 5 s fell from 229 to
-        # 25 when 300 participants were enrolled at once, at the same CPU per step.
+        # Database activities, local ones included, are synchronous and share this pool
+        # (ACTIVITY_SLOTS above says why it is small).
         activity_executor=executor or ThreadPoolExecutor(max_workers=ACTIVITY_SLOTS),
         max_concurrent_activities=ACTIVITY_SLOTS,
         graceful_shutdown_timeout=timedelta(seconds=10),

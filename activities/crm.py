@@ -76,7 +76,7 @@ class CrmActivities:
             reason = enter_step(db, change.record)
             if reason is not None:
                 return StepChange.left(reason)
-            _require(db, change, contact_checked=change.record is not None)
+            _require_contact(db, change, checked=change.record is not None)
             outcome: list[str] = []
             for membership in memberships(db, change):
                 if not membership.exists:
@@ -90,7 +90,7 @@ class CrmActivities:
             reason = enter_step(db, change.record)
             if reason is not None:
                 return StepChange.left(reason)
-            _require(db, change, contact_checked=change.record is not None)
+            _require_contact(db, change, checked=change.record is not None)
             outcome: list[str] = []
             for membership in memberships(db, change):
                 if membership.exists:
@@ -160,14 +160,20 @@ class _Lists:
         return self.column.removesuffix("_id")
 
     @classmethod
-    def of(cls, member: type[SQLModel], column: str, joined: EventKind) -> _Lists:
+    def of(
+        cls, lists: type[SQLModel], member: type[SQLModel], column: str, joined: EventKind
+    ) -> _Lists:
+        listed = SQLModel.metadata.tables[str(lists.__tablename__)]
         table = SQLModel.metadata.tables[str(member.__tablename__)]
-        in_list = table.c[column] == bindparam("list")
         of_contact = table.c.contact_id == bindparam("contact")
         return cls(
             column=column,
             joined=joined,
-            find=sa_select(table.c.id).where(in_list, of_contact).limit(1),
+            # The list and the contact's membership of it in one statement: no row, no list.
+            find=sa_select(listed.c.id, table.c.id)
+            .select_from(listed.outerjoin(table, (table.c[column] == listed.c.id) & of_contact))
+            .where(listed.c.id == bindparam("list"))
+            .limit(1),
             insert=sa_insert(table).values(
                 {column: bindparam("list"), "contact_id": bindparam("contact")}
             ),
@@ -175,8 +181,8 @@ class _Lists:
         )
 
 
-_SELECTIONS = _Lists.of(SelectionMember, "selection_id", EventKind.added_to_selection)
-_PROJECTS = _Lists.of(ProjectMember, "project_id", EventKind.added_to_project)
+_SELECTIONS = _Lists.of(Selection, SelectionMember, "selection_id", EventKind.added_to_selection)
+_PROJECTS = _Lists.of(Project, ProjectMember, "project_id", EventKind.added_to_project)
 
 
 @dataclass(frozen=True)
@@ -228,15 +234,20 @@ class ListMembership:
 
 
 def memberships(db: Session, change: ListChange) -> list[ListMembership]:
-    """The contact's membership of each list the change names."""
+    """The contact's membership of each list the change names; a list that is not there is an
+    error retrying cannot mend."""
     named = [(_SELECTIONS, change.selection_id), (_PROJECTS, change.project_id)]
     found: list[ListMembership] = []
     for lists, list_id in named:
         if list_id is None:
             continue
         ids = {"list": list_id, "contact": change.contact_id}
-        member_id: int | None = db.connection().execute(lists.find, ids).scalar()
-        found.append(ListMembership(lists, list_id, change.contact_id, member_id))
+        row = db.connection().execute(lists.find, ids).first()
+        if row is None:
+            raise ApplicationError(
+                f"{lists.kind} {list_id} does not exist", type="MissingList", non_retryable=True
+            )
+        found.append(ListMembership(lists, list_id, change.contact_id, row[1]))
     return found
 
 
@@ -255,32 +266,16 @@ def _done(db: Session, change: ListChange, outcome: str) -> StepChange:
     return StepChange(outcome=outcome, departure=depart_in(db, change.departure))
 
 
-def _by_id(model: type[SQLModel]) -> Select[int]:
-    """Whether a row exists, by id, without loading it (a contact's load coerces its JSON
-    columns), built once so SQLAlchemy reuses its compiled form."""
-    table = SQLModel.metadata.tables[str(model.__tablename__)]
-    return sa_select(literal(1)).where(table.c.id == bindparam("id"))
+# Whether the contact exists, without loading it (a contact's load coerces its JSON columns),
+# built once so SQLAlchemy reuses its compiled form.
+_CONTACT = sa_select(literal(1)).where(
+    SQLModel.metadata.tables[str(Contact.__tablename__)].c.id == bindparam("id")
+)
 
 
-_CONTACT, _SELECTION, _PROJECT = _by_id(Contact), _by_id(Selection), _by_id(Project)
-
-
-def _exists(db: Session, statement: Select[int], row_id: int) -> bool:
-    return db.connection().execute(statement, {"id": row_id}).first() is not None
-
-
-def _require(db: Session, change: ListChange, *, contact_checked: bool) -> None:
-    """The contact and the list are there. ``contact_checked``: the checks at the step's entry
-    found the contact in this transaction (they make the participant leave when it is gone)."""
-    if not contact_checked and not _exists(db, _CONTACT, change.contact_id):
+def _require_contact(db: Session, change: ListChange, *, checked: bool) -> None:
+    """The contact is there (the lists are checked with the memberships). ``checked``: the
+    checks at the step's entry found it in this transaction (they make the participant leave
+    when it is gone)."""
+    if not checked and db.connection().execute(_CONTACT, {"id": change.contact_id}).first() is None:
         raise missing_contact(change.contact_id)
-    if change.selection_id is not None and not _exists(db, _SELECTION, change.selection_id):
-        raise ApplicationError(
-            f"selection {change.selection_id} does not exist",
-            type="MissingList",
-            non_retryable=True,
-        )
-    if change.project_id is not None and not _exists(db, _PROJECT, change.project_id):
-        raise ApplicationError(
-            f"project {change.project_id} does not exist", type="MissingList", non_retryable=True
-        )

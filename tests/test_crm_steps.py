@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import col, select
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.contacts import ContactActivities, ContactUpdate
@@ -949,3 +950,22 @@ def test_membership_events_are_recorded_when_a_contact_joins(engine: Engine) -> 
         (karin, VIP_SELECTION_ID, None),
         (karin, None, DEMO_PROJECT_ID),
     ]
+
+
+@pytest.mark.parametrize("missing", ["selection", "project"])
+def test_a_list_step_on_a_list_that_is_gone_fails_for_good_and_changes_nothing(
+    engine: Engine, missing: str
+) -> None:
+    karin = contact_named(engine, "Karin")
+    crm = CrmActivities(engine)
+    lists = {"selection_id": VIP_SELECTION_ID, "project_id": DEMO_PROJECT_ID}
+    change = ListChange(contact_id=karin, **(lists | {f"{missing}_id": 9999}))
+    for step in (crm.add_to_list, crm.remove_from_list):
+        with pytest.raises(ApplicationError) as failure:
+            step(change)
+        assert (failure.value.type, failure.value.non_retryable) == ("MissingList", True)
+        assert failure.value.message == f"{missing} 9999 does not exist"
+    assert events(engine, "added_to_selection") + events(engine, "added_to_project") == []
+    with session(engine) as db:
+        member = select(SelectionMember).where(SelectionMember.contact_id == karin)
+        assert db.exec(member.where(SelectionMember.selection_id == VIP_SELECTION_ID)).all() == []

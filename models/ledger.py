@@ -37,7 +37,7 @@ from sqlalchemy import Connection, Engine, Row, bindparam, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, select
 
-from models.database import session, utcnow
+from models.database import fully_synced, session, utcnow
 from models.engine import Delivery, Departure
 from models.personal_data import mask_email, mask_phone
 
@@ -287,8 +287,10 @@ def mark_sending(engine: Engine, key: str, hand_over: Callable[[], None] | None 
     False when another attempt got there first (or settled it): send nothing then. ``hand_over``,
     the act that gives the send away, runs the moment the mark is committed, before the
     connection goes back to the pool: a worker killed between the two has handed nothing over
-    but left the key ``sending``, so nothing that can wait (a pool check-in, a reset) sits there."""
-    with engine.connect() as connection:
+    but left the key ``sending``, so nothing that can wait (a pool check-in, a reset) sits there.
+    The mark is on disk before the hand-over, so that not even a power cut can let a retry send
+    again what went out."""
+    with engine.connect() as opened, fully_synced(opened) as connection:
         moved = connection.execute(_MARK, {"k": key, "now": utcnow()})
         if moved.rowcount != 1:
             connection.rollback()

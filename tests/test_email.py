@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, event
 from sqlmodel import select
 from temporalio.exceptions import ApplicationError
 
@@ -689,6 +689,26 @@ def test_the_hand_over_runs_once_the_mark_is_on_record_and_only_then(engine: Eng
     assert mark_sending(engine, KEY, final_dot)
     assert not mark_sending(engine, KEY, final_dot)
     assert seen == [DeliveryStatus.sending]
+
+
+def test_on_sqlite_the_mark_is_the_commit_that_waits_for_the_disk(engine: Engine) -> None:
+    # A power cut may take back the claim or the outcome (synchronous=NORMAL), never the mark:
+    # a retry after it must find `sending` and not send again.
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL syncs every commit")
+    synced: list[int] = []
+
+    @event.listens_for(engine, "commit")
+    def before_commit(connection: Connection) -> None:
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        synced.append(raw.execute("PRAGMA synchronous").fetchone()[0])
+
+    assert claim(engine, KEY, "email", "anna@brodsalt.example.com") is None
+    assert mark_sending(engine, KEY)
+    settle(engine, KEY, DeliveryStatus.sent)
+    full, normal = 2, 1
+    assert synced == [normal, full, normal]
 
 
 async def test_of_two_attempts_at_once_only_the_first_past_the_point_of_no_return_sends(

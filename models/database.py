@@ -106,14 +106,16 @@ def fully_synced(connection: Connection) -> Iterator[Connection]:
     otherwise wait for the next checkpoint): for a commit that an act outside the database
     follows, which a power cut must not take back (the delivery ledger's point of no return).
     PostgreSQL syncs every commit already."""
-    if connection.dialect.name != "sqlite":
+    driver = connection.connection.driver_connection
+    if connection.dialect.name != "sqlite" or driver is None:
         yield connection
         return
-    connection.exec_driver_sql("PRAGMA synchronous=FULL")
+    # On the driver's connection: 1.5 µs a pragma, against 7 through SQLAlchemy's execution.
+    driver.execute("PRAGMA synchronous=FULL")
     try:
         yield connection
     finally:
-        connection.exec_driver_sql(f"PRAGMA synchronous={_SQLITE_SYNC}")
+        driver.execute(f"PRAGMA synchronous={_SQLITE_SYNC}")
 
 
 def get_engine(url: str | None = None) -> Engine:

@@ -11,6 +11,7 @@ import os
 import re
 import statistics
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
@@ -232,34 +233,45 @@ class Meter:
             yield lambda: result[0]
         finally:
             peers = _peers_cpu() - start_peers
+            own = _own_cpu() - start_py
+            threads = _thread_split(start_threads, thread_cpu())
+            threads[ENDED_THREADS] = max(own - sum(threads.values()), 0.0)
             result.append(
                 Usage(
                     wall=time.perf_counter() - start_wall,
-                    python_cpu=_own_cpu() - start_py + peers,
+                    python_cpu=own + peers,
                     server_cpu=self._server_cpu() - start_srv,
                     slow_tasks=CORE_WARNINGS.counts[SLOW_TASK] - start_slow,
                     lost_tasks=CORE_WARNINGS.counts[TASK_NOT_FOUND] - start_lost,
                     machine_cpu=machine_busy_seconds() - start_machine,
                     database_cpu=database_cpu_seconds() - start_database,
-                    python_threads={**_thread_split(start_threads, thread_cpu()), PEERS: peers},
+                    python_threads={**threads, PEERS: peers},
                 )
             )
 
 
-EVENT_LOOP = "event loop thread (workflow code, SDK Python side, client)"
+EVENT_LOOP = "event loop thread (SDK Python side: polling, payloads; the client)"
+WORKFLOW_THREADS = "workflow threads (workflow code, the SDK's activation handling)"
 CORE_THREADS = "SDK core threads (Rust: gRPC, workflow state machines)"
-OTHER_THREADS = "other threads (sync activities and local activities)"
+OTHER_THREADS = "other threads (sync activities and local activities, database calls)"
+# A worker stopped inside the section takes its pools' threads with it: what they spent is the
+# process's CPU that no live thread accounts for (with the kernel's 10 ms ticks of rounding).
+ENDED_THREADS = "threads that ended within the section (a worker's pools stopped with it)"
+# The SDK runs activations on a pool of its own, its threads named so.
+_WORKFLOW_THREAD = "temporal_workflow_"
 PEERS = "the SMTP inbox's own process"
 
 
 def thread_cpu() -> dict[int, tuple[str, float]]:
-    """CPU seconds of each thread of this process, with its kernel name."""
+    """CPU seconds of each thread of this process, with its Python name (the kernel's for the
+    SDK core's threads: Python does not give the kernel its threads' names)."""
+    named = {thread.native_id: thread.name for thread in threading.enumerate()}
     threads: dict[int, tuple[str, float]] = {}
     base = f"/proc/{os.getpid()}/task"
     for entry in os.listdir(base):
         try:
             with open(f"{base}/{entry}/comm", encoding="utf-8") as handle:
-                name = handle.read().strip()
+                name = named.get(int(entry)) or handle.read().strip()
             with open(f"{base}/{entry}/stat", encoding="ascii", errors="replace") as handle:
                 text = handle.read()
         except OSError:
@@ -272,12 +284,14 @@ def thread_cpu() -> dict[int, tuple[str, float]]:
 def _thread_split(
     before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
 ) -> dict[str, float]:
-    """CPU seconds by kind of thread (threads that ended during the section are not counted)."""
-    split = dict.fromkeys((EVENT_LOOP, CORE_THREADS, OTHER_THREADS), 0.0)
+    """CPU seconds by kind of thread still alive (``ENDED_THREADS`` covers the others)."""
+    split = dict.fromkeys((EVENT_LOOP, WORKFLOW_THREADS, CORE_THREADS, OTHER_THREADS), 0.0)
     for tid, (name, seconds) in after.items():
         spent = seconds - before.get(tid, (name, 0.0))[1]
         if tid == os.getpid():
             split[EVENT_LOOP] += spent
+        elif name.startswith(_WORKFLOW_THREAD):
+            split[WORKFLOW_THREADS] += spent
         elif name.startswith("tokio"):
             split[CORE_THREADS] += spent
         else:

@@ -28,11 +28,21 @@ class BaselinePlan:
     activities: int
     sleeps: int = 0  # timers: a timer goes before each of the first `sleeps` activities
     sleep_seconds: float = 0.0
+    # What a participant does before it parks, for the memory part: a local activity that takes
+    # and returns ``record`` before the first timer (its row recorded), and ``ballast`` riding in
+    # the input (its enrollment's size).
+    record: str = ""
+    ballast: str = ""
 
 
 @activity.defn(name="bench_noop")
 async def noop() -> None:
     return None
+
+
+@activity.defn(name="bench_echo")
+async def echo(record: str) -> str:
+    return record
 
 
 @workflow.defn(name="BenchBaseline", sandboxed=False)
@@ -41,6 +51,10 @@ class BaselineWorkflow:
     async def run(self, plan: BaselinePlan) -> float:
         """Runs the plan; returns the workflow time it took, in seconds."""
         started = workflow.now()
+        if plan.record:
+            await workflow.execute_local_activity(
+                echo, plan.record, start_to_close_timeout=NOOP_TIMEOUT
+            )
         for index in range(max(plan.activities, plan.sleeps)):
             if index < plan.sleeps:
                 await workflow.sleep(timedelta(seconds=plan.sleep_seconds))
@@ -106,7 +120,7 @@ async def baseline_worker(
         client,
         task_queue=task_queue,
         workflows=[BaselineWorkflow, PlainEmailWorkflow],
-        activities=[noop, send_plain_email],
+        activities=[noop, echo, send_plain_email],
         max_concurrent_activities=activity_slots,
         max_cached_workflows=max_cached_workflows,
     )

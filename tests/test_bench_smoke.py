@@ -64,6 +64,10 @@ def test_the_email_history_and_memory_parts_run_and_report(tmp_path: Path) -> No
         assert len(memory[metric]["engine"]) == len(memory[metric]["baseline"]) == 1
     for metric in ("worker RSS with all parked", "server RSS with all parked"):
         assert min(memory[metric]["engine"] + memory[metric]["baseline"]) > 0
+    # Every side ran again with a cache of ten, plain workflows with the participant's commands too.
+    net = "worker RSS per cached workflow, less the growth with a cache of ten"
+    for metric in (net, f"{net}: against plain workflows with the participant's commands"):
+        assert len(memory[metric]["engine"]) == len(memory[metric]["baseline"]) == 1
 
     [markdown] = tmp_path.glob("*.md")
     assert "| messages/s (baseline: plain workflows, one activity each) | msg/s |" in (

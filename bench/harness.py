@@ -11,6 +11,7 @@ import os
 import re
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -518,6 +519,32 @@ def seed_contacts(engine: Engine, count: int, batch: int = 5000) -> Crm:
                 ],
             )
     return Crm(ids, int(selection_id[0]), int(target_id[0]), int(project_id[0]))
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A fresh dev server, and a fresh database of seeded contacts in a scratch directory."""
+
+    server: Server
+    engine: Engine
+    contact_ids: list[int]
+    directory: Path
+
+
+@asynccontextmanager
+async def seeded_stack(workdir: Path, count: int, label: str) -> AsyncIterator[Stack]:
+    """``count`` contacts in a database of their own and a dev server of its own, for one round
+    whose engine and baseline share the server."""
+    with tempfile.TemporaryDirectory(dir=workdir) as scratch:
+        directory = Path(scratch)
+        engine = temp_database(directory)
+        try:
+            progress(f"{label}: seeding {count:,} contacts")
+            crm = seed_contacts(engine, count)
+            async with dev_server() as server:
+                yield Stack(server, engine, crm.contact_ids, directory)
+        finally:
+            engine.dispose()
 
 
 def deploy(engine: Engine, document: dict[str, Any]) -> None:

@@ -62,6 +62,7 @@ NAME = "memory"
 TITLE = "Memory per parked workflow, each side in a fresh process"
 DEFAULT_COUNT = 1_000
 KIB = 1024
+FLOW_ID = "bench-memory"  # the engine side's flow, whose attributes the commands side starts with
 UNCACHED = 10  # the cache of the runs that measure the growth that is not the cache ("ten")
 # A participant parked in the wait flow, measured: its input 0.9 KB, its record's marker 0.4 KB.
 RECORD = "r" * 400
@@ -73,7 +74,7 @@ Readings = tuple[tuple[float, float], tuple[float, float]]
 async def _engine(server: Server, count: int, directory: Path, cache: int) -> Readings:
     engine = temp_database(directory)
     crm = seed_contacts(engine, count + 1)
-    flow_id, task_queue = "bench-memory", "bench-memory"
+    flow_id, task_queue = FLOW_ID, "bench-memory"
     deploy(engine, wait_flow(flow_id))
     tuning = Tuning(name=f"cache {cache}", max_cached_workflows=cache)
     with smtp_inbox(directory) as inbox:
@@ -103,11 +104,12 @@ async def _baseline(server: Server, count: int, cache: int, commands: bool) -> R
     plan = BaselinePlan(activities=0, sleeps=1, sleep_seconds=PARK_DAYS * 86400)
     if commands:
         plan = replace(plan, record=RECORD, ballast=BALLAST)
-    flow = Flow.model_validate(wait_flow("bench-memory"))
+    # The participants' flow, for their attributes (as enrollment sets them) when it runs their
+    # commands.
+    flow = Flow.model_validate(wait_flow(FLOW_ID)) if commands else None
 
     def starter(index: int) -> Callable[[], Awaitable[Any]]:
-        # The participant's attributes (as enrollment sets them), when it runs its commands.
-        attributes = at_start(flow, 1, index + 1) if commands else None
+        attributes = at_start(flow, 1, index + 1) if flow is not None else None
         return lambda: client.start_workflow(
             BaselineWorkflow.run,
             plan,

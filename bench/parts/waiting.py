@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,16 +27,14 @@ from bench.harness import (
     Server,
     bounded,
     deploy,
-    dev_server,
     engine_activities,
     gather_limited,
     participant_worker,
     progress,
     quiet,
     rss_bytes,
-    seed_contacts,
+    seeded_stack,
     smtp_inbox,
-    temp_database,
     until,
 )
 from control.enrollment import START_CONCURRENCY, enroll
@@ -179,17 +176,14 @@ async def run(options: Options) -> PartResult:
     for index in range(rounds):
         # Each round on a fresh database and server, the engine first and the plain workflows
         # onto the same server after it, as the part always ran: its figures stay comparable.
-        with tempfile.TemporaryDirectory(dir=options.workdir) as scratch:
-            directory = Path(scratch)
-            engine = temp_database(directory)
-            progress(f"waiting: round {index + 1} of {rounds}: seeding {count:,} contacts")
-            crm = seed_contacts(engine, count)
-            async with dev_server() as server:
-                progress(f"waiting: parking {count:,} participants")
-                await engine_side(server, engine, crm.contact_ids, directory, result)
-                progress(f"waiting: parking {count:,} plain workflows")
-                await baseline_side(server, count, result)
-            engine.dispose()
+        label = f"waiting: round {index + 1} of {rounds}"
+        async with seeded_stack(options.workdir, count, label) as stack:
+            progress(f"waiting: parking {count:,} participants")
+            await engine_side(
+                stack.server, stack.engine, stack.contact_ids, stack.directory, result
+            )
+            progress(f"waiting: parking {count:,} plain workflows")
+            await baseline_side(stack.server, count, result)
     result.notes.append(
         "Parking is the expensive part. The worker's cache holds at most "
         "max_cached_workflows (SDK default 1,000) workflows; the rest are evicted and replayed "

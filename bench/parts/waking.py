@@ -12,7 +12,6 @@ then run one no-op activity, woken the same way by a fresh plain worker.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -32,16 +31,14 @@ from bench.harness import (
     Server,
     bounded,
     deploy,
-    dev_server,
     engine_activities,
     gather_limited,
     participant_worker,
     progress,
     quiet,
     results_of,
-    seed_contacts,
+    seeded_stack,
     smtp_inbox,
-    temp_database,
     until,
 )
 from control.enrollment import START_CONCURRENCY, enroll
@@ -184,17 +181,11 @@ async def run(options: Options) -> PartResult:
         "activity, woken by a fresh plain worker, same server",
         parameters={"waking": count, "rounds": 1, "workflow": ParticipantWorkflow.__name__},
     )
-    with tempfile.TemporaryDirectory(dir=options.workdir) as scratch:
-        directory = Path(scratch)
-        engine = temp_database(directory)
-        progress(f"waking: seeding {count:,} contacts")
-        crm = seed_contacts(engine, count)
-        async with dev_server() as server:
-            progress(f"waking: parking and waking {count:,} participants")
-            await engine_side(server, engine, crm.contact_ids, directory, result)
-            progress(f"waking: parking and waking {count:,} plain workflows")
-            await baseline_side(server, count, result)
-        engine.dispose()
+    async with seeded_stack(options.workdir, count, "waking") as stack:
+        progress(f"waking: parking and waking {count:,} participants")
+        await engine_side(stack.server, stack.engine, stack.contact_ids, stack.directory, result)
+        progress(f"waking: parking and waking {count:,} plain workflows")
+        await baseline_side(stack.server, count, result)
     result.notes.append(
         "One round. The worker that parked them is stopped before the instant, so every wake "
         "replays its participant's history on a worker that has none cached."
